@@ -1,0 +1,51 @@
+//! How a task becomes a running process: the [`Executor`] trait the server
+//! calls, and its implementations.
+//!
+//! An executor knows nothing of sockets: it gets a [`TaskSpec`] and a
+//! [`TaskIo`] (where to report, where stdin comes from, when to stop) and
+//! returns how the task ended.
+
+use bytes::Bytes;
+use std::future::Future;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventSink;
+use crate::protocol::{CatalogEntryInfo, Outcome, ServerStatus, TaskError, TaskSpec};
+
+/// One task's channels to and from its client.
+#[derive(Debug)]
+pub struct TaskIo {
+    /// Progress and output go here.
+    pub events: EventSink,
+    /// Stdin chunks; the channel closing is end-of-file. Closed from the start
+    /// when the spec did not ask for stdin.
+    pub stdin: mpsc::Receiver<Bytes>,
+    /// Fired when the client cancels, disconnects, or the server gives up on
+    /// the task during shutdown. The executor then kills the task and returns
+    /// an outcome with [`crate::protocol::Ending::Cancelled`].
+    pub cancel: CancellationToken,
+}
+
+/// Runs tasks. The server holds one and calls it concurrently.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs one task to its end. `Ok` when the task ran (whatever its exit
+    /// code); `Err` when it could not run. Must return promptly after
+    /// `io.cancel` fires, having cleaned up.
+    fn run(
+        &self,
+        spec: TaskSpec,
+        io: TaskIo,
+    ) -> impl Future<Output = Result<Outcome, TaskError>> + Send;
+
+    /// Counts and engine health; the server fills in its own fields.
+    fn status(&self) -> impl Future<Output = ServerStatus> + Send;
+
+    /// The pre-compiled tasks this executor knows.
+    fn catalog(&self) -> Vec<CatalogEntryInfo>;
+
+    /// Called once when the server stops, after every task has ended.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}

@@ -1,0 +1,466 @@
+//! Every message that crosses the wire, and the types they carry.
+//!
+//! The byte layout is documented in `docs/PROTOCOL.md`; the framing lives in
+//! [`crate::codec`]. This module is plain data: no I/O, no Docker.
+//!
+//! A connection opens with the client's [`Hello`] (the first frame) and the
+//! server's [`ServerMessage::Welcome`] (or an [`ServerMessage::Error`] and a
+//! close). After that the client sends [`ClientMessage`]s and the server sends
+//! [`ServerMessage`]s. Task-scoped messages carry the client-chosen
+//! [`RequestId`]; for each `Submit` the server sends either a single `Failed`
+//! (refused), or `Accepted`, any number of `Progress`/`Output`, and exactly one
+//! terminal frame: `Exited` or `Failed`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// The first four bytes of every handshake body.
+pub const MAGIC: [u8; 4] = *b"TCPT";
+
+/// The protocol version this build speaks. A peer with another version gets
+/// an [`ErrorKind::VersionMismatch`] error during the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame body either side accepts unless configured otherwise.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024;
+
+/// The largest output or stdin chunk carried in one frame. Larger writes are
+/// split, so one busy task cannot hold the connection for long.
+pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+
+/// Chosen by the client, unique among its requests that are still running on
+/// one connection.
+pub type RequestId = u64;
+
+/// The handshake: the client's first frame.
+///
+/// `magic` and `version` come first so that any future version can still read
+/// them and answer with a clear error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+    /// Free text naming the client program, for the server's logs.
+    pub client: String,
+    /// An authentication token, when the server requires one.
+    pub token: Option<String>,
+}
+
+impl Hello {
+    pub fn new(client: impl Into<String>, token: Option<String>) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            client: client.into(),
+            token,
+        }
+    }
+}
+
+/// The server's answer to a good [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u16,
+    /// Server program and version, e.g. `tcp-task 0.1.0`.
+    pub server: String,
+    pub limits: Limits,
+}
+
+/// The limits a server enforces, announced in the handshake so that a client
+/// can stay inside them instead of discovering them by failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame body the server accepts, in bytes.
+    pub max_frame_len: u32,
+    /// Largest stdin chunk per `Stdin` frame, in bytes.
+    pub max_chunk_len: u32,
+    /// Tasks that may run at once on this connection.
+    pub max_tasks_per_connection: u32,
+    /// A connection with no task and no frame for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+/// Messages from client to server, after the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Run a task.
+    Submit { id: RequestId, spec: TaskSpec },
+    /// Bytes for the task's stdin (only when `spec.stdin` was set).
+    Stdin { id: RequestId, chunk: Bytes },
+    /// End of the task's stdin.
+    StdinClose { id: RequestId },
+    /// Stop the task: the container is killed and removed, and the terminal
+    /// frame says `Cancelled`.
+    Cancel { id: RequestId },
+    /// Liveness and round-trip measurement; answered by `Pong` with the same
+    /// id and payload.
+    Ping { id: RequestId, payload: Bytes },
+    /// Ask for the server's [`ServerStatus`].
+    Status { id: RequestId },
+    /// Ask for the pre-compiled tasks the server knows.
+    ListCatalog { id: RequestId },
+}
+
+/// Messages from server to client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Welcome(Welcome),
+    /// The task was admitted; its frames follow.
+    Accepted {
+        id: RequestId,
+    },
+    Progress {
+        id: RequestId,
+        event: ProgressEvent,
+    },
+    Output {
+        id: RequestId,
+        stream: OutputStream,
+        chunk: Bytes,
+    },
+    /// Terminal: the task ran and ended; the outcome says how.
+    Exited {
+        id: RequestId,
+        outcome: Outcome,
+    },
+    /// Terminal: the task could not run, or was refused.
+    Failed {
+        id: RequestId,
+        error: TaskError,
+    },
+    Pong {
+        id: RequestId,
+        payload: Bytes,
+    },
+    StatusReply {
+        id: RequestId,
+        status: ServerStatus,
+    },
+    CatalogReply {
+        id: RequestId,
+        entries: Vec<CatalogEntryInfo>,
+    },
+    /// A problem that is not one task's ending: a bad frame, a failed
+    /// handshake, stdin for a request that is not running. When it is fatal
+    /// the server closes the connection right after it.
+    Error {
+        id: Option<RequestId>,
+        error: TaskError,
+    },
+}
+
+/// What to run. `Submit` carries one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task: Task,
+    /// `KEY=VALUE` pairs added to the environment.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    /// `user`, `uid` or `uid:gid`, as with `docker run -u`.
+    pub user: Option<String>,
+    /// When set, stdin stays open until `StdinClose`; otherwise the task's
+    /// stdin is empty.
+    pub stdin: bool,
+    /// Memory limit in bytes (swap is set equal: no extra swap).
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in billionths of a CPU (1_000_000_000 = one CPU).
+    pub nano_cpus: Option<u64>,
+    pub pids_limit: Option<i64>,
+    /// Docker network mode. `None` means no network at all.
+    pub network: Option<String>,
+    /// Mount the root filesystem read-only (with a writable tmpfs on /tmp).
+    pub read_only_root: bool,
+    /// Kill the task after this long; the outcome then says `TimedOut`.
+    pub timeout_ms: Option<u64>,
+    /// Extra container labels (the server adds its own).
+    pub labels: Vec<(String, String)>,
+    /// Credentials for pulling the image from a private registry.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// The program of a task: any image and command, or a pre-compiled task the
+/// server knows by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Task {
+    /// `image` with `command` as its argv (empty: the image's default).
+    Image { image: String, command: Vec<String> },
+    /// A pre-compiled task from the server's catalog, with extra arguments and
+    /// optional JSON parameters.
+    Named {
+        name: String,
+        args: Vec<String>,
+        params: Option<String>,
+    },
+}
+
+impl Default for Task {
+    fn default() -> Task {
+        Task::Image {
+            image: String::new(),
+            command: Vec::new(),
+        }
+    }
+}
+
+impl TaskSpec {
+    /// A generic task: run `command` in `image`.
+    pub fn image<I, S>(image: impl Into<String>, command: I) -> TaskSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TaskSpec {
+            task: Task::Image {
+                image: image.into(),
+                command: command.into_iter().map(Into::into).collect(),
+            },
+            ..TaskSpec::default()
+        }
+    }
+
+    /// A pre-compiled task from the server's catalog.
+    pub fn named<I, S>(name: impl Into<String>, args: I) -> TaskSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TaskSpec {
+            task: Task::Named {
+                name: name.into(),
+                args: args.into_iter().map(Into::into).collect(),
+                params: None,
+            },
+            ..TaskSpec::default()
+        }
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+}
+
+/// Registry credentials, as `docker login` takes them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// e.g. `registry.example.com:5000`; defaults to the image's registry.
+    pub server: Option<String>,
+}
+
+// Never print a password, not even in debug logs.
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Which of the task's output streams a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Lifecycle news about a task before it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProgressEvent {
+    /// Waiting for a free slot; `position` 1 is next.
+    Queued { position: u32 },
+    /// The engine is pulling the image; one event per layer update, as the
+    /// engine reports it.
+    Pulling {
+        layer: String,
+        status: String,
+        current: Option<u64>,
+        total: Option<u64>,
+    },
+    /// The container exists (short id).
+    Created { container: String },
+    /// The container's process is running.
+    Started,
+}
+
+/// How a task that ran came to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    /// The process exited by itself; see `exit_code`.
+    Exited,
+    /// The process was killed by a signal; see `signal`.
+    Signaled,
+    /// The task ran past its timeout and was killed.
+    TimedOut,
+    /// The kernel killed the task for exceeding its memory limit.
+    OomKilled,
+    /// The client cancelled the task, disconnected, or the server shut down.
+    Cancelled,
+    /// The task wrote more output than the server relays and was killed.
+    OutputLimit,
+}
+
+/// The result of a task that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub ending: Ending,
+    /// The exit code, when the process exited (or the engine reported one).
+    pub exit_code: Option<i32>,
+    /// The signal that killed the process, when one did.
+    pub signal: Option<i32>,
+    /// Wall time from container start to end, in milliseconds.
+    pub duration_ms: u64,
+    /// Some output was not relayed (the output limit was reached).
+    pub output_truncated: bool,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.ending == Ending::Exited && self.exit_code == Some(0)
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.ending == Ending::TimedOut
+    }
+
+    pub fn oom_killed(&self) -> bool {
+        self.ending == Ending::OomKilled
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_millis(self.duration_ms)
+    }
+
+    /// The exit status `docker run` would give for this outcome: the task's
+    /// own code, 128+N for signal N, 124 on timeout, 137 for OOM, 130 when
+    /// cancelled, 125 when the output limit ended it.
+    pub fn exit_status(&self) -> i32 {
+        match self.ending {
+            Ending::Exited => self.exit_code.unwrap_or(125),
+            Ending::Signaled => 128 + self.signal.unwrap_or(9),
+            Ending::TimedOut => 124,
+            Ending::OomKilled => 137,
+            Ending::Cancelled => 130,
+            Ending::OutputLimit => 125,
+        }
+    }
+}
+
+/// Why something failed, for a program to match on. Each kind has a message
+/// for people in [`TaskError::message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is malformed or inconsistent (e.g. an empty image name).
+    BadRequest,
+    /// The server's policy does not allow what was asked.
+    PolicyDenied,
+    /// Too many tasks: a per-connection or global bound, or the queue is full.
+    Busy,
+    /// A request id that is already running on this connection.
+    DuplicateId,
+    /// A message named a request that is not running.
+    UnknownRequest,
+    /// No pre-compiled task by that name.
+    UnknownTask,
+    /// The image does not exist locally or in its registry.
+    ImageNotFound,
+    /// The registry refused the credentials.
+    RegistryAuth,
+    /// The command does not exist in the image (`docker run` exits 127).
+    CommandNotFound,
+    /// The command exists but cannot be run (`docker run` exits 126).
+    CommandNotInvokable,
+    /// The Docker engine failed or cannot be reached.
+    Engine,
+    /// The server is shutting down and takes no new tasks.
+    ShuttingDown,
+    /// Missing or wrong credentials in the handshake.
+    Unauthorized,
+    /// The peer broke the protocol (bad frame, bad handshake, wrong magic).
+    Protocol,
+    /// A frame was larger than the maximum.
+    FrameTooLarge,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The connection sat idle past the idle timeout, or the handshake took
+    /// too long.
+    Timeout,
+    /// A bug in the server; the message says more.
+    Internal,
+}
+
+/// An error with a kind to match on and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> TaskError {
+        TaskError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// What `tcp-task status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Server program and version.
+    pub server: String,
+    pub protocol_version: u16,
+    pub uptime_ms: u64,
+    pub connections: u64,
+    /// Tasks whose container is running.
+    pub running: u64,
+    /// Tasks waiting for a free slot.
+    pub queued: u64,
+    /// Tasks that ended since the server started (any ending).
+    pub finished: u64,
+    /// Tasks that failed to run since the server started.
+    pub failed: u64,
+    pub engine: EngineStatus,
+    pub catalog_size: u64,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// Whether the container engine answers, and what it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub reachable: bool,
+    /// e.g. `20.10.24+dfsg1`.
+    pub version: Option<String>,
+    /// The negotiated Engine API version, e.g. `1.41`.
+    pub api_version: Option<String>,
+    /// Why it is not reachable.
+    pub error: Option<String>,
+}
+
+/// One warm-container pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub key: String,
+    pub warm: u64,
+    pub in_use: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A pre-compiled task, as `tcp-task tasks` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntryInfo {
+    pub name: String,
+    pub description: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub memory_bytes: Option<u64>,
+    pub nano_cpus: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}

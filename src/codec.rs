@@ -8,9 +8,11 @@
 //! for it, so a peer cannot make us allocate by announcing a huge frame.
 
 use bytes::{Buf, BufMut, BytesMut};
+use futures::{Sink, SinkExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
+use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::protocol::DEFAULT_MAX_FRAME_LEN;
@@ -79,29 +81,50 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     Ok(message)
 }
 
+/// Decodes a value from the start of `body`, ignoring what follows. The
+/// handshake uses it to read the magic and version of a hello whose later
+/// fields may be of another version.
+pub fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    bincode::serde::decode_from_slice(body, config())
+        .map(|(message, _)| message)
+        .map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+/// Takes one whole frame body off the front of `src`, if it is all there.
+///
+/// The declared length is checked against `max_frame_len` before anything is
+/// reserved for it: the length is only the peer's claim.
+pub fn take_frame(
+    src: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<Option<BytesMut>, CodecError> {
+    if src.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    if len > max_frame_len {
+        return Err(CodecError::FrameTooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    if src.len() < LENGTH_PREFIX + len {
+        src.reserve(LENGTH_PREFIX + len - src.len());
+        return Ok(None);
+    }
+    src.advance(LENGTH_PREFIX);
+    Ok(Some(src.split_to(len)))
+}
+
 impl<D: DeserializeOwned> Decoder for FrameCodec<D> {
     type Item = D;
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<D>, CodecError> {
-        if src.len() < LENGTH_PREFIX {
-            return Ok(None);
+        match take_frame(src, self.max_frame_len)? {
+            Some(body) => decode_body(&body).map(Some),
+            None => Ok(None),
         }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        // Checked before reserving anything: the length is the peer's claim.
-        if len > self.max_frame_len {
-            return Err(CodecError::FrameTooLarge {
-                len,
-                max: self.max_frame_len,
-            });
-        }
-        if src.len() < LENGTH_PREFIX + len {
-            src.reserve(LENGTH_PREFIX + len - src.len());
-            return Ok(None);
-        }
-        src.advance(LENGTH_PREFIX);
-        let body = src.split_to(len);
-        decode_body(&body).map(Some)
     }
 }
 
@@ -131,6 +154,26 @@ impl<D, E: Serialize> Encoder<E> for FrameCodec<D> {
         dst[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
+}
+
+/// Writes what arrives on `queue` to `sink` until the queue closes: many
+/// frames per flush when they arrive together, one flush when the queue is
+/// momentarily empty, so a burst costs one write call instead of one each.
+pub async fn write_batched<S, I>(
+    sink: &mut S,
+    queue: &mut mpsc::Receiver<I>,
+) -> Result<(), CodecError>
+where
+    S: Sink<I, Error = CodecError> + Unpin,
+{
+    while let Some(item) = queue.recv().await {
+        sink.feed(item).await?;
+        while let Ok(item) = queue.try_recv() {
+            sink.feed(item).await?;
+        }
+        sink.flush().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,14 @@ pub struct Outgoing {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
+// The writer encodes the message; the permit is released when the frame has
+// been encoded into the write buffer and the `Outgoing` is dropped.
+impl serde::Serialize for Outgoing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.message.serialize(serializer)
+    }
+}
+
 impl From<ServerMessage> for Outgoing {
     fn from(message: ServerMessage) -> Outgoing {
         Outgoing {

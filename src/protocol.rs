@@ -86,7 +86,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
     /// Run a task.
-    Submit { id: RequestId, spec: TaskSpec },
+    Submit { id: RequestId, spec: Box<TaskSpec> },
     /// Bytes for the task's stdin (only when `spec.stdin` was set).
     Stdin { id: RequestId, chunk: Bytes },
     /// End of the task's stdin.

@@ -1,0 +1,629 @@
+//! The client library: one persistent connection, many concurrent tasks.
+//!
+//! ```no_run
+//! use tcp_task::{Client, TaskSpec};
+//!
+//! # async fn demo() -> Result<(), tcp_task::Error> {
+//! let client = Client::connect("127.0.0.1:7070").await?;
+//! let output = client
+//!     .run(TaskSpec::image("tcp-task-examples:0.1.0", ["sum", "1", "2", "3"]))
+//!     .await?
+//!     .output()
+//!     .await?;
+//! assert_eq!(output.stdout, b"6\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`Client`] is cheap to clone and usable from many tokio tasks at once:
+//! every clone shares the connection. Frames for all tasks travel over it,
+//! told apart by request id. Events of one task arrive in order; tasks do not
+//! wait for each other, except that a [`TaskHandle`] nobody reads from will,
+//! once its small buffer is full, pause the reading of the whole connection
+//! (that pause is what slows the server down when the client is slow).
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::debug;
+
+use crate::codec::{self, FrameCodec};
+use crate::protocol::{
+    CatalogEntryInfo, ClientMessage, ErrorKind, Hello, Limits, Outcome, OutputStream,
+    ProgressEvent, RequestId, ServerMessage, ServerStatus, TaskError, TaskSpec,
+    DEFAULT_MAX_FRAME_LEN, MAX_CHUNK_LEN,
+};
+
+/// Frames waiting to be written to the server.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Events buffered for one task handle before the connection's reader waits.
+const EVENT_QUEUE: usize = 64;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything that can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to the tcp-task server at {addr}: {source}. Is `tcp-task serve` running there? Pass its address with --server or TCP_TASK_SERVER")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The server answered, but refused the task, request or connection.
+    #[error("{0}")]
+    Remote(TaskError),
+    /// The connection broke; the string says how.
+    #[error("the connection to the server was lost: {0}")]
+    Disconnected(String),
+    /// The connection could be made but the handshake failed.
+    #[error("handshake with the server failed: {0}")]
+    Handshake(String),
+}
+
+impl Error {
+    /// The server's error kind, when the server sent one.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Remote(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+}
+
+/// Options for [`Client::connect_with`].
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// Sent in the handshake, for servers that require a token.
+    pub token: Option<String>,
+    /// Names this program in the server's logs.
+    pub client_name: String,
+    /// Largest frame accepted from the server.
+    pub max_frame_len: u32,
+    /// Time allowed for the TCP connection and the handshake together.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            token: None,
+            client_name: format!("tcp-task-client {}", env!("CARGO_PKG_VERSION")),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("client_name", &self.client_name)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// What one task reports before it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEvent {
+    /// The server admitted the task.
+    Accepted,
+    Progress(ProgressEvent),
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// Everything a task produced, from [`TaskHandle::output`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// What the reader hands to one task's handle.
+enum Delivery {
+    Event(TaskEvent),
+    End(Result<Outcome, Error>),
+}
+
+/// Who waits for the answer to a request.
+enum Pending {
+    Task(mpsc::Sender<Delivery>),
+    Reply(oneshot::Sender<Result<ServerMessage, Error>>),
+}
+
+struct Inner {
+    outgoing: mpsc::Sender<ClientMessage>,
+    pending: Mutex<HashMap<RequestId, Pending>>,
+    next_id: AtomicU64,
+    limits: Limits,
+    server: String,
+    /// Set once the connection is gone, with the reason.
+    closed: Mutex<Option<String>>,
+}
+
+/// A connection to a tcp-task server. Clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.server)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects with default options.
+    pub async fn connect(addr: impl ToSocketAddrs + fmt::Display) -> Result<Client, Error> {
+        Client::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// Connects over TCP and performs the handshake.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs + fmt::Display,
+        options: ConnectOptions,
+    ) -> Result<Client, Error> {
+        let name = addr.to_string();
+        let deadline = Instant::now() + options.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                ))
+            })
+            .map_err(|source| Error::Connect { addr: name, source })?;
+        let _ = stream.set_nodelay(true);
+        Client::handshake(stream, options, deadline).await
+    }
+
+    /// Performs the handshake over an already connected stream (a TLS stream,
+    /// for example) and starts the connection's reader and writer.
+    pub async fn handshake<S>(
+        stream: S,
+        options: ConnectOptions,
+        deadline: Instant,
+    ) -> Result<Client, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(options.max_frame_len));
+        let mut reader = FramedRead::new(
+            reader,
+            FrameCodec::<ServerMessage>::new(options.max_frame_len),
+        );
+        let hello = Hello::new(options.client_name, options.token);
+        let exchange = async {
+            writer
+                .send(hello)
+                .await
+                .map_err(|e| Error::Handshake(e.to_string()))?;
+            match reader.next().await {
+                Some(Ok(ServerMessage::Welcome(welcome))) => Ok(welcome),
+                Some(Ok(ServerMessage::Error { error, .. })) => Err(Error::Remote(error)),
+                Some(Ok(other)) => Err(Error::Handshake(format!("unexpected first frame {other:?}"))),
+                Some(Err(e)) => Err(Error::Handshake(format!(
+                    "{e} (is this a tcp-task server, and does it use TLS where the client does not, or the reverse?)"
+                ))),
+                None => Err(Error::Handshake("the server closed the connection".into())),
+            }
+        };
+        let welcome = tokio::time::timeout_at(deadline.into(), exchange)
+            .await
+            .map_err(|_| Error::Handshake("no answer from the server in time (is it a tcp-task server, with the same TLS setting?)".into()))??;
+
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let inner = Arc::new(Inner {
+            outgoing,
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            limits: welcome.limits,
+            server: welcome.server,
+            closed: Mutex::default(),
+        });
+        tokio::spawn(write_frames(writer, queue));
+        tokio::spawn(read_frames(reader, inner.clone()));
+        Ok(Client { inner })
+    }
+
+    /// The limits the server announced.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The server's name and version.
+    pub fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    /// Submits a task. Returns once the request is queued for sending; the
+    /// handle then reports `Accepted` (or the task's refusal) and the rest.
+    pub async fn run(&self, spec: TaskSpec) -> Result<TaskHandle, Error> {
+        let id = self.inner.next_id();
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        self.inner.register(id, Pending::Task(events))?;
+        let wants_stdin = spec.stdin;
+        let spec = Box::new(spec);
+        self.inner.send(ClientMessage::Submit { id, spec }).await?;
+        Ok(TaskHandle {
+            id,
+            events: rx,
+            stdin: StdinWriter {
+                id,
+                inner: self.inner.clone(),
+                open: wants_stdin,
+            },
+            inner: self.inner.clone(),
+            end: None,
+        })
+    }
+
+    /// Round trip with an empty payload.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        self.ping_with(Bytes::new()).await.map(|(rtt, _)| rtt)
+    }
+
+    /// Round trip carrying `payload` both ways.
+    pub async fn ping_with(&self, payload: Bytes) -> Result<(Duration, Bytes), Error> {
+        let started = Instant::now();
+        match self
+            .request(|id| ClientMessage::Ping { id, payload })
+            .await?
+        {
+            ServerMessage::Pong { payload, .. } => Ok((started.elapsed(), payload)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The server's status: version, uptime, engine, task counts.
+    pub async fn status(&self) -> Result<ServerStatus, Error> {
+        match self.request(|id| ClientMessage::Status { id }).await? {
+            ServerMessage::StatusReply { status, .. } => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The pre-compiled tasks the server knows.
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntryInfo>, Error> {
+        match self.request(|id| ClientMessage::ListCatalog { id }).await? {
+            ServerMessage::CatalogReply { entries, .. } => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn request(
+        &self,
+        message: impl FnOnce(RequestId) -> ClientMessage,
+    ) -> Result<ServerMessage, Error> {
+        let id = self.inner.next_id();
+        let (reply, answer) = oneshot::channel();
+        self.inner.register(id, Pending::Reply(reply))?;
+        self.inner.send(message(id)).await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self.inner.disconnected()))
+    }
+}
+
+fn unexpected(message: ServerMessage) -> Error {
+    Error::Disconnected(format!(
+        "the server answered with an unexpected frame: {message:?}"
+    ))
+}
+
+impl Inner {
+    fn next_id(&self) -> RequestId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers before sending, so the answer always finds its waiter.
+    fn register(&self, id: RequestId, pending: Pending) -> Result<(), Error> {
+        // Holding `closed` while inserting: the reader drains `pending` after
+        // setting `closed`, so no waiter can slip in after the drain.
+        let closed = self.closed.lock().unwrap();
+        if let Some(reason) = closed.as_ref() {
+            return Err(Error::Disconnected(reason.clone()));
+        }
+        self.pending.lock().unwrap().insert(id, pending);
+        Ok(())
+    }
+
+    async fn send(&self, message: ClientMessage) -> Result<(), Error> {
+        self.outgoing
+            .send(message)
+            .await
+            .map_err(|_| self.disconnected())
+    }
+
+    fn disconnected(&self) -> Error {
+        let reason = self.closed.lock().unwrap().clone();
+        Error::Disconnected(reason.unwrap_or_else(|| "the connection closed".into()))
+    }
+
+    /// Ends every pending request with `reason`; later requests fail at once.
+    fn close(&self, reason: String) {
+        let mut closed = self.closed.lock().unwrap();
+        closed.get_or_insert(reason.clone());
+        let pending: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        drop(closed);
+        for waiter in pending {
+            match waiter {
+                Pending::Task(events) => {
+                    let _ =
+                        events.try_send(Delivery::End(Err(Error::Disconnected(reason.clone()))));
+                }
+                Pending::Reply(reply) => {
+                    let _ = reply.send(Err(Error::Disconnected(reason.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: FramedWrite<W, FrameCodec<()>>,
+    mut queue: mpsc::Receiver<ClientMessage>,
+) {
+    if let Err(e) = codec::write_batched(&mut writer, &mut queue).await {
+        debug!(error = %e, "write to the server failed");
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut reader: FramedRead<R, FrameCodec<ServerMessage>>,
+    inner: Arc<Inner>,
+) {
+    let mut last_error: Option<TaskError> = None;
+    let reason = loop {
+        match reader.next().await {
+            Some(Ok(ServerMessage::Error { id: None, error })) => last_error = Some(error),
+            Some(Ok(message)) => deliver(&inner, message).await,
+            Some(Err(e)) => break format!("bad frame from the server: {e}"),
+            None => break "the server closed the connection".to_string(),
+        }
+    };
+    let reason = match last_error {
+        Some(error) => format!("{reason}: {error}"),
+        None => reason,
+    };
+    inner.close(reason);
+}
+
+/// Routes one frame to whoever waits for its request id.
+async fn deliver(inner: &Inner, message: ServerMessage) {
+    use ServerMessage as M;
+    let (id, delivery) = match message {
+        M::Accepted { id } => (id, Delivery::Event(TaskEvent::Accepted)),
+        M::Progress { id, event } => (id, Delivery::Event(TaskEvent::Progress(event))),
+        M::Output {
+            id,
+            stream: OutputStream::Stdout,
+            chunk,
+        } => (id, Delivery::Event(TaskEvent::Stdout(chunk))),
+        M::Output {
+            id,
+            stream: OutputStream::Stderr,
+            chunk,
+        } => (id, Delivery::Event(TaskEvent::Stderr(chunk))),
+        M::Exited { id, outcome } => (id, Delivery::End(Ok(outcome))),
+        M::Failed { id, error } => (id, Delivery::End(Err(Error::Remote(error)))),
+        M::Error {
+            id: Some(id),
+            error,
+        } => return answer_error(inner, id, error),
+        M::Pong { id, .. } | M::StatusReply { id, .. } | M::CatalogReply { id, .. } => {
+            return answer(inner, id, Ok(message))
+        }
+        M::Welcome(_) | M::Error { id: None, .. } => return,
+    };
+    let ends = matches!(delivery, Delivery::End(_));
+    let waiter = {
+        let mut pending = inner.pending.lock().unwrap();
+        if ends {
+            pending.remove(&id)
+        } else {
+            match pending.get(&id) {
+                Some(Pending::Task(events)) => Some(Pending::Task(events.clone())),
+                _ => None,
+            }
+        }
+    };
+    if let Some(Pending::Task(events)) = waiter {
+        // Waits while the handle's buffer is full: that is the backpressure.
+        // An error means the handle was dropped, which already cancelled it.
+        let _ = events.send(delivery).await;
+    }
+}
+
+fn answer(inner: &Inner, id: RequestId, result: Result<ServerMessage, Error>) {
+    let waiter = inner.pending.lock().unwrap().remove(&id);
+    if let Some(Pending::Reply(reply)) = waiter {
+        let _ = reply.send(result);
+    }
+}
+
+/// A non-terminal error about a request: fatal for a status or ping, only
+/// informative for a task (e.g. stdin that arrived after the task ended).
+fn answer_error(inner: &Inner, id: RequestId, error: TaskError) {
+    let is_reply = matches!(
+        inner.pending.lock().unwrap().get(&id),
+        Some(Pending::Reply(_))
+    );
+    if is_reply {
+        answer(inner, id, Err(Error::Remote(error)));
+    } else {
+        debug!(id, %error, "server note about a task");
+    }
+}
+
+/// One running task. Read its events with [`next`](TaskHandle::next), or
+/// skip them with [`wait`](TaskHandle::wait) or collect them with
+/// [`output`](TaskHandle::output). Dropping the handle before the task ends
+/// cancels the task.
+pub struct TaskHandle {
+    id: RequestId,
+    events: mpsc::Receiver<Delivery>,
+    stdin: StdinWriter,
+    inner: Arc<Inner>,
+    end: Option<Result<Outcome, Error>>,
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}
+
+impl TaskHandle {
+    /// The request id of this task on its connection.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next event, or `None` once the task has ended; then
+    /// [`wait`](TaskHandle::wait) returns the outcome at once.
+    pub async fn next(&mut self) -> Option<TaskEvent> {
+        if self.end.is_some() {
+            return None;
+        }
+        match self.events.recv().await {
+            Some(Delivery::Event(event)) => Some(event),
+            Some(Delivery::End(end)) => {
+                self.end = Some(end);
+                None
+            }
+            None => {
+                self.end = Some(Err(self.inner.disconnected()));
+                None
+            }
+        }
+    }
+
+    /// Waits for the end, discarding the events still to come.
+    pub async fn wait(mut self) -> Result<Outcome, Error> {
+        while self.next().await.is_some() {}
+        self.end
+            .take()
+            .expect("next() returned None, so the end is known")
+    }
+
+    /// Waits for the end, collecting stdout and stderr.
+    pub async fn output(mut self) -> Result<TaskOutput, Error> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(event) = self.next().await {
+            match event {
+                TaskEvent::Stdout(chunk) => stdout.extend_from_slice(&chunk),
+                TaskEvent::Stderr(chunk) => stderr.extend_from_slice(&chunk),
+                _ => {}
+            }
+        }
+        let outcome = self
+            .end
+            .take()
+            .expect("next() returned None, so the end is known")?;
+        Ok(TaskOutput {
+            stdout,
+            stderr,
+            outcome,
+        })
+    }
+
+    /// A writer for the task's stdin (the spec must have set `stdin`).
+    pub fn stdin(&self) -> StdinWriter {
+        self.stdin.clone()
+    }
+
+    /// Asks the server to stop the task. The handle then ends with an
+    /// outcome whose ending is `Cancelled` (or the task's own, if it ended
+    /// first).
+    pub async fn cancel(&self) -> Result<(), Error> {
+        self.inner.send(ClientMessage::Cancel { id: self.id }).await
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        if self.end.is_some() {
+            return;
+        }
+        let removed = self.inner.pending.lock().unwrap().remove(&self.id);
+        if removed.is_none() {
+            return; // already ended, only not read yet
+        }
+        let cancel = ClientMessage::Cancel { id: self.id };
+        if let Err(mpsc::error::TrySendError::Full(cancel)) = self.inner.outgoing.try_send(cancel) {
+            let outgoing = self.inner.outgoing.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { outgoing.send(cancel).await });
+            }
+        }
+    }
+}
+
+/// Streams bytes into a task's stdin. Cloneable; every clone writes to the
+/// same stdin.
+#[derive(Clone)]
+pub struct StdinWriter {
+    id: RequestId,
+    inner: Arc<Inner>,
+    open: bool,
+}
+
+impl StdinWriter {
+    /// Sends `data`, split into chunks the server accepts.
+    pub async fn write(&self, mut data: Bytes) -> Result<(), Error> {
+        self.check_open()?;
+        let max = (self.inner.limits.max_chunk_len as usize).clamp(1, MAX_CHUNK_LEN);
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(max));
+            self.inner
+                .send(ClientMessage::Stdin { id: self.id, chunk })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the task's stdin: it reads end-of-file.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.check_open()?;
+        self.inner
+            .send(ClientMessage::StdinClose { id: self.id })
+            .await
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.open {
+            Ok(())
+        } else {
+            Err(Error::Remote(TaskError::new(
+                ErrorKind::BadRequest,
+                "this task has no stdin: set `stdin: true` in its TaskSpec",
+            )))
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! One client connection on the server side: the handshake, a reader that
+//! dispatches frames, a writer that batches them, and the table of tasks
+//! running for this client.
+//!
+//! Nothing here knows about Docker: tasks are handed to the [`Executor`].
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::codec::{self, CodecError, FrameCodec};
+use crate::events::{EventSink, Outgoing};
+use crate::executor::{Executor, TaskIo};
+use crate::protocol::{
+    ClientMessage, ErrorKind, Hello, RequestId, ServerMessage, TaskError, TaskSpec, Welcome, MAGIC,
+    PROTOCOL_VERSION,
+};
+use crate::server::Shared;
+
+/// Frames waiting for the writer. Output frames are also bounded in bytes by
+/// the connection's output budget; this bounds the small ones.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Stdin chunks waiting for one task's container to take them.
+const STDIN_QUEUE: usize = 16;
+
+/// A task running for this connection.
+struct TaskEntry {
+    /// `None` once stdin is closed (or was never asked for).
+    stdin: Option<mpsc::Sender<Bytes>>,
+    cancel: CancellationToken,
+}
+
+type TaskTable = Arc<Mutex<HashMap<RequestId, TaskEntry>>>;
+
+/// Serves one connection until the client leaves, breaks the protocol, sits
+/// idle, or the server shuts down. Returns once every task it started has
+/// ended and its terminal frame has been written (or the client is gone).
+pub(crate) async fn serve<S, E>(stream: S, peer: SocketAddr, shared: Arc<Shared<E>>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    E: Executor,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let max_frame_len = shared.config.max_frame_len;
+    let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
+
+    let mut buffer = BytesMut::new();
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        read_hello(&mut reader, &mut buffer, max_frame_len as usize),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(TaskError::new(
+            ErrorKind::Timeout,
+            format!(
+                "no handshake within {:?}; a tcp-task client sends its hello first",
+                shared.config.handshake_timeout
+            ),
+        ))
+    })
+    .and_then(|hello| shared.check_credentials(&hello, peer));
+
+    let hello = match handshake {
+        Ok(hello) => hello,
+        Err(error) => {
+            info!(%peer, %error, "handshake refused");
+            let _ = send_now(&mut writer, ServerMessage::Error { id: None, error }).await;
+            return;
+        }
+    };
+    debug!(%peer, client = %hello.client, "handshake done");
+    let welcome = ServerMessage::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        server: crate::server::server_name(),
+        limits: shared.config.limits(),
+    });
+    if send_now(&mut writer, welcome).await.is_err() {
+        return;
+    }
+
+    let mut frames = FramedRead::new(reader, FrameCodec::<ClientMessage>::new(max_frame_len));
+    // Bytes that came after the hello belong to the next frames.
+    *frames.read_buffer_mut() = buffer;
+    Connection::new(peer, shared).run(frames, writer).await;
+}
+
+/// Writes one frame right away; used before the batching writer exists.
+async fn send_now<W: AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, FrameCodec<()>>,
+    message: ServerMessage,
+) -> Result<(), CodecError> {
+    use futures::SinkExt;
+    writer.send(message).await
+}
+
+/// Reads the client's hello: the first frame. Checks the magic and version
+/// before decoding the rest, so a peer of another version (or no tcp-task
+/// peer at all) gets an error that says so.
+async fn read_hello<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    max_frame_len: usize,
+) -> Result<Hello, TaskError> {
+    loop {
+        if let Some(reason) = foreign_protocol(buffer) {
+            return Err(TaskError::new(ErrorKind::Protocol, reason));
+        }
+        match codec::take_frame(buffer, max_frame_len) {
+            Ok(Some(body)) => return check_hello(&body),
+            Ok(None) => {}
+            Err(e) => return Err(protocol_error(&e)),
+        }
+        match reader.read_buf(buffer).await {
+            Ok(0) => {
+                return Err(TaskError::new(
+                    ErrorKind::Protocol,
+                    "connection closed during the handshake",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(TaskError::new(
+                    ErrorKind::Protocol,
+                    format!("read failed during the handshake: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Recognises the first bytes of protocols people point at the wrong port.
+fn foreign_protocol(first_bytes: &[u8]) -> Option<String> {
+    if first_bytes.len() >= 3 && first_bytes[0] == 0x16 && first_bytes[1] == 0x03 {
+        return Some(
+            "the client started a TLS handshake, but this server speaks plaintext; connect without TLS or start the server with --tls-cert and --tls-key".into(),
+        );
+    }
+    const HTTP_METHODS: [&[u8]; 5] = [b"GET ", b"POST", b"PUT ", b"HEAD", b"CONN"];
+    if first_bytes.len() >= 4 && HTTP_METHODS.contains(&&first_bytes[..4]) {
+        return Some("this is a tcp-task server, not an HTTP server".into());
+    }
+    None
+}
+
+fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
+    if body.len() < MAGIC.len() || body[..MAGIC.len()] != MAGIC {
+        return Err(TaskError::new(
+            ErrorKind::Protocol,
+            "wrong magic bytes in the handshake: the peer is not a tcp-task client",
+        ));
+    }
+    let version: u16 = codec::decode_prefix(&body[MAGIC.len()..]).map_err(|_| {
+        TaskError::new(
+            ErrorKind::Protocol,
+            "handshake too short to hold a protocol version",
+        )
+    })?;
+    if version != PROTOCOL_VERSION {
+        return Err(TaskError::new(
+            ErrorKind::VersionMismatch,
+            format!(
+                "the client speaks protocol version {version}, this server speaks version {PROTOCOL_VERSION}; use a client and server of matching versions"
+            ),
+        ));
+    }
+    codec::decode_body(body).map_err(|e| protocol_error(&e))
+}
+
+fn protocol_error(error: &CodecError) -> TaskError {
+    let kind = match error {
+        CodecError::FrameTooLarge { .. } => ErrorKind::FrameTooLarge,
+        _ => ErrorKind::Protocol,
+    };
+    TaskError::new(kind, error.to_string())
+}
+
+/// The state of one connection after its handshake.
+struct Connection<E> {
+    peer: SocketAddr,
+    shared: Arc<Shared<E>>,
+    outgoing: mpsc::Sender<Outgoing>,
+    outgoing_rx: Option<mpsc::Receiver<Outgoing>>,
+    tasks: TaskTable,
+    /// Bytes of output that may wait for the writer, across all tasks.
+    output_budget: Arc<Semaphore>,
+    /// Woken whenever a task ends, so a draining connection notices when it
+    /// has none left.
+    task_ended: Arc<Notify>,
+    tracker: TaskTracker,
+    /// Cancels every task of this connection (its tokens are children).
+    gone: CancellationToken,
+    draining: bool,
+}
+
+/// What the reader loop decided after one frame.
+enum Next {
+    Continue,
+    Close,
+}
+
+impl<E: Executor> Connection<E> {
+    fn new(peer: SocketAddr, shared: Arc<Shared<E>>) -> Connection<E> {
+        let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let gone = shared.abort.child_token();
+        let output_budget = Arc::new(Semaphore::new(shared.config.output_budget()));
+        Connection {
+            peer,
+            shared,
+            outgoing,
+            outgoing_rx: Some(outgoing_rx),
+            tasks: Arc::default(),
+            output_budget,
+            task_ended: Arc::default(),
+            tracker: TaskTracker::new(),
+            gone,
+            draining: false,
+        }
+    }
+
+    async fn run<R, W>(
+        mut self,
+        mut frames: FramedRead<R, FrameCodec<ClientMessage>>,
+        writer: FramedWrite<W, FrameCodec<()>>,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let writer_task = self.spawn_writer(writer);
+        let shutdown = self.shared.shutdown.clone();
+        let idle_timeout = self.shared.config.idle_timeout;
+        loop {
+            if self.draining && self.running() == 0 {
+                self.send_error(None, ErrorKind::ShuttingDown, "the server is shutting down")
+                    .await;
+                break;
+            }
+            let task_ended = self.task_ended.clone();
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(idle_timeout, frames.next()) => frame,
+                _ = shutdown.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    continue;
+                }
+                _ = task_ended.notified() => continue,
+                _ = self.gone.cancelled() => break,
+            };
+            let next = match frame {
+                Err(_idle) if self.running() > 0 => Next::Continue,
+                Err(_idle) => {
+                    let message = format!("closing the connection after {idle_timeout:?} without a frame or a running task");
+                    self.send_error(None, ErrorKind::Timeout, message).await;
+                    Next::Close
+                }
+                Ok(None) => Next::Close,
+                Ok(Some(Err(e))) => {
+                    info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
+                    let error = protocol_error(&e);
+                    let _ = self
+                        .outgoing
+                        .send(ServerMessage::Error { id: None, error }.into())
+                        .await;
+                    Next::Close
+                }
+                Ok(Some(Ok(message))) => self.dispatch(message).await,
+            };
+            if let Next::Close = next {
+                break;
+            }
+        }
+        // Whatever ended the connection, its tasks end with it.
+        self.gone.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        drop(self.outgoing);
+        let _ = writer_task.await;
+        debug!(peer = %self.peer, "connection closed");
+    }
+
+    fn spawn_writer<W>(
+        &mut self,
+        mut writer: FramedWrite<W, FrameCodec<()>>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut queue = self.outgoing_rx.take().expect("the writer is spawned once");
+        let gone = self.gone.clone();
+        let peer = self.peer;
+        tokio::spawn(async move {
+            if let Err(e) = codec::write_batched(&mut writer, &mut queue).await {
+                debug!(%peer, error = %e, "write failed; the client is gone");
+                // Nobody will read what the tasks produce: stop them.
+                gone.cancel();
+            }
+        })
+    }
+
+    fn running(&self) -> usize {
+        self.tasks.lock().unwrap().len()
+    }
+
+    async fn send(&self, message: ServerMessage) {
+        let _ = self.outgoing.send(message.into()).await;
+    }
+
+    async fn send_error(&self, id: Option<RequestId>, kind: ErrorKind, message: impl Into<String>) {
+        let error = TaskError::new(kind, message);
+        self.send(ServerMessage::Error { id, error }).await;
+    }
+
+    async fn dispatch(&mut self, message: ClientMessage) -> Next {
+        match message {
+            ClientMessage::Submit { id, spec } => self.submit(id, *spec).await,
+            ClientMessage::Stdin { id, chunk } => self.stdin(id, chunk).await,
+            ClientMessage::StdinClose { id } => self.stdin_close(id).await,
+            ClientMessage::Cancel { id } => self.cancel(id),
+            ClientMessage::Ping { id, payload } => {
+                self.send(ServerMessage::Pong { id, payload }).await
+            }
+            ClientMessage::Status { id } => self.status(id),
+            ClientMessage::ListCatalog { id } => {
+                let entries = self.shared.executor.catalog();
+                self.send(ServerMessage::CatalogReply { id, entries }).await;
+            }
+        }
+        Next::Continue
+    }
+
+    async fn submit(&mut self, id: RequestId, spec: TaskSpec) {
+        match self.admit(id) {
+            Ok(permit) => self.start_task(id, spec, permit).await,
+            Err(Refusal::Duplicate(error)) => {
+                self.send(ServerMessage::Error {
+                    id: Some(id),
+                    error,
+                })
+                .await
+            }
+            Err(Refusal::Terminal(error)) => self.send(ServerMessage::Failed { id, error }).await,
+        }
+    }
+
+    /// Checks the bounds before a task is accepted. A refusal is immediate:
+    /// the connection never waits for room.
+    fn admit(&self, id: RequestId) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.draining {
+            return Err(Refusal::Terminal(TaskError::new(
+                ErrorKind::ShuttingDown,
+                "the server is shutting down and takes no new tasks; retry against another server or after it restarts",
+            )));
+        }
+        let tasks = self.tasks.lock().unwrap();
+        if tasks.contains_key(&id) {
+            return Err(Refusal::Duplicate(TaskError::new(
+                ErrorKind::DuplicateId,
+                format!("request id {id} is already running on this connection; use a new id"),
+            )));
+        }
+        let max = self.shared.config.max_tasks_per_connection;
+        if tasks.len() >= max {
+            return Err(Refusal::Terminal(TaskError::new(
+                ErrorKind::Busy,
+                format!("this connection already runs {max} tasks, its maximum; wait for one to end or open another connection"),
+            )));
+        }
+        self.shared
+            .task_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Refusal::Terminal(TaskError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "the server already runs {} tasks, its maximum; retry later",
+                        self.shared.config.max_tasks
+                    ),
+                ))
+            })
+    }
+
+    async fn start_task(&mut self, id: RequestId, spec: TaskSpec, permit: OwnedSemaphorePermit) {
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let cancel = self.gone.child_token();
+        let entry = TaskEntry {
+            stdin: spec.stdin.then_some(stdin_tx),
+            cancel: cancel.clone(),
+        };
+        self.tasks.lock().unwrap().insert(id, entry);
+        // Accepted goes on the queue before the task can produce anything, so
+        // it is always the task's first frame.
+        self.send(ServerMessage::Accepted { id }).await;
+
+        let io = TaskIo {
+            events: EventSink::new(id, self.outgoing.clone(), self.output_budget.clone()),
+            stdin: stdin_rx,
+            cancel,
+        };
+        let shared = self.shared.clone();
+        let outgoing = self.outgoing.clone();
+        let tasks = self.tasks.clone();
+        let task_ended = self.task_ended.clone();
+        self.tracker.spawn(async move {
+            let terminal = match shared.executor.run(spec, io).await {
+                Ok(outcome) => ServerMessage::Exited { id, outcome },
+                Err(error) => ServerMessage::Failed { id, error },
+            };
+            shared.record_end(&terminal);
+            // Out of the table before the terminal frame is sent, so that the
+            // client may reuse the id as soon as it sees the frame.
+            tasks.lock().unwrap().remove(&id);
+            drop(permit);
+            let _ = outgoing.send(terminal.into()).await;
+            task_ended.notify_one();
+        });
+    }
+
+    async fn stdin(&self, id: RequestId, chunk: Bytes) {
+        let sender = self.tasks.lock().unwrap().get(&id).map(|t| t.stdin.clone());
+        match sender {
+            Some(Some(sender)) => {
+                // Waiting here pauses this connection's reading while the
+                // task's stdin queue is full: TCP carries the backpressure to
+                // the client. The wait ends if the task ends.
+                let cancel = self
+                    .tasks
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .map(|t| t.cancel.clone());
+                let cancel = cancel.unwrap_or_default();
+                tokio::select! {
+                    _ = sender.send(chunk) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            Some(None) => {
+                let message = format!("stdin for request {id}, whose stdin is closed or was not requested (set `stdin` in the task spec); ignored");
+                self.send_error(Some(id), ErrorKind::UnknownRequest, message)
+                    .await;
+            }
+            None => {
+                let message = format!("stdin for request {id}, which is not running (it ended or was never submitted); ignored");
+                self.send_error(Some(id), ErrorKind::UnknownRequest, message)
+                    .await;
+            }
+        }
+    }
+
+    async fn stdin_close(&self, id: RequestId) {
+        let known = match self.tasks.lock().unwrap().get_mut(&id) {
+            Some(task) => {
+                task.stdin = None;
+                true
+            }
+            None => false,
+        };
+        if !known {
+            let message = format!("stdin close for request {id}, which is not running; ignored");
+            self.send_error(Some(id), ErrorKind::UnknownRequest, message)
+                .await;
+        }
+    }
+
+    /// Cancelling a task that already ended is not an error: the client
+    /// cannot know that its cancel crossed the terminal frame.
+    fn cancel(&self, id: RequestId) {
+        if let Some(task) = self.tasks.lock().unwrap().get(&id) {
+            task.cancel.cancel();
+        }
+    }
+
+    /// Status asks the engine, which may be slow: answered from its own task
+    /// so the connection keeps reading.
+    fn status(&self, id: RequestId) {
+        let shared = self.shared.clone();
+        let outgoing = self.outgoing.clone();
+        self.tracker.spawn(async move {
+            let status = shared.status().await;
+            let _ = outgoing
+                .send(ServerMessage::StatusReply { id, status }.into())
+                .await;
+        });
+    }
+}
+
+enum Refusal {
+    /// The id is in use: answering with a terminal frame would end the task
+    /// that owns it, so the answer is a plain error.
+    Duplicate(TaskError),
+    /// Refused: the request's only frame is this `Failed`.
+    Terminal(TaskError),
+}

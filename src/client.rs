@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::codec::{self, FrameCodec};
@@ -155,10 +156,22 @@ struct Inner {
     closed: Mutex<Option<String>>,
 }
 
-/// A connection to a tcp-task server. Clones share the connection.
+/// Closes the connection when the last client clone and task handle using
+/// it are gone: the reader and writer tasks would otherwise keep it open.
+struct Alive(CancellationToken);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A connection to a tcp-task server. Clones share the connection; it
+/// closes when every clone and every [`TaskHandle`] is dropped.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    alive: Arc<Alive>,
 }
 
 impl fmt::Debug for Client {
@@ -240,9 +253,13 @@ impl Client {
             server: welcome.server,
             closed: Mutex::default(),
         });
-        tokio::spawn(write_frames(writer, queue));
-        tokio::spawn(read_frames(reader, inner.clone()));
-        Ok(Client { inner })
+        let alive = CancellationToken::new();
+        tokio::spawn(write_frames(writer, queue, alive.clone()));
+        tokio::spawn(read_frames(reader, inner.clone(), alive.clone()));
+        Ok(Client {
+            inner,
+            alive: Arc::new(Alive(alive)),
+        })
     }
 
     /// The limits the server announced.
@@ -266,6 +283,7 @@ impl Client {
         self.inner.send(ClientMessage::Submit { id, spec }).await?;
         Ok(TaskHandle {
             id,
+            alive: self.alive.clone(),
             events: rx,
             stdin: StdinWriter {
                 id,
@@ -388,19 +406,35 @@ impl Inner {
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: FramedWrite<W, FrameCodec<()>>,
     mut queue: mpsc::Receiver<ClientMessage>,
+    alive: CancellationToken,
 ) {
-    if let Err(e) = codec::write_batched(&mut writer, &mut queue).await {
-        debug!(error = %e, "write to the server failed");
+    tokio::select! {
+        result = codec::write_batched(&mut writer, &mut queue) => {
+            if let Err(e) = result {
+                debug!(error = %e, "write to the server failed");
+            }
+        }
+        _ = alive.cancelled() => {
+            // Send what the last users queued (a drop's Cancel, say) first.
+            queue.close();
+            let _ = codec::write_batched(&mut writer, &mut queue).await;
+        }
     }
+    let _ = SinkExt::<ClientMessage>::close(&mut writer).await;
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(
     mut reader: FramedRead<R, FrameCodec<ServerMessage>>,
     inner: Arc<Inner>,
+    alive: CancellationToken,
 ) {
     let mut last_error: Option<TaskError> = None;
     let reason = loop {
-        match reader.next().await {
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            _ = alive.cancelled() => break "the client closed the connection".to_string(),
+        };
+        match frame {
             Some(Ok(ServerMessage::Error { id: None, error })) => last_error = Some(error),
             Some(Ok(message)) => deliver(&inner, message).await,
             Some(Err(e)) => break format!("bad frame from the server: {e}"),
@@ -487,6 +521,9 @@ fn answer_error(inner: &Inner, id: RequestId, error: TaskError) {
 /// cancels the task.
 pub struct TaskHandle {
     id: RequestId,
+    /// Keeps the connection open while the handle lives.
+    #[allow(dead_code)]
+    alive: Arc<Alive>,
     events: mpsc::Receiver<Delivery>,
     stdin: StdinWriter,
     inner: Arc<Inner>,

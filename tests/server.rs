@@ -1,0 +1,602 @@
+//! The connection layer over real loopback sockets: multiplexing, bounds,
+//! bad input, flow control, cancellation, connection loss and shutdown.
+//! Tasks run in a scripted test executor (tests/script), not in Docker.
+
+mod script;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use script::{chunk_bytes, script, Counters, ScriptExecutor};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tcp_task::codec::{decode_body, encode_body, take_frame};
+use tcp_task::protocol::{
+    ClientMessage, Ending, ErrorKind, Hello, ServerMessage, DEFAULT_MAX_FRAME_LEN,
+};
+use tcp_task::{Client, Error, RunningServer, Server, ServerConfig, TaskEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(config: ServerConfig) -> (RunningServer, Arc<Counters>) {
+    let executor = ScriptExecutor::default();
+    let counters = executor.counters.clone();
+    let server = Server::new(config, executor)
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    (server, counters)
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that speaks the protocol by hand, to send what the library
+/// never would.
+struct RawPeer {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+impl RawPeer {
+    async fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    async fn handshaken(addr: SocketAddr) -> RawPeer {
+        let mut peer = RawPeer::connect(addr).await;
+        peer.send_body(&encode_body(&Hello::new("raw", None)).unwrap())
+            .await;
+        assert!(matches!(peer.read().await, Some(ServerMessage::Welcome(_))));
+        peer
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn send_body(&mut self, body: &[u8]) {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.send_raw(&frame).await;
+    }
+
+    async fn send(&mut self, message: &ClientMessage) {
+        self.send_body(&encode_body(message).unwrap()).await;
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    async fn read(&mut self) -> Option<ServerMessage> {
+        let read = async {
+            loop {
+                if let Some(body) =
+                    take_frame(&mut self.buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap()
+                {
+                    return Some(decode_body(&body).unwrap());
+                }
+                match self.stream.read_buf(&mut self.buffer).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server neither answered nor closed")
+    }
+
+    /// Reads until the server closes; returns the error frames seen.
+    async fn errors_until_closed(&mut self) -> Vec<ErrorKind> {
+        let mut kinds = Vec::new();
+        while let Some(message) = self.read().await {
+            if let ServerMessage::Error { error, .. } = message {
+                kinds.push(error.kind);
+            }
+        }
+        kinds
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tasks_share_one_connection_and_each_gets_its_own_bytes_in_order() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let tasks = (0..1000).map(|t| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let tag = format!("task{t}");
+            let output = client
+                .run(script(["chunks", "20", "50", &tag]))
+                .await
+                .unwrap()
+                .output()
+                .await
+                .unwrap();
+            let expected: Vec<u8> = (0..20).flat_map(|i| chunk_bytes(&tag, i, 50)).collect();
+            assert_eq!(
+                output.stdout, expected,
+                "{tag} got someone else's bytes or out of order"
+            );
+            assert!(output.outcome.success());
+        })
+    });
+    for task in join_all(tasks).await {
+        task.unwrap();
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_stay_apart_and_in_order() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let output = client
+        .run(script(["interleave", "100"]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    let stdout: String = (0..100).map(|i| format!("o{i}")).collect();
+    let stderr: String = (0..100).map(|i| format!("e{i}")).collect();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), stdout);
+    assert_eq!(String::from_utf8(output.stderr).unwrap(), stderr);
+}
+
+#[tokio::test]
+async fn accepted_comes_first_and_stdin_round_trips() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut spec = script(["cat"]);
+    spec.stdin = true;
+    let mut handle = client.run(spec).await.unwrap();
+    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    let stdin = handle.stdin();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = tokio::spawn(async move {
+        stdin.write(Bytes::from(data)).await.unwrap();
+        stdin.close().await.unwrap();
+    });
+    let output = handle.output().await.unwrap();
+    writer.await.unwrap();
+    let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(output.stdout, expected);
+}
+
+#[tokio::test]
+async fn stdin_on_a_task_that_did_not_ask_for_it_is_refused_by_the_library() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let handle = client.run(script(["echo", "x"])).await.unwrap();
+    let err = handle
+        .stdin()
+        .write(Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::BadRequest));
+}
+
+#[tokio::test]
+async fn cancel_ends_the_task_as_cancelled() {
+    let (server, counters) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
+    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    handle.cancel().await.unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert_eq!(outcome.ending, Ending::Cancelled);
+    assert_eq!(Counters::get(&counters.cancelled), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_handle_cancels_its_task() {
+    let (server, counters) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
+    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    drop(handle);
+    eventually("the server cancels the dropped task", || {
+        Counters::get(&counters.cancelled) == 1
+    })
+    .await;
+    // The connection still serves.
+    client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_client_closes_the_connection_and_cancels_its_tasks() {
+    let (server, counters) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
+    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    drop(client);
+    drop(handle);
+    eventually("the server cancels the task", || {
+        Counters::get(&counters.cancelled) == 1
+    })
+    .await;
+    let observer = Client::connect(server.local_addr()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer.status().await.unwrap().connections != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped client's connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A proxy between client and server that the test can cut, to lose the
+/// connection without either end closing it politely.
+async fn cuttable_proxy(server: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut inbound, _) = listener.accept().await.unwrap();
+        let mut outbound = TcpStream::connect(server).await.unwrap();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            _ = cut_rx => {}
+        }
+        // Dropping both sockets resets the two connections.
+    });
+    (addr, cut)
+}
+
+#[tokio::test]
+async fn connection_loss_ends_every_pending_handle_and_cancels_the_server_side_tasks() {
+    let (server, counters) = start(ServerConfig::default()).await;
+    let (proxy, cut) = cuttable_proxy(server.local_addr()).await;
+    let client = Client::connect(proxy).await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
+        assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+        handles.push(handle);
+    }
+    cut.send(()).unwrap();
+    for handle in handles {
+        let err = tokio::time::timeout(Duration::from_secs(10), handle.wait())
+            .await
+            .expect("a pending handle hung after the connection was lost")
+            .unwrap_err();
+        assert!(matches!(err, Error::Disconnected(_)), "{err:?}");
+    }
+    assert!(matches!(client.ping().await, Err(Error::Disconnected(_))));
+    eventually("the server cancels all five tasks", || {
+        Counters::get(&counters.cancelled) == 5
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_short_tasks_finish_and_cancels_the_rest_after_the_grace() {
+    let config = ServerConfig {
+        shutdown_grace: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut short = client.run(script(["sleep", "200"])).await.unwrap();
+    let mut long = client.run(script(["sleep", "60000"])).await.unwrap();
+    assert_eq!(short.next().await, Some(TaskEvent::Accepted));
+    assert_eq!(long.next().await, Some(TaskEvent::Accepted));
+    let shutdown = tokio::spawn(server.shutdown());
+    // Once draining, the server refuses new tasks but still ends old ones.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = client
+        .run(script(["echo", "late"]))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), Some(ErrorKind::ShuttingDown));
+    assert_eq!(short.wait().await.unwrap().ending, Ending::Exited);
+    assert_eq!(long.wait().await.unwrap().ending, Ending::Cancelled);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn per_connection_and_global_bounds_refuse_at_once_and_the_connection_keeps_serving() {
+    let config = ServerConfig {
+        max_tasks_per_connection: 2,
+        max_tasks: 3,
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let first = Client::connect(server.local_addr()).await.unwrap();
+    let second = Client::connect(server.local_addr()).await.unwrap();
+    let _a = first.run(script(["sleep", "60000"])).await.unwrap();
+    let _b = first.run(script(["sleep", "60000"])).await.unwrap();
+    let over_connection = first
+        .run(script(["echo", "x"]))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(over_connection.kind(), Some(ErrorKind::Busy));
+    assert!(over_connection
+        .to_string()
+        .contains("this connection already runs 2 tasks"));
+    let _c = second.run(script(["sleep", "60000"])).await.unwrap();
+    let over_server = second
+        .run(script(["echo", "x"]))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(over_server.kind(), Some(ErrorKind::Busy));
+    assert!(over_server
+        .to_string()
+        .contains("the server already runs 3 tasks"));
+    first.ping().await.unwrap();
+    second.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_maximum_are_refused_with_a_reason() {
+    let config = ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let _one = Client::connect(server.local_addr()).await.unwrap();
+    let _two = Client::connect(server.local_addr()).await.unwrap();
+    let err = Client::connect(server.local_addr()).await.unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::Busy), "{err}");
+    _one.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_handshake_timeout() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let mut silent = RawPeer::connect(server.local_addr()).await;
+    assert_eq!(silent.errors_until_closed().await, vec![ErrorKind::Timeout]);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_one_with_a_running_task_is_not() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let mut idle = RawPeer::handshaken(server.local_addr()).await;
+    let busy = Client::connect(server.local_addr()).await.unwrap();
+    let task = busy.run(script(["sleep", "600"])).await.unwrap();
+    assert_eq!(idle.errors_until_closed().await, vec![ErrorKind::Timeout]);
+    assert!(task.wait().await.unwrap().success());
+}
+
+/// Each kind of bad input gets an error frame (or a close) and never
+/// disturbs the server's other connections.
+#[tokio::test]
+async fn bad_input_is_answered_with_an_error_and_other_connections_keep_working() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    let bystander = Client::connect(addr).await.unwrap();
+
+    let mut huge = RawPeer::connect(addr).await;
+    huge.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
+    assert_eq!(
+        huge.errors_until_closed().await,
+        vec![ErrorKind::FrameTooLarge]
+    );
+
+    let mut huge_later = RawPeer::handshaken(addr).await;
+    huge_later.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
+    assert_eq!(
+        huge_later.errors_until_closed().await,
+        vec![ErrorKind::FrameTooLarge]
+    );
+
+    let mut garbage = RawPeer::handshaken(addr).await;
+    garbage
+        .send_body(&[0xC3, 0x28, 0xA0, 0xA1, 0x00, 0xFF, 0x13])
+        .await;
+    assert_eq!(
+        garbage.errors_until_closed().await,
+        vec![ErrorKind::Protocol]
+    );
+
+    let mut unknown_tag = RawPeer::handshaken(addr).await;
+    unknown_tag.send_body(&[200]).await;
+    assert_eq!(
+        unknown_tag.errors_until_closed().await,
+        vec![ErrorKind::Protocol]
+    );
+
+    let mut wrong_magic = RawPeer::connect(addr).await;
+    let mut hello = Hello::new("raw", None);
+    hello.magic = *b"HTTP";
+    wrong_magic.send_body(&encode_body(&hello).unwrap()).await;
+    assert_eq!(
+        wrong_magic.errors_until_closed().await,
+        vec![ErrorKind::Protocol]
+    );
+
+    let mut future_version = RawPeer::connect(addr).await;
+    let mut hello = Hello::new("raw", None);
+    hello.version = 99;
+    future_version
+        .send_body(&encode_body(&hello).unwrap())
+        .await;
+    assert_eq!(
+        future_version.errors_until_closed().await,
+        vec![ErrorKind::VersionMismatch]
+    );
+
+    let mut http = RawPeer::connect(addr).await;
+    http.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(http.errors_until_closed().await, vec![ErrorKind::Protocol]);
+
+    let mut cut_off = RawPeer::handshaken(addr).await;
+    cut_off.send_raw(&[0, 0, 0, 100, 1, 2, 3]).await;
+    drop(cut_off);
+
+    // Stdin for a request that does not exist: an error, and the connection
+    // stays usable.
+    let mut stray = RawPeer::handshaken(addr).await;
+    let chunk = Bytes::from_static(b"hello");
+    stray.send(&ClientMessage::Stdin { id: 77, chunk }).await;
+    match stray.read().await {
+        Some(ServerMessage::Error {
+            id: Some(77),
+            error,
+        }) => assert_eq!(error.kind, ErrorKind::UnknownRequest),
+        other => panic!("expected an UnknownRequest error, got {other:?}"),
+    }
+    let payload = Bytes::from_static(b"still here");
+    stray
+        .send(&ClientMessage::Ping {
+            id: 1,
+            payload: payload.clone(),
+        })
+        .await;
+    assert_eq!(
+        stray.read().await,
+        Some(ServerMessage::Pong { id: 1, payload })
+    );
+
+    bystander.ping().await.unwrap();
+    let output = bystander
+        .run(script(["echo", "fine"]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"fine");
+}
+
+#[tokio::test]
+async fn a_duplicate_request_id_is_an_error_that_leaves_the_running_task_alone() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let mut peer = RawPeer::handshaken(server.local_addr()).await;
+    let spec = Box::new(script(["sleep", "300"]));
+    peer.send(&ClientMessage::Submit {
+        id: 5,
+        spec: spec.clone(),
+    })
+    .await;
+    assert_eq!(peer.read().await, Some(ServerMessage::Accepted { id: 5 }));
+    peer.send(&ClientMessage::Submit { id: 5, spec }).await;
+    match peer.read().await {
+        Some(ServerMessage::Error { id: Some(5), error }) => {
+            assert_eq!(error.kind, ErrorKind::DuplicateId)
+        }
+        other => panic!("expected a DuplicateId error, got {other:?}"),
+    }
+    match peer.read().await {
+        Some(ServerMessage::Exited { id: 5, outcome }) => assert!(outcome.success()),
+        other => panic!("expected the first task to end normally, got {other:?}"),
+    }
+}
+
+/// A client that stops reading while its task writes 256 MiB: the server
+/// stops taking output once its per-connection budget and the kernel's
+/// socket buffers are full, instead of buffering the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_bounds_what_the_server_buffers() {
+    const BUDGET: usize = 256 * 1024;
+    const FLOOD: u64 = 256 * 1024 * 1024;
+    // The socket buffers of both ends on loopback (autotuned up to a few
+    // MiB each) hold what the budget does not.
+    const KERNEL_SLACK: u64 = 16 * 1024 * 1024;
+    let config = ServerConfig {
+        max_buffered_output: BUDGET,
+        ..ServerConfig::default()
+    };
+    let (server, counters) = start(config).await;
+    let mut peer = RawPeer::handshaken(server.local_addr()).await;
+    let spec = Box::new(script(["flood", &FLOOD.to_string()]));
+    peer.send(&ClientMessage::Submit { id: 1, spec }).await;
+    // Not reading from here on. Wait until the output stalls.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = Counters::get(&counters.bytes_accepted);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last <= BUDGET as u64 + KERNEL_SLACK,
+        "the server took {last} bytes of output for a client that reads nothing"
+    );
+    assert!(last < FLOOD);
+    assert_eq!(
+        Counters::get(&counters.finished),
+        0,
+        "the task must be paused, not finished"
+    );
+    // Reading again resumes the task.
+    let mut received = 0u64;
+    while let Some(message) = peer.read().await {
+        match message {
+            ServerMessage::Output { chunk, .. } => received += chunk.len() as u64,
+            ServerMessage::Exited { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(received, FLOOD);
+}
+
+#[tokio::test]
+async fn an_engine_failure_is_the_tasks_only_terminal_frame() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut handle = client.run(script(["fail"])).await.unwrap();
+    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert_eq!(handle.next().await, None);
+    let err = handle.wait().await.unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::Engine));
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_a_right_one_admitted() {
+    let config = ServerConfig {
+        tokens: vec!["old-token".into(), "new-token".into()],
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let options = |token: Option<&str>| tcp_task::ConnectOptions {
+        token: token.map(String::from),
+        ..Default::default()
+    };
+    let addr = server.local_addr();
+    for token in [None, Some("wrong")] {
+        let err = Client::connect_with(addr, options(token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::Unauthorized));
+        assert!(!err.to_string().contains("token\""));
+    }
+    for token in ["old-token", "new-token"] {
+        let client = Client::connect_with(addr, options(Some(token)))
+            .await
+            .unwrap();
+        client.ping().await.unwrap();
+    }
+}

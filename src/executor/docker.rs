@@ -7,6 +7,7 @@
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
 use bollard::Docker;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,16 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::cleanup::{self, ContainerGuard, Owner, LABEL_TASK};
 use super::config::ExecutorConfig;
-use super::engine::{create_error, engine_error, start_error};
+use super::engine::{create_error, engine_error, init_exec_error, start_error};
 use super::policy::{self, Plan};
 use super::pull::{credentials_for, ensure_image, ImageRef};
 use super::queue::{Admission, Slot, Slots, Turn};
 use super::stream::{relay_output, relay_stdin, OutputEnd};
 use super::{Executor, TaskIo};
 use crate::catalog::Catalog;
+use crate::events::EventSink;
 use crate::protocol::{
-    CatalogEntryInfo, Ending, EngineStatus, ErrorKind, Outcome, ProgressEvent, ServerStatus,
-    TaskError, TaskSpec,
+    CatalogEntryInfo, Ending, EngineStatus, ErrorKind, Outcome, OutputStream, ProgressEvent,
+    ServerStatus, TaskError, TaskSpec,
 };
 
 /// Runs each task as a new container on a Docker engine.
@@ -40,10 +42,11 @@ pub struct DockerExecutor {
 }
 
 /// How the streaming phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Stop {
-    /// The container closed its output: collect its exit status.
-    Ended,
+    /// The container closed its output: collect its exit status. Holds
+    /// docker-init's exec-failure report, if that was the only output.
+    Ended(Option<Bytes>),
     /// We end it: the container is killed and the outcome says why.
     Killed(Ending),
 }
@@ -284,7 +287,15 @@ impl DockerExecutor {
         let stop = supervise(output, stdin_relay, &cancel, deadline).await;
         match stop {
             Stop::Killed(ending) => Ok(killed_outcome(ending, started.elapsed())),
-            Stop::Ended => self.collect(id, &cancel, deadline, started).await,
+            Stop::Ended(init_failure) => {
+                let ended = Ended {
+                    cancel: &cancel,
+                    deadline,
+                    started,
+                    init_failure,
+                };
+                self.collect(id, plan, &events, ended).await
+            }
         }
     }
 
@@ -294,20 +305,27 @@ impl DockerExecutor {
     async fn collect(
         &self,
         id: &str,
-        cancel: &CancellationToken,
-        deadline: tokio::time::Instant,
-        started: Instant,
+        plan: &Plan,
+        events: &EventSink,
+        ended: Ended<'_>,
     ) -> Result<Outcome, TaskError> {
         let code = tokio::select! {
             code = wait_exit(&self.docker, id) => code?,
-            _ = cancel.cancelled() => {
-                return Ok(killed_outcome(Ending::Cancelled, started.elapsed()))
+            _ = ended.cancel.cancelled() => {
+                return Ok(killed_outcome(Ending::Cancelled, ended.started.elapsed()))
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(killed_outcome(Ending::TimedOut, started.elapsed()))
+            _ = tokio::time::sleep_until(ended.deadline) => {
+                return Ok(killed_outcome(Ending::TimedOut, ended.started.elapsed()))
             }
         };
-        let duration = started.elapsed();
+        let duration = ended.started.elapsed();
+        if let Some(report) = ended.init_failure {
+            if let Some(error) = init_exec_error(code, &report, &plan.command) {
+                return Err(error);
+            }
+            // Not an exec failure: the bytes were the task's own stderr.
+            let _ = events.output(OutputStream::Stderr, report).await;
+        }
         let inspected = self
             .docker
             .inspect_container(id, None)
@@ -319,6 +337,14 @@ impl DockerExecutor {
             .unwrap_or(false);
         Ok(ended_outcome(code, oom_killed, duration))
     }
+}
+
+/// What `collect` needs to know about a container whose output ended.
+struct Ended<'a> {
+    cancel: &'a CancellationToken,
+    deadline: tokio::time::Instant,
+    started: Instant,
+    init_failure: Option<Bytes>,
 }
 
 /// Runs the output relay and the stdin relay until the output ends, the
@@ -339,12 +365,12 @@ async fn supervise(
             _ = cancel.cancelled() => return Stop::Killed(Ending::Cancelled),
             _ = tokio::time::sleep_until(deadline) => return Stop::Killed(Ending::TimedOut),
             end = &mut output => return match end {
-                OutputEnd::Eof => Stop::Ended,
+                OutputEnd::Eof { init_failure } => Stop::Ended(init_failure),
                 OutputEnd::LimitReached => Stop::Killed(Ending::OutputLimit),
                 OutputEnd::ClientGone => Stop::Killed(Ending::Cancelled),
                 OutputEnd::Broken(e) => {
                     tracing::warn!(error = %e, "attach stream broke; waiting for the exit status");
-                    Stop::Ended
+                    Stop::Ended(None)
                 }
             },
             () = &mut stdin, if !stdin_done => stdin_done = true,

@@ -60,6 +60,37 @@ pub(crate) fn start_error(command: &[String], e: &BollardError) -> TaskError {
     }
 }
 
+/// docker-init's report that it could not exec the command (held back by
+/// the output relay), read with the exit code it gave: 127 when the command
+/// does not exist, 126 when it cannot be run. `None` when it was not that.
+pub(crate) fn init_exec_error(code: i64, report: &[u8], command: &[String]) -> Option<TaskError> {
+    let text = String::from_utf8_lossy(report);
+    let text = text.trim_end();
+    if !text.contains("exec ") || !text.contains(" failed: ") {
+        return None;
+    }
+    let shown = command
+        .first()
+        .map_or("the image's default command", String::as_str);
+    match code {
+        127 => Some(TaskError::new(
+            ErrorKind::CommandNotFound,
+            format!(
+                "command `{shown}` was not found in the image ({text}); check the command name \
+                 and the image's PATH"
+            ),
+        )),
+        126 => Some(TaskError::new(
+            ErrorKind::CommandNotInvokable,
+            format!(
+                "command `{shown}` exists but cannot be run ({text}); check that it is an \
+                 executable file and that the task's user may run it"
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// Classifies a failed container create.
 pub(crate) fn create_error(image: &str, e: &BollardError) -> TaskError {
     match e {
@@ -104,6 +135,14 @@ mod tests {
             start_error(&cmd, &denied).kind,
             ErrorKind::CommandNotInvokable
         );
+        let report = b"[FATAL tini (7)] exec nope failed: No such file or directory\n";
+        let from_init = init_exec_error(127, report, &cmd).expect("an exec failure");
+        assert_eq!(from_init.kind, ErrorKind::CommandNotFound);
+        assert_eq!(
+            init_exec_error(126, report, &cmd).map(|e| e.kind),
+            Some(ErrorKind::CommandNotInvokable)
+        );
+        assert!(init_exec_error(1, report, &cmd).is_none());
         let other = server("cgroup trouble");
         assert_eq!(start_error(&cmd, &other).kind, ErrorKind::Engine);
     }

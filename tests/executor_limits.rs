@@ -150,7 +150,10 @@ async fn containers_get_the_hardening_defaults() {
     let host = inspected.host_config.expect("host config");
     assert_eq!(host.network_mode.as_deref(), Some("none"));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-    assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
     assert_eq!(host.pids_limit, Some(256));
     assert_eq!(host.memory, Some(256 << 20));
     assert_eq!(host.memory_swap, host.memory);
@@ -292,7 +295,10 @@ async fn orphans_of_dead_servers_are_reaped_live_ones_kept() {
         .await;
     assert!(kept.is_ok(), "a live server's container was removed");
     h.docker
-        .remove_container(&sibling, None::<bollard::query_parameters::RemoveContainerOptions>)
+        .remove_container(
+            &sibling,
+            None::<bollard::query_parameters::RemoveContainerOptions>,
+        )
         .await
         .expect("remove the sibling");
     let _ = orphan;

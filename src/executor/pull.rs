@@ -120,9 +120,10 @@ async fn pull(
         tag: Some(reference.tag.clone()),
         ..CreateImageOptions::default()
     };
+    let had_credentials = credentials.is_some();
     let mut progress = docker.create_image(Some(options), None, credentials);
     while let Some(item) = progress.next().await {
-        let info = item.map_err(|e| pull_error(image, &reference, &e))?;
+        let info = item.map_err(|e| pull_error(image, &reference, had_credentials, &e))?;
         let detail = info.progress_detail.unwrap_or_default();
         let event = ProgressEvent::Pulling {
             layer: info.id.unwrap_or_default(),
@@ -139,7 +140,12 @@ async fn pull(
 
 /// Classifies a failed pull by the engine's words, which are all it gives:
 /// registries answer 401 or 404 and the engine turns them into text.
-fn pull_error(image: &str, reference: &ImageRef, e: &BollardError) -> TaskError {
+fn pull_error(
+    image: &str,
+    reference: &ImageRef,
+    had_credentials: bool,
+    e: &BollardError,
+) -> TaskError {
     let text = match e {
         BollardError::DockerStreamError { error } => error.clone(),
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
@@ -147,7 +153,15 @@ fn pull_error(image: &str, reference: &ImageRef, e: &BollardError) -> TaskError 
     };
     let lower = text.to_lowercase();
     let registry = &reference.registry;
-    if is_auth_failure(&lower) {
+    if is_auth_failure(&lower) && !had_credentials {
+        TaskError::new(
+            ErrorKind::RegistryAuth,
+            format!(
+                "registry {registry} requires credentials for `{image}` ({text}); send them with \
+                 the task (registry_auth) or configure them for {registry} on the server"
+            ),
+        )
+    } else if is_auth_failure(&lower) {
         TaskError::new(
             ErrorKind::RegistryAuth,
             format!(

@@ -4,6 +4,7 @@
 //! streams back their progress and output. See `README.md` for the command
 //! line and `docs/PROTOCOL.md` for the wire format.
 
+pub mod catalog;
 pub mod client;
 pub mod codec;
 mod connection;

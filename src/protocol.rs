@@ -393,6 +393,19 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The exit status `docker run` gives for a task that could not run this
+    /// way: 127 for a missing command, 126 for one that cannot be invoked,
+    /// 125 for everything else (the daemon or the request failed).
+    pub fn exit_status(self) -> i32 {
+        match self {
+            ErrorKind::CommandNotFound => 127,
+            ErrorKind::CommandNotInvokable => 126,
+            _ => 125,
+        }
+    }
+}
+
 /// An error with a kind to match on and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]

@@ -5,6 +5,22 @@
 //! [`TaskIo`] (where to report, where stdin comes from, when to stop) and
 //! returns how the task ended.
 
+mod cleanup;
+mod config;
+mod docker;
+mod engine;
+mod policy;
+mod pull;
+mod queue;
+mod stream;
+
+pub use cleanup::{
+    label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
+    LABEL_PID_START, LABEL_TASK,
+};
+pub use config::{ExecutorConfig, Policy, RegistryCredentials};
+pub use docker::DockerExecutor;
+
 use bytes::Bytes;
 use std::future::Future;
 use tokio::sync::mpsc;

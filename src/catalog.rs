@@ -1,0 +1,206 @@
+//! Pre-compiled tasks: names the server knows, each an image and a command
+//! with its own limits, loaded from TOML.
+//!
+//! ```toml
+//! [sum]
+//! description = "Adds the numbers given as arguments"
+//! image = "tcp-task-examples:0.1.0"
+//! command = ["sum"]
+//! timeout_ms = 10000
+//! ```
+//!
+//! A client runs one with `Task::Named { name, args, params }`: the args are
+//! appended to the command, and `params` (JSON) reaches the task in the
+//! `TASK_PARAMS` environment variable. The server's policy still applies to
+//! the result, like to any other task.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use crate::protocol::{CatalogEntryInfo, ErrorKind, Task, TaskError, TaskSpec};
+
+/// The environment variable that carries a named task's JSON parameters.
+pub const PARAMS_ENV: &str = "TASK_PARAMS";
+
+/// The pre-compiled tasks, by name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Catalog {
+    pub entries: BTreeMap<String, CatalogEntry>,
+}
+
+/// One pre-compiled task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    pub image: String,
+    /// The argv; the request's args are appended.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Environment every run gets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Limits used when the request names none; the policy caps them all.
+    pub memory_bytes: Option<u64>,
+    pub nano_cpus: Option<u64>,
+    pub pids_limit: Option<i64>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl Catalog {
+    pub fn from_toml(text: &str) -> Result<Catalog, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What `tcp-task tasks` lists.
+    pub fn infos(&self) -> Vec<CatalogEntryInfo> {
+        self.entries
+            .iter()
+            .map(|(name, entry)| CatalogEntryInfo {
+                name: name.clone(),
+                description: entry.description.clone(),
+                image: entry.image.clone(),
+                command: entry.command.clone(),
+                memory_bytes: entry.memory_bytes,
+                nano_cpus: entry.nano_cpus,
+                timeout_ms: entry.timeout_ms,
+            })
+            .collect()
+    }
+
+    /// Turns `spec` into an image task: a named task is looked up and filled
+    /// in; an image task is returned as it is.
+    pub fn resolve(&self, spec: TaskSpec) -> Result<TaskSpec, TaskError> {
+        match spec.task.clone() {
+            Task::Image { .. } => Ok(spec),
+            Task::Named { name, args, params } => {
+                let entry = self.entries.get(&name).ok_or_else(|| self.unknown(&name))?;
+                entry.apply(spec, args, params)
+            }
+        }
+    }
+
+    fn unknown(&self, name: &str) -> TaskError {
+        let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        let listing = if known.is_empty() {
+            "this server has none".to_owned()
+        } else {
+            format!("known: {}", known.join(", "))
+        };
+        TaskError::new(
+            ErrorKind::UnknownTask,
+            format!(
+                "no pre-compiled task is named `{name}` ({listing}); `tcp-task tasks` lists them"
+            ),
+        )
+    }
+}
+
+impl CatalogEntry {
+    fn apply(
+        &self,
+        mut spec: TaskSpec,
+        args: Vec<String>,
+        params: Option<String>,
+    ) -> Result<TaskSpec, TaskError> {
+        let mut command = self.command.clone();
+        command.extend(args);
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.append(&mut spec.env);
+        if let Some(params) = params {
+            check_json(&params)?;
+            env.push((PARAMS_ENV.to_owned(), params));
+        }
+        spec.task = Task::Image {
+            image: self.image.clone(),
+            command,
+        };
+        spec.env = env;
+        spec.memory_bytes = spec.memory_bytes.or(self.memory_bytes);
+        spec.nano_cpus = spec.nano_cpus.or(self.nano_cpus);
+        spec.pids_limit = spec.pids_limit.or(self.pids_limit);
+        spec.timeout_ms = spec.timeout_ms.or(self.timeout_ms);
+        Ok(spec)
+    }
+}
+
+fn check_json(params: &str) -> Result<(), TaskError> {
+    serde_json::from_str::<serde_json::Value>(params)
+        .map(|_| ())
+        .map_err(|e| {
+            TaskError::new(
+                ErrorKind::BadRequest,
+                format!("the task's parameters are not valid JSON ({e}); send a JSON value"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+        [sum]
+        description = "Adds numbers"
+        image = "tcp-task-examples:0.1.0"
+        command = ["sum"]
+        timeout_ms = 5000
+        env = { MODE = "fast" }
+    "#;
+
+    #[test]
+    fn resolves_a_named_task() {
+        let catalog = Catalog::from_toml(TEXT).expect("catalog parses");
+        let mut spec = TaskSpec::named("sum", ["1", "2"]);
+        if let Task::Named { params, .. } = &mut spec.task {
+            *params = Some(r#"{"x":1}"#.to_owned());
+        }
+        let resolved = catalog.resolve(spec).expect("known task");
+        assert_eq!(
+            resolved.task,
+            Task::Image {
+                image: "tcp-task-examples:0.1.0".into(),
+                command: vec!["sum".into(), "1".into(), "2".into()],
+            }
+        );
+        assert_eq!(resolved.timeout_ms, Some(5000));
+        assert!(resolved
+            .env
+            .contains(&(PARAMS_ENV.to_owned(), r#"{"x":1}"#.to_owned())));
+        assert!(resolved
+            .env
+            .contains(&("MODE".to_owned(), "fast".to_owned())));
+        assert_eq!(catalog.infos()[0].name, "sum");
+    }
+
+    #[test]
+    fn unknown_names_and_bad_params_are_refused() {
+        let catalog = Catalog::from_toml(TEXT).expect("catalog parses");
+        let err = catalog
+            .resolve(TaskSpec::named("nope", Vec::<String>::new()))
+            .expect_err("unknown");
+        assert_eq!(err.kind, ErrorKind::UnknownTask);
+        assert!(err.message.contains("sum"));
+        let mut bad = TaskSpec::named("sum", Vec::<String>::new());
+        if let Task::Named { params, .. } = &mut bad.task {
+            *params = Some("{not json".to_owned());
+        }
+        assert_eq!(
+            catalog.resolve(bad).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+    }
+}

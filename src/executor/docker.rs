@@ -1,0 +1,529 @@
+//! The cold path: every task is a fresh container.
+//!
+//! create → attach → start → stream → wait → inspect → remove, with the
+//! policy checked before anything touches the engine and the container
+//! removed in every ending (see [`super::cleanup`]).
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
+use bollard::Docker;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::cleanup::{self, ContainerGuard, Owner, LABEL_TASK};
+use super::config::ExecutorConfig;
+use super::engine::{create_error, engine_error, init_exec_error, start_error};
+use super::policy::{self, Plan};
+use super::pull::{credentials_for, ensure_image, ImageRef};
+use super::queue::{Admission, Slot, Slots, Turn};
+use super::stream::{relay_output, relay_stdin, OutputEnd};
+use super::{Executor, TaskIo};
+use crate::catalog::Catalog;
+use crate::events::EventSink;
+use crate::protocol::{
+    CatalogEntryInfo, Ending, EngineStatus, ErrorKind, Outcome, OutputStream, ProgressEvent,
+    ServerStatus, TaskError, TaskSpec,
+};
+
+/// Runs each task as a new container on a Docker engine.
+#[derive(Debug)]
+pub struct DockerExecutor {
+    docker: Docker,
+    config: ExecutorConfig,
+    catalog: Catalog,
+    owner: Owner,
+    slots: Slots,
+    next_task: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// How the streaming phase ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// The container closed its output: collect its exit status. Holds
+    /// docker-init's exec-failure report, if that was the only output.
+    Ended(Option<Bytes>),
+    /// We end it: the container is killed and the outcome says why.
+    Killed(Ending),
+}
+
+impl DockerExecutor {
+    /// An executor on `docker` (whose API version should be negotiated
+    /// already). Call [`DockerExecutor::reap_orphans`] once at start-up.
+    pub fn new(docker: Docker, config: ExecutorConfig) -> DockerExecutor {
+        let owner = Owner::this_process(config.instance_id.clone());
+        let slots = Slots::new(config.max_concurrent, config.max_queue);
+        DockerExecutor {
+            docker,
+            config,
+            catalog: Catalog::default(),
+            owner,
+            slots,
+            next_task: AtomicU64::new(1),
+            finished: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds the pre-compiled tasks that `Task::Named` requests can run.
+    pub fn with_catalog(mut self, catalog: Catalog) -> DockerExecutor {
+        self.catalog = catalog;
+        self
+    }
+
+    /// The id in the `tcp-task.instance` label of this executor's containers.
+    pub fn instance_id(&self) -> &str {
+        &self.owner.instance
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.config
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Removes containers left behind by server processes that are gone
+    /// (the rule is in [`super::cleanup`]). Returns how many.
+    pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
+        cleanup::reap_orphans(&self.docker, &self.owner).await
+    }
+
+    async fn run_task(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
+        let spec = self.catalog.resolve(spec)?;
+        let plan = policy::plan(spec, &self.config.policy)?;
+        let Some(slot) = self.admit(&io).await? else {
+            return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
+        };
+        let credentials = credentials_for(
+            &ImageRef::parse(&plan.image),
+            plan.registry_auth.as_ref(),
+            &self.config.registry_auth,
+        );
+        tokio::select! {
+            pulled = ensure_image(&self.docker, &plan.image, credentials, &io.events) => pulled?,
+            // Dropping the pull's connection makes the engine abandon it.
+            _ = io.cancel.cancelled() => {
+                return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
+            }
+        }
+        let container = self.create(&plan).await?;
+        let result = self.run_container(&container, &plan, io).await;
+        if let Err(e) = container.remove().await {
+            tracing::error!(error = %e, "a task's container could not be removed");
+        }
+        drop(slot);
+        result
+    }
+
+    /// Takes a slot, waiting in line (and saying where) while none is free.
+    /// `None` when the task was cancelled while waiting.
+    async fn admit(&self, io: &TaskIo) -> Result<Option<Slot>, TaskError> {
+        let mut place = match self.slots.try_acquire() {
+            Ok(Admission::Now(slot)) => return Ok(Some(slot)),
+            Ok(Admission::Queued(place)) => place,
+            Err(full) => {
+                return Err(TaskError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "the server is at capacity: {} tasks running and {} waiting, the most it \
+                         queues (max_queue); try again later",
+                        full.running, full.queued
+                    ),
+                ))
+            }
+        };
+        let mut position = place.position();
+        loop {
+            let _ = io.events.progress(ProgressEvent::Queued { position }).await;
+            tokio::select! {
+                turn = place.next_turn() => match turn {
+                    Some(Turn::Granted(slot)) => return Ok(Some(slot)),
+                    Some(Turn::Moved(p)) => position = p,
+                    None => return Err(TaskError::new(
+                        ErrorKind::Internal,
+                        "the task queue dropped a waiting task; try again",
+                    )),
+                },
+                _ = io.cancel.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
+        let task = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let body = self.container_body(plan, task);
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(|e| create_error(&plan.image, &e))?;
+        for warning in &created.warnings {
+            tracing::warn!(container = %created.id, %warning, "engine warning on create");
+        }
+        Ok(ContainerGuard::new(self.docker.clone(), created.id))
+    }
+
+    fn labels(&self, plan: &Plan, task: u64) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
+        labels.extend(plan.labels.iter().cloned());
+        // The server's own labels go last so nothing can override them.
+        labels.extend(self.owner.labels());
+        labels.insert(LABEL_TASK.to_owned(), task.to_string());
+        labels
+    }
+
+    fn container_body(&self, plan: &Plan, task: u64) -> ContainerCreateBody {
+        ContainerCreateBody {
+            image: Some(plan.image.clone()),
+            cmd: (!plan.command.is_empty()).then(|| plan.command.clone()),
+            env: Some(plan.env.clone()),
+            working_dir: plan.workdir.clone(),
+            user: plan.user.clone(),
+            labels: Some(self.labels(plan, task)),
+            // No TTY: stdout and stderr stay apart, multiplexed by the engine.
+            tty: Some(false),
+            attach_stdin: Some(plan.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(plan.stdin),
+            // Closing our attach stream's write half then gives the process
+            // end-of-file on stdin.
+            stdin_once: Some(plan.stdin),
+            host_config: Some(self.host_config(plan)),
+            ..ContainerCreateBody::default()
+        }
+    }
+
+    fn host_config(&self, plan: &Plan) -> HostConfig {
+        let memory = i64::try_from(plan.memory_bytes).unwrap_or(i64::MAX);
+        let log_options = HashMap::from([
+            ("max-size".to_owned(), self.config.log_max_size.clone()),
+            ("max-file".to_owned(), self.config.log_max_file.to_string()),
+        ]);
+        let tmpfs = plan.read_only_root.then(|| {
+            let options = format!(
+                "rw,nosuid,nodev,mode=1777,size={}",
+                self.config.policy.tmpfs_bytes
+            );
+            HashMap::from([("/tmp".to_owned(), options)])
+        });
+        HostConfig {
+            network_mode: Some(plan.network.clone()),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            pids_limit: Some(plan.pids_limit),
+            memory: Some(memory),
+            // Swap equal to memory means no swap at all.
+            memory_swap: Some(memory),
+            nano_cpus: Some(i64::try_from(plan.nano_cpus).unwrap_or(i64::MAX)),
+            // docker-init as PID 1 reaps zombies and passes signals on.
+            init: Some(true),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(log_options),
+            }),
+            readonly_rootfs: Some(plan.read_only_root),
+            tmpfs,
+            // Never: removal would race with reading the exit status.
+            auto_remove: Some(false),
+            ..HostConfig::default()
+        }
+    }
+
+    /// attach → start → stream → wait → inspect. The caller removes.
+    async fn run_container(
+        &self,
+        container: &ContainerGuard,
+        plan: &Plan,
+        io: TaskIo,
+    ) -> Result<Outcome, TaskError> {
+        let id = container.id();
+        let TaskIo {
+            events,
+            stdin,
+            cancel,
+        } = io;
+        let short = id.chars().take(12).collect();
+        let _ = events
+            .progress(ProgressEvent::Created { container: short })
+            .await;
+        // Attach before start, so not a byte of output is missed.
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: plan.stdin,
+            stdout: true,
+            stderr: true,
+            ..AttachContainerOptions::default()
+        };
+        let attach = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| engine_error("attaching to the container", &e))?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| start_error(&plan.command, &e))?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + plan.timeout;
+        let _ = events.progress(ProgressEvent::Started).await;
+
+        let stdin_relay = async {
+            if plan.stdin {
+                relay_stdin(stdin, attach.input).await;
+            }
+        };
+        let output = relay_output(attach.output, &events, self.config.output_limit_bytes);
+        let stop = supervise(output, stdin_relay, &cancel, deadline).await;
+        match stop {
+            Stop::Killed(ending) => Ok(killed_outcome(ending, started.elapsed())),
+            Stop::Ended(init_failure) => {
+                let ended = Ended {
+                    cancel: &cancel,
+                    deadline,
+                    started,
+                    init_failure,
+                };
+                self.collect(id, plan, &events, ended).await
+            }
+        }
+    }
+
+    /// The container closed its output; wait for its exit status (still
+    /// honouring cancel and timeout, in case the stream broke early) and read
+    /// whether the kernel OOM-killed it.
+    async fn collect(
+        &self,
+        id: &str,
+        plan: &Plan,
+        events: &EventSink,
+        ended: Ended<'_>,
+    ) -> Result<Outcome, TaskError> {
+        let code = tokio::select! {
+            code = wait_exit(&self.docker, id) => code?,
+            _ = ended.cancel.cancelled() => {
+                return Ok(killed_outcome(Ending::Cancelled, ended.started.elapsed()))
+            }
+            _ = tokio::time::sleep_until(ended.deadline) => {
+                return Ok(killed_outcome(Ending::TimedOut, ended.started.elapsed()))
+            }
+        };
+        let duration = ended.started.elapsed();
+        if let Some(report) = ended.init_failure {
+            if let Some(error) = init_exec_error(code, &report, &plan.command) {
+                return Err(error);
+            }
+            // Not an exec failure: the bytes were the task's own stderr.
+            let _ = events.output(OutputStream::Stderr, report).await;
+        }
+        let inspected = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| engine_error("inspecting the ended container", &e))?;
+        let oom_killed = inspected
+            .state
+            .and_then(|state| state.oom_killed)
+            .unwrap_or(false);
+        Ok(ended_outcome(code, oom_killed, duration))
+    }
+}
+
+/// What `collect` needs to know about a container whose output ended.
+struct Ended<'a> {
+    cancel: &'a CancellationToken,
+    deadline: tokio::time::Instant,
+    started: Instant,
+    init_failure: Option<Bytes>,
+}
+
+/// Runs the output relay and the stdin relay until the output ends, the
+/// task is cancelled or its deadline passes.
+async fn supervise(
+    output: impl std::future::Future<Output = OutputEnd>,
+    stdin: impl std::future::Future<Output = ()>,
+    cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Stop {
+    tokio::pin!(output, stdin);
+    let mut stdin_done = false;
+    loop {
+        tokio::select! {
+            // Cancel first: a task that is cancelled and ends at once is
+            // reported cancelled, as the client asked.
+            biased;
+            _ = cancel.cancelled() => return Stop::Killed(Ending::Cancelled),
+            _ = tokio::time::sleep_until(deadline) => return Stop::Killed(Ending::TimedOut),
+            end = &mut output => return match end {
+                OutputEnd::Eof { init_failure } => Stop::Ended(init_failure),
+                OutputEnd::LimitReached => Stop::Killed(Ending::OutputLimit),
+                OutputEnd::ClientGone => Stop::Killed(Ending::Cancelled),
+                OutputEnd::Broken(e) => {
+                    tracing::warn!(error = %e, "attach stream broke; waiting for the exit status");
+                    Stop::Ended(None)
+                }
+            },
+            () = &mut stdin, if !stdin_done => stdin_done = true,
+        }
+    }
+}
+
+/// The container's exit status, from the engine's wait.
+async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, TaskError> {
+    use bollard::errors::Error as BollardError;
+    use futures::StreamExt;
+    let options = WaitContainerOptions {
+        condition: "not-running".to_owned(),
+    };
+    let mut wait = docker.wait_container(id, Some(options));
+    match wait.next().await {
+        Some(Ok(response)) => Ok(response.status_code),
+        // bollard reports a non-zero exit as an error carrying the code.
+        Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(engine_error("waiting for the container", &e)),
+        None => Err(TaskError::new(
+            ErrorKind::Engine,
+            "the engine ended the wait without an exit status; check the engine's health",
+        )),
+    }
+}
+
+/// The highest signal number Linux has; codes above 128 + this are plain
+/// exit codes.
+const MAX_SIGNAL: i64 = 64;
+
+/// The outcome of a container that ended by itself.
+///
+/// Heuristic, documented: an exit code 128+N (N a signal number) is read as
+/// death by signal N. docker-init, PID 1 in every task, exits 128+N when its
+/// child dies of signal N, so this is exact for killed processes; a process
+/// that calls `exit(130)` itself is misread as signal 2, as `docker run`'s
+/// users would read it too.
+fn ended_outcome(code: i64, oom_killed: bool, duration: Duration) -> Outcome {
+    let exit_code = i32::try_from(code).ok();
+    let signal = (code > 128 && code <= 128 + MAX_SIGNAL).then(|| (code - 128) as i32);
+    let ending = if oom_killed {
+        Ending::OomKilled
+    } else if signal.is_some() {
+        Ending::Signaled
+    } else {
+        Ending::Exited
+    };
+    Outcome {
+        ending,
+        exit_code,
+        signal: if ending == Ending::Exited {
+            None
+        } else {
+            signal
+        },
+        duration_ms: millis(duration),
+        output_truncated: false,
+    }
+}
+
+/// The outcome of a task we ended (or never started).
+fn killed_outcome(ending: Ending, duration: Duration) -> Outcome {
+    Outcome {
+        ending,
+        exit_code: None,
+        signal: None,
+        duration_ms: millis(duration),
+        output_truncated: ending == Ending::OutputLimit,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Executor for DockerExecutor {
+    async fn run(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
+        let result = self.run_task(spec, io).await;
+        let counter = if result.is_ok() {
+            &self.finished
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn status(&self) -> ServerStatus {
+        let (running, queued) = self.slots.counts();
+        ServerStatus {
+            running: running as u64,
+            queued: queued as u64,
+            finished: self.finished.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            engine: engine_status(&self.docker).await,
+            catalog_size: self.catalog.len() as u64,
+            ..ServerStatus::default()
+        }
+    }
+
+    fn catalog(&self) -> Vec<CatalogEntryInfo> {
+        self.catalog.infos()
+    }
+
+    async fn shutdown(&self) {
+        match cleanup::remove_instance(&self.docker, &self.owner.instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),
+            Err(e) => tracing::error!(error = %e, "could not clean up at shutdown"),
+        }
+    }
+}
+
+async fn engine_status(docker: &Docker) -> EngineStatus {
+    match docker.version().await {
+        Ok(version) => EngineStatus {
+            reachable: true,
+            version: version.version,
+            api_version: Some(docker.client_version().to_string()),
+            error: None,
+        },
+        Err(e) => EngineStatus {
+            reachable: false,
+            error: Some(e.to_string()),
+            ..EngineStatus::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_signals_and_oom() {
+        let d = Duration::from_millis(5);
+        let plain = ended_outcome(42, false, d);
+        assert_eq!(
+            (plain.ending, plain.exit_code, plain.signal),
+            (Ending::Exited, Some(42), None)
+        );
+        let killed = ended_outcome(137, false, d);
+        assert_eq!((killed.ending, killed.signal), (Ending::Signaled, Some(9)));
+        assert_eq!(killed.exit_status(), 137);
+        let oom = ended_outcome(137, true, d);
+        assert_eq!(oom.ending, Ending::OomKilled);
+        assert_eq!(ended_outcome(255, false, d).ending, Ending::Exited);
+    }
+
+    #[test]
+    fn killed_outcomes_mark_truncation_only_for_the_output_limit() {
+        assert!(killed_outcome(Ending::OutputLimit, Duration::ZERO).output_truncated);
+        assert!(!killed_outcome(Ending::TimedOut, Duration::ZERO).output_truncated);
+    }
+}

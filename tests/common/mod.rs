@@ -1,0 +1,226 @@
+//! Shared helpers for the executor tests: a real engine, the examples image,
+//! an executor with its own instance id, and a client-side collector that
+//! plays the connection writer (it takes frames and returns their budget).
+
+#![allow(dead_code)]
+
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use tcp_task::events::{EventSink, Outgoing};
+use tcp_task::executor::{label_filter, DockerExecutor, Executor, ExecutorConfig, TaskIo};
+use tcp_task::protocol::{
+    Outcome, OutputStream, ProgressEvent, ServerMessage, TaskError, TaskSpec,
+};
+
+pub use tcp_task::images::EXAMPLES_IMAGE;
+
+/// The connection's output budget in these tests, in bytes.
+const BUDGET: usize = 1024 * 1024;
+
+/// An engine, the examples image, and an executor whose containers carry
+/// this test's own instance id.
+pub struct Harness {
+    pub docker: Docker,
+    pub exec: Arc<DockerExecutor>,
+}
+
+impl Harness {
+    pub async fn new(config: ExecutorConfig) -> Harness {
+        let docker = tcp_task::docker::connect_docker()
+            .await
+            .expect("a Docker engine is reachable");
+        tcp_task::images::ensure_examples_image(&docker)
+            .await
+            .expect("the examples image can be built");
+        let exec = Arc::new(DockerExecutor::new(docker.clone(), config));
+        Harness { docker, exec }
+    }
+
+    pub async fn standard() -> Harness {
+        Harness::new(ExecutorConfig::default()).await
+    }
+
+    /// Runs `spec` to its end with no stdin.
+    pub async fn run(&self, spec: TaskSpec) -> Run {
+        self.start(spec).finish().await
+    }
+
+    /// Starts `spec`; the caller may feed stdin, cancel, and then `finish`.
+    pub fn start(&self, spec: TaskSpec) -> Running {
+        start(self.exec.clone(), spec)
+    }
+
+    /// Asserts that no container of this executor is left on the engine.
+    pub async fn assert_clean(&self) {
+        assert_no_containers(&self.docker, self.exec.instance_id()).await;
+    }
+}
+
+/// A task in flight.
+pub struct Running {
+    /// `Some` until dropped or closed; dropping it is end-of-file.
+    pub stdin: Option<mpsc::Sender<Bytes>>,
+    pub cancel: CancellationToken,
+    pub started: Instant,
+    task: JoinHandle<Result<Outcome, TaskError>>,
+    collector: JoinHandle<Vec<Event>>,
+}
+
+/// What the client saw.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Progress(Instant, ProgressEvent),
+    Output(Instant, OutputStream, Bytes),
+}
+
+/// A finished task, as the client saw it.
+#[derive(Debug)]
+pub struct Run {
+    pub result: Result<Outcome, TaskError>,
+    pub events: Vec<Event>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// When the executor returned.
+    pub ended: Instant,
+}
+
+impl Run {
+    pub fn outcome(&self) -> &Outcome {
+        match &self.result {
+            Ok(outcome) => outcome,
+            Err(e) => panic!("the task failed to run: {e:?}"),
+        }
+    }
+
+    pub fn error(&self) -> &TaskError {
+        match &self.result {
+            Err(e) => e,
+            Ok(outcome) => panic!("expected an error, the task ran: {outcome:?}"),
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    pub fn progress(&self) -> Vec<ProgressEvent> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Progress(_, p) => Some(p.clone()),
+                Event::Output(..) => None,
+            })
+            .collect()
+    }
+}
+
+pub fn start(exec: Arc<DockerExecutor>, spec: TaskSpec) -> Running {
+    let (tx, rx) = mpsc::channel::<Outgoing>(64);
+    let budget = Arc::new(Semaphore::new(BUDGET));
+    let events = EventSink::new(1, tx, budget);
+    let (stdin_tx, stdin_rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let io = TaskIo {
+        events,
+        stdin: stdin_rx,
+        cancel: cancel.clone(),
+    };
+    let task = tokio::spawn(async move { exec.run(spec, io).await });
+    Running {
+        stdin: Some(stdin_tx),
+        cancel,
+        started: Instant::now(),
+        task,
+        collector: tokio::spawn(collect(rx)),
+    }
+}
+
+/// Plays the connection writer: takes every frame, notes when it came, and
+/// drops its budget permit as a real writer does after writing.
+async fn collect(mut rx: mpsc::Receiver<Outgoing>) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(outgoing) = rx.recv().await {
+        let now = Instant::now();
+        match outgoing.message {
+            ServerMessage::Progress { event, .. } => events.push(Event::Progress(now, event)),
+            ServerMessage::Output { stream, chunk, .. } => {
+                events.push(Event::Output(now, stream, chunk))
+            }
+            other => panic!("an executor sent {other:?}"),
+        }
+    }
+    events
+}
+
+impl Running {
+    pub async fn send(&self, data: &[u8]) {
+        let stdin = self.stdin.as_ref().expect("stdin is open");
+        stdin
+            .send(Bytes::copy_from_slice(data))
+            .await
+            .expect("the task takes stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub async fn finish(mut self) -> Run {
+        self.stdin = None;
+        let result = self.task.await.expect("the executor did not panic");
+        let ended = Instant::now();
+        let events = self.collector.await.expect("the collector did not panic");
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        for event in &events {
+            if let Event::Output(_, stream, chunk) = event {
+                match stream {
+                    OutputStream::Stdout => stdout.extend_from_slice(chunk),
+                    OutputStream::Stderr => stderr.extend_from_slice(chunk),
+                }
+            }
+        }
+        Run {
+            result,
+            events,
+            stdout,
+            stderr,
+            ended,
+        }
+    }
+}
+
+/// `spec` running `command` in the examples image.
+pub fn task<const N: usize>(command: [&str; N]) -> TaskSpec {
+    TaskSpec::image(EXAMPLES_IMAGE, command)
+}
+
+/// Asserts the engine has no container (running or not) labelled as managed
+/// by `instance`.
+pub async fn assert_no_containers(docker: &Docker, instance: &str) {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(label_filter(Some(instance))),
+        ..ListContainersOptions::default()
+    };
+    let left = docker
+        .list_containers(Some(options))
+        .await
+        .expect("the engine lists containers");
+    assert!(
+        left.is_empty(),
+        "containers left behind: {:?}",
+        left.iter().map(|c| &c.id).collect::<Vec<_>>()
+    );
+}

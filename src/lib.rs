@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod client;
 pub mod codec;
+pub mod config;
 mod connection;
 pub mod events;
 pub mod executor;

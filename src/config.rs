@@ -1,0 +1,138 @@
+//! The server's configuration file, in TOML.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7070"
+//!
+//! [server]            # connections and bounds (tcp_task::ServerConfig)
+//! max_connections = 256
+//! idle_timeout = 120  # seconds
+//!
+//! [executor]          # how containers run (tcp_task::executor::ExecutorConfig)
+//! max_concurrent = 4
+//! [executor.policy]
+//! max_memory_bytes = 1073741824
+//!
+//! [catalog.pi]        # pre-compiled tasks (tcp_task::catalog::Catalog)
+//! image = "tcp-task-examples:0.1.0"
+//! command = ["pi"]
+//! description = "π to N decimal places"
+//! ```
+//!
+//! Every key is optional; `docs/CONFIG.md` lists them all. Without a
+//! `[catalog]` table the server offers the built-in example tasks.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::Path;
+
+use crate::catalog::{Catalog, CatalogEntry};
+use crate::executor::ExecutorConfig;
+use crate::server::ServerConfig;
+
+/// Where `tcp-task serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// Everything `tcp-task serve` reads from its config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; `--listen` overrides it.
+    pub listen: Option<String>,
+    pub server: ServerConfig,
+    pub executor: ExecutorConfig,
+    /// The pre-compiled tasks; `None` means the built-in examples.
+    pub catalog: Option<Catalog>,
+}
+
+impl Config {
+    /// Reads and checks a config file. Errors name the file and, for bad
+    /// TOML, the line and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        Config::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The catalog to serve: the configured one, or the examples.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.clone().unwrap_or_else(examples_catalog)
+    }
+}
+
+/// The image that holds the example tasks (built locally by
+/// `tcp-task image build-examples`).
+pub fn examples_image() -> String {
+    format!("tcp-task-examples:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The classic example tasks, all in the examples image.
+pub fn examples_catalog() -> Catalog {
+    const MIB: u64 = 1024 * 1024;
+    let entry = |command: &str, description: &str, timeout_ms: u64| CatalogEntry {
+        image: examples_image(),
+        command: vec![command.to_string()],
+        description: description.to_string(),
+        env: Default::default(),
+        memory_bytes: Some(64 * MIB),
+        nano_cpus: Some(1_000_000_000),
+        pids_limit: Some(16),
+        timeout_ms: Some(timeout_ms),
+    };
+    let entries = [
+        ("sum", entry("sum", "Sum of the numbers given", 10_000)),
+        ("multiply", entry("multiply", "Product of the numbers given", 10_000)),
+        ("random", entry("random", "A random integer in [LO, HI]", 10_000)),
+        ("isprime", entry("isprime", "Whether N is prime", 10_000)),
+        ("primes", entry("primes", "The primes up to N (--count: how many)", 30_000)),
+        ("pi", entry("pi", "π to N decimal places (at most 10000)", 30_000)),
+        ("grayscale", entry("grayscale", "A PNG on stdin, in grayscale on stdout", 30_000)),
+    ];
+    Catalog {
+        entries: entries.into_iter().map(|(name, e)| (name.to_string(), e)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_with_the_examples() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.listen, None);
+        assert_eq!(config.catalog().len(), 7);
+    }
+
+    #[test]
+    fn sections_override_defaults() {
+        let config = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:9000"
+            [server]
+            max_connections = 3
+            idle_timeout = 1.5
+            [executor]
+            max_concurrent = 2
+            [catalog.hello]
+            image = "alpine"
+            command = ["echo", "hello"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(config.server.max_connections, 3);
+        assert_eq!(config.server.idle_timeout.as_millis(), 1500);
+        assert_eq!(config.executor.max_concurrent, 2);
+        assert_eq!(config.catalog().len(), 1);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_that_names_it() {
+        let err = Config::from_toml("[server]\nmax_conections = 3").unwrap_err();
+        assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+    }
+}

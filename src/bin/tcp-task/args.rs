@@ -35,6 +35,16 @@ pub struct ConnectionArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the server: accept clients and run their tasks on this host's Docker engine.
+    #[command(after_help = "Examples:\n  tcp-task serve\n  tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml\n  RUST_LOG=tcp_task=debug tcp-task serve\n\nStop it with Ctrl-C or SIGTERM: running tasks get the shutdown grace to finish.")]
+    Serve(ServeArgs),
+    /// Build the images tcp-task needs, locally, with no registry.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// See tcp-task work: build the examples image if missing, start a server,
+    /// run example and generic tasks, print results and latencies.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo,
     /// Run a command in a new container on the server.
     #[command(
         after_help = "Examples:\n  tcp-task run tcp-task-examples:0.1.0 echo hello\n  tcp-task run -e NAME=world -w /tmp tcp-task-examples:0.1.0 env\n  tcp-task run --memory 64m --cpus 0.5 --timeout 10s tcp-task-examples:0.1.0 primes 100000\n  cat photo.png | tcp-task run -i tcp-task-examples:0.1.0 grayscale > gray.png\n\nThe exit status is the task's own; 128+N when a signal N killed it; 124 on timeout;\n125 when the server or the engine failed; 126/127 when the command cannot be run / is not found."
@@ -53,6 +63,26 @@ pub enum Command {
         after_help = "Examples:\n  tcp-task status\n  tcp-task --server 10.0.0.5:7070 status --json"
     )]
     Status(JsonArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070, or `listen` in the config].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Config file (TOML): limits, policy, catalog, registry credentials.
+    #[arg(long, env = "TCP_TASK_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build the examples image (example tasks and test helpers, FROM scratch).
+    #[command(after_help = "Example:\n  tcp-task image build-examples")]
+    BuildExamples,
 }
 
 #[derive(Args, Debug)]

@@ -5,13 +5,15 @@
 //! work is in the library.
 
 mod args;
+mod demo;
 mod info;
 mod run;
+mod serve;
 
 use clap::Parser;
 use std::process::ExitCode;
 
-use args::{Cli, Command};
+use args::{Cli, Command, ImageCommand};
 
 /// Exit status when the server or the engine failed, as `docker run` uses it.
 pub const EXIT_SERVER_ERROR: u8 = 125;
@@ -40,6 +42,9 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Task(args) => return run::run_named(&cli.connection, args).await,
         Command::Tasks(args) => info::tasks(&cli.connection, args).await,
         Command::Status(args) => info::status(&cli.connection, args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Image(ImageCommand::BuildExamples) => build_examples().await,
+        Command::Demo => demo::demo().await,
     };
     match result {
         Ok(()) => 0,
@@ -48,4 +53,11 @@ async fn dispatch(cli: Cli) -> u8 {
             EXIT_SERVER_ERROR
         }
     }
+}
+
+async fn build_examples() -> anyhow::Result<()> {
+    let docker = tcp_task::docker::connect_docker().await?;
+    tcp_task::images::build_examples_image(&docker).await?;
+    println!("built {}", tcp_task::images::EXAMPLES_IMAGE);
+    Ok(())
 }

@@ -5,8 +5,10 @@
 //! line and `docs/PROTOCOL.md` for the wire format.
 
 pub mod codec;
+pub mod docker;
 pub mod events;
 pub mod executor;
+pub mod images;
 pub mod protocol;
 
 pub use protocol::{Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, TaskError, TaskSpec};

@@ -299,6 +299,7 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn the_binary_and_its_applet_list_are_embedded() {
         assert!(TOOLS_BINARY.starts_with(b"\x7fELF"), "not an ELF binary");
         for applet in ["sum", "multiply", "pi", "primes", "cat", "agent"] {

@@ -84,15 +84,37 @@ pub fn examples_catalog() -> Catalog {
     };
     let entries = [
         ("sum", entry("sum", "Sum of the numbers given", 10_000)),
-        ("multiply", entry("multiply", "Product of the numbers given", 10_000)),
-        ("random", entry("random", "A random integer in [LO, HI]", 10_000)),
+        (
+            "multiply",
+            entry("multiply", "Product of the numbers given", 10_000),
+        ),
+        (
+            "random",
+            entry("random", "A random integer in [LO, HI]", 10_000),
+        ),
         ("isprime", entry("isprime", "Whether N is prime", 10_000)),
-        ("primes", entry("primes", "The primes up to N (--count: how many)", 30_000)),
-        ("pi", entry("pi", "π to N decimal places (at most 10000)", 30_000)),
-        ("grayscale", entry("grayscale", "A PNG on stdin, in grayscale on stdout", 30_000)),
+        (
+            "primes",
+            entry("primes", "The primes up to N (--count: how many)", 30_000),
+        ),
+        (
+            "pi",
+            entry("pi", "π to N decimal places (at most 10000)", 30_000),
+        ),
+        (
+            "grayscale",
+            entry(
+                "grayscale",
+                "A PNG on stdin, in grayscale on stdout",
+                30_000,
+            ),
+        ),
     ];
     Catalog {
-        entries: entries.into_iter().map(|(name, e)| (name.to_string(), e)).collect(),
+        entries: entries
+            .into_iter()
+            .map(|(name, e)| (name.to_string(), e))
+            .collect(),
     }
 }
 

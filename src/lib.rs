@@ -9,8 +9,10 @@ pub mod client;
 pub mod codec;
 pub mod config;
 mod connection;
+pub mod docker;
 pub mod events;
 pub mod executor;
+pub mod images;
 pub mod protocol;
 pub mod server;
 

@@ -36,7 +36,9 @@ pub struct ConnectionArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: accept clients and run their tasks on this host's Docker engine.
-    #[command(after_help = "Examples:\n  tcp-task serve\n  tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml\n  RUST_LOG=tcp_task=debug tcp-task serve\n\nStop it with Ctrl-C or SIGTERM: running tasks get the shutdown grace to finish.")]
+    #[command(
+        after_help = "Examples:\n  tcp-task serve\n  tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml\n  RUST_LOG=tcp_task=debug tcp-task serve\n\nStop it with Ctrl-C or SIGTERM: running tasks get the shutdown grace to finish."
+    )]
     Serve(ServeArgs),
     /// Build the images tcp-task needs, locally, with no registry.
     #[command(subcommand)]

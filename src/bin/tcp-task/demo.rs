@@ -23,8 +23,11 @@ pub async fn demo() -> Result<()> {
         println!("  built it (FROM scratch, one static binary)");
     }
     let config = Config::default();
-    let executor = DockerExecutor::new(docker, config.executor.clone()).with_catalog(config.catalog());
-    let server = Server::new(config.server, executor).spawn("127.0.0.1:0").await?;
+    let executor =
+        DockerExecutor::new(docker, config.executor.clone()).with_catalog(config.catalog());
+    let server = Server::new(config.server, executor)
+        .spawn("127.0.0.1:0")
+        .await?;
     println!("Server listening on {}\n", server.local_addr());
     let client = Client::connect(server.local_addr()).await?;
 
@@ -53,13 +56,31 @@ async fn run_all(client: &Client) -> Result<()> {
     if let tcp_task::protocol::Task::Named { params: p, .. } = &mut params.task {
         *p = Some(r#"{"numbers": [10, 20, 30]}"#.into());
     }
-    show(client, r#"task sum --params {"numbers":[10,20,30]}"#, params, None).await?;
+    show(
+        client,
+        r#"task sum --params {"numbers":[10,20,30]}"#,
+        params,
+        None,
+    )
+    .await?;
     let mut grayscale = TaskSpec::named("grayscale", Vec::<String>::new());
     grayscale.stdin = true;
-    show(client, "task grayscale < 16x16.png", grayscale, Some(DEMO_PNG)).await?;
+    show(
+        client,
+        "task grayscale < 16x16.png",
+        grayscale,
+        Some(DEMO_PNG),
+    )
+    .await?;
 
     let image = |command: &[&str]| TaskSpec::image(EXAMPLES_IMAGE, command.iter().copied());
-    show(client, "run echo hello from a container", image(&["echo", "hello", "from", "a", "container"]), None).await?;
+    show(
+        client,
+        "run echo hello from a container",
+        image(&["echo", "hello", "from", "a", "container"]),
+        None,
+    )
+    .await?;
     let mut env = image(&["env"]);
     env.env = vec![("GREETING".into(), "hi".into())];
     show(client, "run -e GREETING=hi env", env, None).await?;
@@ -74,7 +95,10 @@ async fn run_all(client: &Client) -> Result<()> {
     for output in futures::future::join_all(runs).await {
         output.context("a concurrent task failed")?;
     }
-    println!("  all 10 done in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  all 10 done in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
 
     let status = client.status().await?;
     println!(
@@ -89,7 +113,12 @@ async fn run_all(client: &Client) -> Result<()> {
 
 /// Runs one task and prints a line: name, latency, and its stdout (or how it
 /// ended).
-async fn show(client: &Client, name: &str, spec: TaskSpec, stdin: Option<&'static [u8]>) -> Result<()> {
+async fn show(
+    client: &Client,
+    name: &str,
+    spec: TaskSpec,
+    stdin: Option<&'static [u8]>,
+) -> Result<()> {
     let started = Instant::now();
     let handle = client.run(spec).await?;
     if let Some(data) = stdin {
@@ -97,7 +126,10 @@ async fn show(client: &Client, name: &str, spec: TaskSpec, stdin: Option<&'stati
         writer.write(Bytes::from_static(data)).await?;
         writer.close().await?;
     }
-    let output = handle.output().await.with_context(|| format!("`{name}` failed"))?;
+    let output = handle
+        .output()
+        .await
+        .with_context(|| format!("`{name}` failed"))?;
     let latency = started.elapsed();
     let result = if name.contains("grayscale") {
         if !output.stdout.starts_with(b"\x89PNG") {
@@ -118,6 +150,9 @@ async fn show(client: &Client, name: &str, spec: TaskSpec, stdin: Option<&'stati
     } else {
         format!("  (exit status {})", output.outcome.exit_status())
     };
-    println!("{name:<44} {:>7.0}ms  {result}{ending}", latency.as_secs_f64() * 1000.0);
+    println!(
+        "{name:<44} {:>7.0}ms  {result}{ending}",
+        latency.as_secs_f64() * 1000.0
+    );
     Ok(())
 }

@@ -22,9 +22,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     let executor = start_executor(&config).await?;
-    let listener = TcpListener::bind(&listen).await.with_context(|| bind_advice(&listen))?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| bind_advice(&listen))?;
     info!(address = %listener.local_addr()?, "listening");
-    Server::new(config.server, executor).run(listener, stop_signal()).await;
+    Server::new(config.server, executor)
+        .run(listener, stop_signal())
+        .await;
     Ok(())
 }
 
@@ -34,8 +38,13 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let executor = DockerExecutor::new(docker, config.executor.clone()).with_catalog(catalog);
     match executor.reap_orphans().await {
         Ok(0) => {}
-        Ok(n) => info!(removed = n, "removed containers left behind by an earlier server"),
-        Err(e) => warn!(error = %e, "could not look for containers left behind by an earlier server"),
+        Ok(n) => info!(
+            removed = n,
+            "removed containers left behind by an earlier server"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not look for containers left behind by an earlier server")
+        }
     }
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
@@ -49,7 +58,8 @@ fn bind_advice(listen: &str) -> String {
 
 /// Ctrl-C or SIGTERM starts a graceful shutdown.
 async fn stop_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let sigterm = async {
         match terminate.as_mut() {
             Some(signal) => signal.recv().await,
@@ -78,6 +88,8 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
-

@@ -1,0 +1,89 @@
+//! The few libc calls std does not expose. std links libc anyway, so these
+//! are plain `extern "C"` declarations rather than a dependency on the `libc`
+//! crate. Each is wrapped in a safe function: none of them touches memory.
+
+use std::io;
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn getpid() -> i32;
+    fn getppid() -> i32;
+    fn getuid() -> u32;
+    fn getgid() -> u32;
+    fn signal(sig: i32, handler: usize) -> usize;
+}
+
+/// `SIG_DFL` in `<signal.h>`.
+const SIG_DFL: usize = 0;
+/// `SIG_ERR` in `<signal.h>`.
+const SIG_ERR: usize = usize::MAX;
+pub const SIGPIPE: i32 = 13;
+
+/// Linux signal numbers (the same on x86_64 and aarch64) for the names
+/// `killself` accepts.
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STOP", 19),
+];
+
+pub fn pid() -> i32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { getpid() }
+}
+
+pub fn parent_pid() -> i32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { getppid() }
+}
+
+pub fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { getuid() }
+}
+
+pub fn gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { getgid() }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill only takes integers; an invalid signal is reported as EINVAL.
+    if unsafe { kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Restores the default disposition of `sig`: std installs handlers (SIGSEGV,
+/// SIGBUS for stack overflow detection) or ignores it (SIGPIPE), which would
+/// otherwise change what a signal does to us.
+pub fn default_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    if unsafe { signal(sig, SIG_DFL) } == SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Lets a write to a closed pipe end the process, as it would any Unix tool.
+pub fn default_sigpipe() {
+    // Cannot fail for a valid signal number; nothing to do if it somehow did.
+    let _ = default_signal(SIGPIPE);
+}

@@ -1,6 +1,6 @@
 //! `tcp-task serve`: the server, on a Docker host.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
 use tcp_task::executor::DockerExecutor;
@@ -21,10 +21,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let executor = start_executor(&config).await?;
+    // Bind first: a taken port is the quicker mistake to report.
     let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| bind_advice(&listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}. {}", bind_advice(&e)))?;
+    let executor = start_executor(&config).await?;
     info!(address = %listener.local_addr()?, "listening");
     Server::new(config.server, executor)
         .run(listener, stop_signal())
@@ -50,10 +51,14 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     Ok(executor)
 }
 
-fn bind_advice(listen: &str) -> String {
-    format!(
-        "cannot listen on {listen}. If the address is in use, another server (perhaps another tcp-task) runs there: stop it or pick another address with --listen"
-    )
+fn bind_advice(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "Another program (perhaps another tcp-task server) listens there: stop it or pick another address with --listen"
+        }
+        std::io::ErrorKind::PermissionDenied => "Ports below 1024 need root: pick a higher port with --listen",
+        _ => "Check the address given to --listen (or `listen` in the config)",
+    }
 }
 
 /// Ctrl-C or SIGTERM starts a graceful shutdown.

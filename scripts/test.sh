@@ -18,6 +18,8 @@ fi
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
+    # nextest does not run doctests (the README's examples among them).
+    cargo test --workspace --doc
 else
     cargo test --workspace --no-fail-fast "$@"
 fi

@@ -19,3 +19,8 @@ pub mod server;
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};
 pub use protocol::{Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, TaskError, TaskSpec};
 pub use server::{RunningServer, Server, ServerConfig};
+
+// The README's Rust examples are compiled as doctests, so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -9,6 +9,7 @@ mod demo;
 mod info;
 mod run;
 mod serve;
+mod signals;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -16,6 +16,7 @@ use tcp_task::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::{ConnectionArgs, NamedArgs, RunArgs, TaskOptions};
+use crate::signals::Interrupts;
 use crate::EXIT_SERVER_ERROR;
 
 /// Exit status after the user interrupted the task, as a shell reports
@@ -141,7 +142,8 @@ enum Followed {
 /// the remote task and waits for its container to be removed; a second one
 /// stops waiting.
 async fn follow(mut handle: TaskHandle, display: &mut Display) -> Followed {
-    let mut interrupts = 0;
+    let mut interrupts = Interrupts::new();
+    let mut interrupted = 0;
     loop {
         tokio::select! {
             event = handle.next() => match event {
@@ -153,30 +155,15 @@ async fn follow(mut handle: TaskHandle, display: &mut Display) -> Followed {
                 }
                 None => return Followed::Ended(handle.wait().await),
             },
-            _ = interrupted() => {
-                interrupts += 1;
-                if interrupts > 1 {
+            _ = interrupts.recv() => {
+                interrupted += 1;
+                if interrupted > 1 {
                     return Followed::Abandoned;
                 }
                 eprintln!("tcp-task: cancelling the task (interrupt again to stop waiting)");
                 let _ = handle.cancel().await;
             }
         }
-    }
-}
-
-async fn interrupted() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let sigterm = async {
-        match terminate.as_mut() {
-            Some(signal) => signal.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm => {}
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::args::ServeArgs;
+use crate::signals::Interrupts;
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.verbose);
@@ -61,24 +62,14 @@ fn bind_advice(error: &std::io::Error) -> &'static str {
     }
 }
 
-/// Ctrl-C or SIGTERM starts a graceful shutdown.
+/// Ctrl-C or SIGTERM starts a graceful shutdown; a second one exits without
+/// waiting for the tasks.
 async fn stop_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let sigterm = async {
-        match terminate.as_mut() {
-            Some(signal) => signal.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm => {}
-    }
-    info!("stop requested; finishing running tasks (Ctrl-C again to exit at once)");
-    // A second signal exits without waiting for the tasks.
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut interrupts = Interrupts::new();
+    interrupts.recv().await;
+    info!("stop requested; finishing running tasks (interrupt again to exit at once)");
+    tokio::spawn(async move {
+        interrupts.recv().await;
         warn!("second stop request: exiting now");
         std::process::exit(130);
     });

@@ -62,6 +62,27 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// The most that decoding one frame body may make bincode reserve.
+///
+/// bincode trusts the lengths inside a body: it reserves a string's or a
+/// byte chunk's memory before it reads the bytes. Without a limit, a 20-byte
+/// frame that announces a string of 2^60 bytes makes it ask for that much,
+/// and the failed allocation aborts the whole process, before any
+/// handshake. Only strings and byte chunks are reserved ahead (sequences
+/// grow as they are read), and each lies inside the body, so a valid body
+/// never reserves more than its own length: every frame up to this size
+/// still decodes, far above the maximum frame length a server would set, and
+/// a lying length costs at most this much zeroed memory, never touched.
+const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    config().with_limit::<DECODE_LIMIT>()
+}
+
 /// Encodes `message` as one frame body (without the length prefix).
 pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(message, config())
@@ -70,7 +91,7 @@ pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one frame body; trailing bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (message, read) = bincode::serde::decode_from_slice(body, config())
+    let (message, read) = bincode::serde::decode_from_slice(body, decode_config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(CodecError::Malformed(format!(
@@ -85,7 +106,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 /// handshake uses it to read the magic and version of a hello whose later
 /// fields may be of another version.
 pub fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    bincode::serde::decode_from_slice(body, config())
+    bincode::serde::decode_from_slice(body, decode_config())
         .map(|(message, _)| message)
         .map_err(|e| CodecError::Malformed(e.to_string()))
 }
@@ -213,6 +234,22 @@ mod tests {
                 assert_eq!(got, Some(message.clone()));
             }
         }
+    }
+
+    #[test]
+    fn a_lying_length_inside_a_body_is_an_error_not_an_allocation() {
+        // Stdin { id: 1, chunk } whose chunk claims 2^60 bytes (varint
+        // marker 253: a u64 follows), in a frame of a few bytes.
+        let mut body = vec![1u8, 1, 253];
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(&body);
+        let mut codec = FrameCodec::<ClientMessage>::default();
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

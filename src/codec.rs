@@ -62,6 +62,32 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Decodes from `body` with a bound on what decoding may allocate.
+///
+/// bincode allocates a string's or byte buffer's declared length before it
+/// reads the bytes, so without a bound a ten-byte frame declaring a string
+/// of 2^60 bytes makes the process panic or abort. Every byte a message
+/// holds is inside its body, so a message that decodes never needs more
+/// than `body.len()`; the bound is the smallest step above that (the limit
+/// is a compile-time constant in bincode, hence the steps).
+fn decode_bounded<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let standard = config();
+    let len = body.len();
+    if len <= KIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<KIB>())
+    } else if len <= MIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<MIB>())
+    } else if len <= 16 * MIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<{ 16 * MIB }>())
+    } else {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<{ u32::MAX as usize }>())
+    }
+}
+
 /// Encodes `message` as one frame body (without the length prefix).
 pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(message, config())
@@ -70,8 +96,7 @@ pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one frame body; trailing bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (message, read) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (message, read) = decode_bounded(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(CodecError::Malformed(format!(
             "{} unexpected bytes after the message",
@@ -85,7 +110,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 /// handshake uses it to read the magic and version of a hello whose later
 /// fields may be of another version.
 pub fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    bincode::serde::decode_from_slice(body, config())
+    decode_bounded(body)
         .map(|(message, _)| message)
         .map_err(|e| CodecError::Malformed(e.to_string()))
 }
@@ -195,6 +220,25 @@ mod tests {
             }
         ));
         assert_eq!(buf.capacity(), capacity_before);
+    }
+
+    /// A string whose declared length is far beyond the body is refused
+    /// without allocating it (bincode would otherwise reserve it first).
+    #[test]
+    fn a_huge_declared_string_length_is_refused_without_allocating_it() {
+        // Hello { magic, version 1, client: a string of 2^62 bytes, ... }
+        let mut body = crate::protocol::MAGIC.to_vec();
+        body.push(1);
+        body.push(253); // bincode varint: a u64 follows
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let err = decode_body::<crate::protocol::Hello>(&body).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+        // The same for a body above each step of the bound.
+        for padding in [2 * 1024, 2 * 1024 * 1024] {
+            let mut long = body.clone();
+            long.resize(body.len() + padding, 0);
+            assert!(decode_body::<crate::protocol::Hello>(&long).is_err());
+        }
     }
 
     #[test]

@@ -165,7 +165,7 @@ async fn send_now<W: AsyncWrite + Unpin>(
 /// Reads the client's hello: the first frame. Checks the magic and version
 /// before decoding the rest, so a peer of another version (or no tcp-task
 /// peer at all) gets an error that says so.
-async fn read_hello<R: AsyncRead + Unpin>(
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
     max_frame_len: usize,
@@ -211,7 +211,7 @@ fn foreign_protocol(first_bytes: &[u8]) -> Option<String> {
     None
 }
 
-fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
+pub(crate) fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
     if body.len() < MAGIC.len() || body[..MAGIC.len()] != MAGIC {
         return Err(TaskError::new(
             ErrorKind::Protocol,

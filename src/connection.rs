@@ -137,7 +137,9 @@ pub(crate) async fn serve<S, E>(
             return;
         }
     };
-    debug!(%peer, client = %hello.client, "handshake done");
+    // Debug formatting: the name is the client's free text, and escaping it
+    // keeps a name with line breaks from forging log lines.
+    debug!(%peer, client = ?hello.client, "handshake done");
     let welcome = ServerMessage::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         server: crate::server::server_name(),

@@ -42,6 +42,7 @@ use crate::protocol::{
     ProgressEvent, RequestId, ServerMessage, ServerStatus, TaskError, TaskSpec,
     DEFAULT_MAX_FRAME_LEN, MAX_CHUNK_LEN,
 };
+use crate::tls::{self, ClientTlsConfig, TlsError};
 
 /// Frames waiting to be written to the server.
 const OUTGOING_QUEUE: usize = 1024;
@@ -69,6 +70,10 @@ pub enum Error {
     /// The connection could be made but the handshake failed.
     #[error("handshake with the server failed: {0}")]
     Handshake(String),
+    /// TLS could not be set up (unreadable or unusable files) or its
+    /// handshake failed; the message says which and what to do.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl Error {
@@ -92,6 +97,8 @@ pub struct ConnectOptions {
     pub max_frame_len: u32,
     /// Time allowed for the TCP connection and the handshake together.
     pub connect_timeout: Duration,
+    /// Connect through TLS; `None` for plaintext.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ConnectOptions {
@@ -101,6 +108,7 @@ impl Default for ConnectOptions {
             client_name: format!("tcp-task-client {}", env!("CARGO_PKG_VERSION")),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -112,6 +120,7 @@ impl fmt::Debug for ConnectOptions {
             .field("client_name", &self.client_name)
             .field("max_frame_len", &self.max_frame_len)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -188,7 +197,8 @@ impl Client {
         Client::connect_with(addr, ConnectOptions::default()).await
     }
 
-    /// Connects over TCP and performs the handshake.
+    /// Connects over TCP (and TLS, when `options.tls` is set) and performs
+    /// the handshake, all within `options.connect_timeout`.
     pub async fn connect_with(
         addr: impl ToSocketAddrs + fmt::Display,
         options: ConnectOptions,
@@ -203,8 +213,22 @@ impl Client {
                     "timed out",
                 ))
             })
-            .map_err(|source| Error::Connect { addr: name, source })?;
+            .map_err(|source| Error::Connect {
+                addr: name.clone(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
+        let Some(tls) = options.tls.clone() else {
+            return Client::handshake(stream, options, deadline).await;
+        };
+        let stream = tokio::time::timeout_at(deadline.into(), tls.connect(stream, &name))
+            .await
+            .map_err(|_| {
+                TlsError::Handshake(format!(
+                    "no TLS answer from {name} within {:?}; is it a tcp-task server with TLS on?",
+                    options.connect_timeout
+                ))
+            })??;
         Client::handshake(stream, options, deadline).await
     }
 
@@ -234,6 +258,12 @@ impl Client {
                 Some(Ok(ServerMessage::Welcome(welcome))) => Ok(welcome),
                 Some(Ok(ServerMessage::Error { error, .. })) => Err(Error::Remote(error)),
                 Some(Ok(other)) => Err(Error::Handshake(format!("unexpected first frame {other:?}"))),
+                Some(Err(codec::CodecError::Io(e))) if tls::is_tls_error(&e) => {
+                    Err(Error::Tls(TlsError::Handshake(tls::explain(&e))))
+                }
+                Some(Err(_)) if tls::looks_like_tls(reader.read_buffer()) => Err(Error::Handshake(
+                    "the server speaks TLS; connect with TLS, trusting the CA that signed its certificate (--tls-ca FILE)".into(),
+                )),
                 Some(Err(e)) => Err(Error::Handshake(format!(
                     "{e} (is this a tcp-task server, and does it use TLS where the client does not, or the reverse?)"
                 ))),

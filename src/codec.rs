@@ -62,25 +62,30 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// The most that decoding one frame body may make bincode reserve.
+/// Decodes from `body` with a bound on what decoding may allocate.
 ///
-/// bincode trusts the lengths inside a body: it reserves a string's or a
-/// byte chunk's memory before it reads the bytes. Without a limit, a 20-byte
-/// frame that announces a string of 2^60 bytes makes it ask for that much,
-/// and the failed allocation aborts the whole process, before any
-/// handshake. Only strings and byte chunks are reserved ahead (sequences
-/// grow as they are read), and each lies inside the body, so a valid body
-/// never reserves more than its own length: every frame up to this size
-/// still decodes, far above the maximum frame length a server would set, and
-/// a lying length costs at most this much zeroed memory, never touched.
-const DECODE_LIMIT: usize = 256 * 1024 * 1024;
-
-fn decode_config() -> bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<DECODE_LIMIT>,
-> {
-    config().with_limit::<DECODE_LIMIT>()
+/// bincode allocates a string's or byte buffer's declared length before it
+/// reads the bytes, so without a bound a ten-byte frame declaring a string
+/// of 2^60 bytes makes the process panic or abort. Every byte a message
+/// holds is inside its body, so a message that decodes never needs more
+/// than `body.len()`; the bound is the smallest step above that (the limit
+/// is a compile-time constant in bincode, hence the steps).
+fn decode_bounded<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let standard = config();
+    let len = body.len();
+    if len <= KIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<KIB>())
+    } else if len <= MIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<MIB>())
+    } else if len <= 16 * MIB {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<{ 16 * MIB }>())
+    } else {
+        bincode::serde::decode_from_slice(body, standard.with_limit::<{ u32::MAX as usize }>())
+    }
 }
 
 /// Encodes `message` as one frame body (without the length prefix).
@@ -91,8 +96,7 @@ pub fn encode_body<T: Serialize>(message: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one frame body; trailing bytes are an error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (message, read) = bincode::serde::decode_from_slice(body, decode_config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (message, read) = decode_bounded(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(CodecError::Malformed(format!(
             "{} unexpected bytes after the message",
@@ -106,7 +110,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 /// handshake uses it to read the magic and version of a hello whose later
 /// fields may be of another version.
 pub fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    bincode::serde::decode_from_slice(body, decode_config())
+    decode_bounded(body)
         .map(|(message, _)| message)
         .map_err(|e| CodecError::Malformed(e.to_string()))
 }
@@ -216,6 +220,25 @@ mod tests {
             }
         ));
         assert_eq!(buf.capacity(), capacity_before);
+    }
+
+    /// A string whose declared length is far beyond the body is refused
+    /// without allocating it (bincode would otherwise reserve it first).
+    #[test]
+    fn a_huge_declared_string_length_is_refused_without_allocating_it() {
+        // Hello { magic, version 1, client: a string of 2^62 bytes, ... }
+        let mut body = crate::protocol::MAGIC.to_vec();
+        body.push(1);
+        body.push(253); // bincode varint: a u64 follows
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let err = decode_body::<crate::protocol::Hello>(&body).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+        // The same for a body above each step of the bound.
+        for padding in [2 * 1024, 2 * 1024 * 1024] {
+            let mut long = body.clone();
+            long.resize(body.len() + padding, 0);
+            assert!(decode_body::<crate::protocol::Hello>(&long).is_err());
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +26,7 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 use crate::server::Shared;
+use crate::tls;
 
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
@@ -41,11 +44,67 @@ struct TaskEntry {
 
 type TaskTable = Arc<Mutex<HashMap<RequestId, TaskEntry>>>;
 
+/// Serves a freshly accepted socket: the TLS handshake first when the
+/// server speaks TLS, then the protocol. Runs in the connection's own task,
+/// so a slow TLS client holds up nobody else; the TLS handshake and the
+/// hello together get the handshake timeout.
+pub(crate) async fn serve_socket<E: Executor>(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<E>>,
+) {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let Some(acceptor) = shared.tls.clone() else {
+        return serve(socket, peer, shared, deadline).await;
+    };
+    match tokio::time::timeout_at(deadline, tls::accept(&acceptor, socket)).await {
+        Ok(Ok(stream)) => serve(stream, peer, shared, deadline).await,
+        Ok(Err(tls::Refused::Plaintext(socket))) => {
+            refuse_plaintext(socket, peer, &shared, deadline).await
+        }
+        Ok(Err(tls::Refused::Failed(reason))) => {
+            info!(%peer, %reason, "TLS handshake failed")
+        }
+        Err(_) => {
+            info!(%peer, timeout = ?shared.config.handshake_timeout, "no TLS handshake within the handshake timeout; closed")
+        }
+    }
+}
+
+/// A plaintext client at a TLS server: it cannot read TLS, so it is told in
+/// a plaintext frame, after its hello is read (closing with unread bytes
+/// could reset the connection before the frame is read).
+async fn refuse_plaintext<E: Executor>(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared<E>,
+    deadline: Instant,
+) {
+    info!(%peer, "a plaintext client at the TLS server; refused");
+    let (mut reader, writer) = tokio::io::split(socket);
+    let max_frame_len = shared.config.max_frame_len;
+    let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
+    let mut buffer = BytesMut::new();
+    let read = read_hello(&mut reader, &mut buffer, max_frame_len as usize);
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    let error = TaskError::new(
+        ErrorKind::Protocol,
+        "this server speaks TLS only: connect with TLS, trusting the CA that signed its certificate (--tls-ca FILE)",
+    );
+    let send = send_now(&mut writer, ServerMessage::Error { id: None, error });
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+}
+
 /// Serves one connection until the client leaves, breaks the protocol, sits
 /// idle, or the server shuts down. Returns once every task it started has
 /// ended and its terminal frame has been written (or the client is gone).
-pub(crate) async fn serve<S, E>(stream: S, peer: SocketAddr, shared: Arc<Shared<E>>)
-where
+/// The hello must arrive by `deadline`.
+pub(crate) async fn serve<S, E>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared<E>>,
+    deadline: Instant,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     E: Executor,
 {
@@ -54,8 +113,8 @@ where
     let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
 
     let mut buffer = BytesMut::new();
-    let handshake = tokio::time::timeout(
-        shared.config.handshake_timeout,
+    let handshake = tokio::time::timeout_at(
+        deadline,
         read_hello(&mut reader, &mut buffer, max_frame_len as usize),
     )
     .await
@@ -78,7 +137,9 @@ where
             return;
         }
     };
-    debug!(%peer, client = %hello.client, "handshake done");
+    // Debug formatting: the name is the client's free text, and escaping it
+    // keeps a name with line breaks from forging log lines.
+    debug!(%peer, client = ?hello.client, "handshake done");
     let welcome = ServerMessage::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         server: crate::server::server_name(),
@@ -106,7 +167,7 @@ async fn send_now<W: AsyncWrite + Unpin>(
 /// Reads the client's hello: the first frame. Checks the magic and version
 /// before decoding the rest, so a peer of another version (or no tcp-task
 /// peer at all) gets an error that says so.
-async fn read_hello<R: AsyncRead + Unpin>(
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
     max_frame_len: usize,
@@ -152,7 +213,7 @@ fn foreign_protocol(first_bytes: &[u8]) -> Option<String> {
     None
 }
 
-fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
+pub(crate) fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
     if body.len() < MAGIC.len() || body[..MAGIC.len()] != MAGIC {
         return Err(TaskError::new(
             ErrorKind::Protocol,
@@ -500,3 +561,6 @@ enum Refusal {
     /// Refused: the request's only frame is this `Failed`.
     Terminal(TaskError),
 }
+
+#[cfg(test)]
+mod handshake_tests;

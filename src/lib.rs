@@ -4,6 +4,7 @@
 //! streams back their progress and output. See `README.md` for the command
 //! line and `docs/PROTOCOL.md` for the wire format.
 
+pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod codec;
@@ -15,6 +16,7 @@ pub mod executor;
 pub mod images;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};
 pub use protocol::{Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, TaskError, TaskSpec};
@@ -24,3 +26,30 @@ pub use server::{RunningServer, Server, ServerConfig};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+pub use tls::{ClientTlsConfig, TlsConfig};
+
+/// Entry points for the cargo-fuzz targets in `fuzz/`, behind the
+/// `fuzzing` feature. Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::protocol::{Hello, TaskError};
+
+    /// The server's checks of a hello frame body: magic, version, decoding.
+    pub fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
+        crate::connection::check_hello(body)
+    }
+
+    /// The server's handshake reader over `input`, as if a client had sent
+    /// exactly those bytes and closed.
+    pub fn read_hello(input: &[u8], max_frame_len: usize) -> Result<Hello, TaskError> {
+        let mut reader = input;
+        let mut buffer = bytes::BytesMut::new();
+        futures::executor::block_on(crate::connection::read_hello(
+            &mut reader,
+            &mut buffer,
+            max_frame_len,
+        ))
+    }
+}

@@ -37,8 +37,8 @@ pub type RequestId = u64;
 /// The handshake: the client's first frame.
 ///
 /// `magic` and `version` come first so that any future version can still read
-/// them and answer with a clear error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// them and answer with a clear error. Its `Debug` output hides the token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub magic: [u8; 4],
     pub version: u16,
@@ -46,6 +46,17 @@ pub struct Hello {
     pub client: String,
     /// An authentication token, when the server requires one.
     pub token: Option<String>,
+}
+
+impl fmt::Debug for Hello {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hello")
+            .field("magic", &self.magic)
+            .field("version", &self.version)
+            .field("client", &self.client)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Hello {

@@ -3,19 +3,22 @@
 //! in the [`Executor`] the server was built with.
 
 use serde::Deserialize;
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::auth::{self, FailedLogins, TokenFileError};
 use crate::codec::FrameCodec;
 use crate::connection;
 use crate::executor::Executor;
@@ -23,6 +26,7 @@ use crate::protocol::{
     ErrorKind, Hello, Limits, ServerMessage, ServerStatus, TaskError, DEFAULT_MAX_FRAME_LEN,
     MAX_CHUNK_LEN, PROTOCOL_VERSION,
 };
+use crate::tls::{TlsConfig, TlsError};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_TASKS_PER_CONNECTION: usize = 1024;
@@ -34,7 +38,9 @@ pub const DEFAULT_MAX_BUFFERED_OUTPUT: usize = 4 * 1024 * 1024;
 
 /// How the server treats its connections. Every bound has a default here and
 /// a key in the `[server]` table of the config file.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// Its `Debug` output shows how many tokens there are, never the tokens.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Largest frame body accepted from a client, in bytes.
@@ -60,8 +66,37 @@ pub struct ServerConfig {
     /// the tasks' output is read only as fast as the client takes it.
     pub max_buffered_output: usize,
     /// Accepted authentication tokens; empty means no token is required.
+    /// Several may be valid at once, for rotation. Filled from a token file
+    /// by [`ServerConfig::with_token_file`], never from the config file.
     #[serde(skip)]
     pub tokens: Vec<String>,
+    /// Failed authentications from one address within
+    /// `auth_failure_window` after which that address is blocked.
+    pub max_auth_failures: u32,
+    /// How far back failed authentications count, and how long a block
+    /// lasts. A blocked address's connections are refused without their
+    /// token being checked.
+    #[serde(with = "duration_secs")]
+    pub auth_failure_window: Duration,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written out by hand so that the tokens cannot reach a log line.
+        f.debug_struct("ServerConfig")
+            .field("max_frame_len", &self.max_frame_len)
+            .field("max_connections", &self.max_connections)
+            .field("max_tasks_per_connection", &self.max_tasks_per_connection)
+            .field("max_tasks", &self.max_tasks)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_buffered_output", &self.max_buffered_output)
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("max_auth_failures", &self.max_auth_failures)
+            .field("auth_failure_window", &self.auth_failure_window)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -76,11 +111,20 @@ impl Default for ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_buffered_output: DEFAULT_MAX_BUFFERED_OUTPUT,
             tokens: Vec::new(),
+            max_auth_failures: auth::DEFAULT_MAX_AUTH_FAILURES,
+            auth_failure_window: auth::DEFAULT_AUTH_FAILURE_WINDOW,
         }
     }
 }
 
 impl ServerConfig {
+    /// Adds the tokens of a token file (see [`auth::load_token_file`]) to
+    /// the accepted ones. What `serve --token-file FILE` calls.
+    pub fn with_token_file(mut self, path: impl AsRef<Path>) -> Result<Self, TokenFileError> {
+        self.tokens.extend(auth::load_token_file(path)?);
+        Ok(self)
+    }
+
     /// What the handshake announces to clients.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -118,6 +162,9 @@ pub fn server_name() -> String {
 pub(crate) struct Shared<E> {
     pub config: ServerConfig,
     pub executor: Arc<E>,
+    /// Set when the server speaks TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub failed_logins: FailedLogins,
     /// Bounds tasks across all connections.
     pub task_slots: Arc<Semaphore>,
     /// Fired when shutdown starts: connections stop taking new tasks.
@@ -133,24 +180,41 @@ pub(crate) struct Shared<E> {
 impl<E: Executor> Shared<E> {
     /// Checks the hello's token against the configured ones, in constant
     /// time, so that timing does not reveal how much of a guess was right.
+    /// An address that failed too often recently is refused without its
+    /// token being looked at. Nothing here logs or returns the token.
     pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Hello, TaskError> {
         if self.config.tokens.is_empty() {
             return Ok(hello.clone());
         }
-        let offered = hello.token.as_deref().unwrap_or("").as_bytes();
-        let mut valid = subtle::Choice::from(0);
-        for token in &self.config.tokens {
-            valid |= token.as_bytes().ct_eq(offered);
-        }
-        if bool::from(valid) {
-            Ok(hello.clone())
-        } else {
-            warn!(%peer, "authentication failed");
-            Err(TaskError::new(
+        let now = Instant::now();
+        if let Some(left) = self.failed_logins.blocked_for(peer.ip(), now) {
+            debug!(%peer, "refused: the address is blocked after failed authentications");
+            return Err(TaskError::new(
                 ErrorKind::Unauthorized,
-                "authentication failed: the server requires a valid token (pass --token or set TCP_TASK_TOKEN)",
-            ))
+                format!(
+                    "too many failed authentications from {}: this address is temporarily blocked for {} more seconds; check the token (--token or TCP_TASK_TOKEN), then retry",
+                    peer.ip(),
+                    left.as_secs().max(1)
+                ),
+            ));
         }
+        let offered = hello.token.as_deref().unwrap_or("");
+        if auth::matching_token(&self.config.tokens, offered).is_some() {
+            return Ok(hello.clone());
+        }
+        let (failures, blocks) = self.failed_logins.record(peer.ip(), now);
+        warn!(%peer, failures, "authentication failed");
+        if blocks {
+            warn!(
+                address = %peer.ip(),
+                window = ?self.config.auth_failure_window,
+                "blocking the address after {failures} failed authentications"
+            );
+        }
+        Err(TaskError::new(
+            ErrorKind::Unauthorized,
+            "authentication failed: the server requires a valid token (pass --token or set TCP_TASK_TOKEN)",
+        ))
     }
 
     pub fn record_end(&self, terminal: &ServerMessage) {
@@ -180,10 +244,13 @@ pub struct Server<E> {
 impl<E: Executor> Server<E> {
     pub fn new(config: ServerConfig, executor: E) -> Server<E> {
         let task_slots = Arc::new(Semaphore::new(config.max_tasks.min(Semaphore::MAX_PERMITS)));
+        let failed_logins = FailedLogins::new(config.max_auth_failures, config.auth_failure_window);
         Server {
             shared: Arc::new(Shared {
                 config,
                 executor: Arc::new(executor),
+                tls: None,
+                failed_logins,
                 task_slots,
                 shutdown: CancellationToken::new(),
                 abort: CancellationToken::new(),
@@ -193,6 +260,17 @@ impl<E: Executor> Server<E> {
                 failed: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Makes the server speak TLS only, with the certificate and key of
+    /// `tls` (and, when it names a client CA, only to clients with a
+    /// certificate it signed). Fails if the files cannot be read or used.
+    pub fn with_tls(mut self, tls: &TlsConfig) -> Result<Server<E>, TlsError> {
+        let acceptor = tls.acceptor()?;
+        Arc::get_mut(&mut self.shared)
+            .expect("a server that is not running yet is not shared")
+            .tls = Some(acceptor);
+        Ok(self)
     }
 
     /// Serves `listener` until `shutdown` completes, then shuts down
@@ -259,31 +337,61 @@ impl<E: Executor> Server<E> {
                     let shared = self.shared.clone();
                     connections.spawn(async move {
                         shared.connections.fetch_add(1, Ordering::Relaxed);
-                        connection::serve(socket, peer, shared.clone()).await;
+                        connection::serve_socket(socket, peer, shared.clone()).await;
                         shared.connections.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
                 }
                 Err(_) => {
-                    let max = self.shared.config.max_connections;
-                    connections.spawn(refuse(socket, max, self.shared.config.max_frame_len));
+                    connections.spawn(refuse(socket, self.shared.clone()));
                 }
             }
         }
     }
 }
 
-/// Tells a connection over the maximum why it is closed, without reading
-/// from it.
-async fn refuse(socket: TcpStream, max: usize, max_frame_len: u32) {
-    use futures::SinkExt;
+/// Tells a connection over the maximum why it is closed, in TLS when the
+/// server speaks it, within one second whatever the client does.
+async fn refuse<E>(socket: TcpStream, shared: Arc<Shared<E>>) {
+    let max = shared.config.max_connections;
     let error = TaskError::new(
         ErrorKind::Busy,
         format!("the server serves {max} connections, its maximum; retry later"),
     );
-    let mut writer = FramedWrite::new(socket, FrameCodec::<()>::new(max_frame_len));
-    let send = writer.send(ServerMessage::Error { id: None, error });
+    let max_frame_len = shared.config.max_frame_len;
+    let send = async {
+        match &shared.tls {
+            None => send_and_close(socket, error, max_frame_len).await,
+            Some(acceptor) => {
+                if let Ok(stream) = acceptor.accept(socket).await {
+                    send_and_close(stream, error, max_frame_len).await;
+                }
+            }
+        }
+    };
     let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+}
+
+/// Sends one error frame and closes politely: reading what the client sends
+/// until it closes, since closing with unread bytes resets the connection
+/// and a reset can destroy the frame before the client reads it.
+async fn send_and_close<S>(stream: S, error: TaskError, max_frame_len: u32)
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    let mut writer = FramedWrite::new(stream, FrameCodec::<()>::new(max_frame_len));
+    if writer
+        .send(ServerMessage::Error { id: None, error })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut stream = writer.into_inner();
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// A server running in the background, from [`Server::spawn`].

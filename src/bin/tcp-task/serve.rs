@@ -1,6 +1,7 @@
 //! `tcp-task serve`: the server, on a Docker host.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use std::io::IsTerminal;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
 use tcp_task::executor::DockerExecutor;
@@ -21,10 +22,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let executor = start_executor(&config).await?;
+    // The port first: when it is taken, say so before touching the engine
+    // (and before reaping containers on behalf of a server that may be
+    // the one holding it).
     let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| bind_advice(&listen))?;
+        .map_err(|e| anyhow::anyhow!(bind_error(&listen, &e)))?;
+    let executor = start_executor(&config).await?;
     info!(address = %listener.local_addr()?, "listening");
     Server::new(config.server, executor)
         .run(listener, stop_signal())
@@ -50,10 +54,25 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     Ok(executor)
 }
 
-fn bind_advice(listen: &str) -> String {
-    format!(
-        "cannot listen on {listen}. If the address is in use, another server (perhaps another tcp-task) runs there: stop it or pick another address with --listen"
-    )
+/// Why `listen` cannot be bound, and what to do about it.
+fn bind_error(listen: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let advice = match error.kind() {
+        ErrorKind::AddrInUse => {
+            "Another program (perhaps another `tcp-task serve`) is listening there; stop it, or \
+             pick another address with --listen"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "No network interface of this machine has that address; listen on one it has, such \
+             as 127.0.0.1:7070, or 0.0.0.0:7070 for every interface"
+        }
+        ErrorKind::PermissionDenied => {
+            "Ports below 1024 need root (or CAP_NET_BIND_SERVICE); pick a port above 1023 with \
+             --listen"
+        }
+        _ => "Check the address given by --listen or `listen` in the config: HOST:PORT, e.g. 127.0.0.1:7070",
+    };
+    format!("cannot listen on {listen}: {error}. {advice}")
 }
 
 /// Ctrl-C or SIGTERM starts a graceful shutdown.
@@ -91,5 +110,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -3,7 +3,7 @@
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -33,6 +33,10 @@ pub(crate) enum OutputEnd {
 /// same `CommandNotFound` error, the relay holds a first stderr chunk that
 /// starts with this until the exit code tells whether it was that failure.
 pub(crate) const INIT_FAILURE_PREFIX: &[u8] = b"[FATAL tini (";
+
+/// The most of a would-be docker-init report held back: its line is short
+/// (a command name and an error), so a longer one is the task's own output.
+const MAX_HELD: usize = 4096;
 
 /// The attach connection's demultiplexed output.
 pub(crate) type OutputFrames = Pin<Box<dyn Stream<Item = Result<LogOutput, BollardError>> + Send>>;
@@ -67,6 +71,22 @@ pub(crate) async fn relay_output(
         {
             held = Some(chunk);
             continue;
+        }
+        // docker-init writes its report in three writes to an unbuffered
+        // stderr (prefix, message, newline), which the engine relays as one
+        // frame or several, depending on timing: keep holding until the
+        // line is complete.
+        if let Some(line) = held.as_mut() {
+            if stream == OutputStream::Stderr
+                && !line.ends_with(b"\n")
+                && line.len() + chunk.len() <= MAX_HELD
+            {
+                let mut joined = BytesMut::with_capacity(line.len() + chunk.len());
+                joined.extend_from_slice(line);
+                joined.extend_from_slice(&chunk);
+                *line = joined.freeze();
+                continue;
+            }
         }
         // More output: the held chunk was the task's own after all.
         if let Some(earlier) = held.take() {
@@ -119,4 +139,72 @@ pub(crate) async fn relay_stdin(mut chunks: mpsc::Receiver<Bytes>, mut input: St
         }
     }
     let _ = input.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    use crate::events::Outgoing;
+    use crate::protocol::ServerMessage;
+
+    fn stderr(text: &str) -> Result<LogOutput, BollardError> {
+        Ok(LogOutput::StdErr {
+            message: Bytes::copy_from_slice(text.as_bytes()),
+        })
+    }
+
+    /// Relays `frames`; returns how the relay ended and the stderr bytes
+    /// the client got.
+    async fn relay(frames: Vec<Result<LogOutput, BollardError>>) -> (OutputEnd, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
+        let sink = EventSink::new(1, tx, Arc::new(Semaphore::new(1 << 20)));
+        let end = relay_output(Box::pin(futures::stream::iter(frames)), &sink, 1 << 20).await;
+        drop(sink);
+        let mut got = Vec::new();
+        while let Some(out) = rx.recv().await {
+            if let ServerMessage::Output { chunk, .. } = out.message {
+                got.extend_from_slice(&chunk);
+            }
+        }
+        (end, got)
+    }
+
+    #[tokio::test]
+    async fn an_init_report_in_pieces_is_held_whole() {
+        let (end, got) = relay(vec![
+            stderr("[FATAL tini (7)] "),
+            stderr("exec /etc/passwd failed: Permission denied"),
+            stderr("\n"),
+        ])
+        .await;
+        let OutputEnd::Eof {
+            init_failure: Some(report),
+        } = end
+        else {
+            panic!("expected the held report, got {end:?}");
+        };
+        assert_eq!(
+            &report[..],
+            b"[FATAL tini (7)] exec /etc/passwd failed: Permission denied\n"
+        );
+        assert!(got.is_empty(), "nothing relayed: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_task_line_that_looks_like_one_is_relayed_with_what_follows() {
+        let (end, got) = relay(vec![
+            stderr("[FATAL tini (7)] "),
+            stderr("not really\n"),
+            stderr("more\n"),
+        ])
+        .await;
+        assert!(
+            matches!(end, OutputEnd::Eof { init_failure: None }),
+            "{end:?}"
+        );
+        assert_eq!(got, b"[FATAL tini (7)] not really\nmore\n");
+    }
 }

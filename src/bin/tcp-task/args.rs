@@ -8,76 +8,200 @@ use std::time::Duration;
     name = "tcp-task",
     version,
     about = "Run containers on a remote tcp-task server, like `docker run`, and serve them",
-    after_help = "Examples:\n  tcp-task serve --listen 0.0.0.0:7070 --config server.toml\n  tcp-task run tcp-task-examples:0.1.0 sum 1 2 3\n  echo hi | tcp-task run -i tcp-task-examples:0.1.0 cat\n  tcp-task task pi 100\n  tcp-task status --json"
+    after_help = "Examples:
+  tcp-task serve --listen 0.0.0.0:7070 --config server.toml
+  tcp-task run tcp-task-examples:0.1.0 sum 1 2 3
+  echo hi | tcp-task run -i tcp-task-examples:0.1.0 cat
+  tcp-task task pi 100
+  tcp-task --server 10.0.0.5:7070 status --json
+
+The client commands (run, task, tasks, status) reach the server named by --server,
+or by TCP_TASK_SERVER, or 127.0.0.1:7070. A command line that cannot be parsed
+exits with status 125, as `docker run` does."
 )]
 pub struct Cli {
+    // Where the server is, for client commands; a subcommand's own --server wins.
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Where the server is and how to reach it.
-#[derive(Args, Debug, Clone)]
+/// A path flag: the subcommand's, else the one before it, else the environment's.
+fn pick(
+    inner: &Option<std::path::PathBuf>,
+    outer: &Option<std::path::PathBuf>,
+    env: &str,
+) -> Option<std::path::PathBuf> {
+    let from_env = std::env::var_os(env)
+        .filter(|v| !v.is_empty())
+        .map(Into::into);
+    inner.clone().or_else(|| outer.clone()).or(from_env)
+}
+
+/// The server's address when neither `--server` nor `TCP_TASK_SERVER` names one.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7070";
+
+// Where the server is and how to reach it. Accepted both before the
+// subcommand (`tcp-task --server X status`) and after it (`tcp-task status
+// --server X`), but only by the commands that talk to a server, so that
+// `serve --help` does not offer a `--server` beside its `--listen`.
+//
+// The environment variables are read here rather than by clap: an explicit
+// flag anywhere on the command line must win over the environment.
+// (Plain comments: a doc comment here would become the program's `about`.)
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Server")]
 pub struct ConnectionArgs {
-    /// Address of the tcp-task server.
-    #[arg(
-        long,
-        global = true,
-        env = "TCP_TASK_SERVER",
-        default_value = "127.0.0.1:7070"
-    )]
-    pub server: String,
-    /// Authentication token, for servers that require one.
-    #[arg(long, global = true, env = "TCP_TASK_TOKEN", hide_env_values = true)]
+    /// Address of the tcp-task server [env: TCP_TASK_SERVER] [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Authentication token, for servers that require one [env: TCP_TASK_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file [env: TCP_TASK_TLS_CA]
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// For mutual TLS: this client's certificate chain (PEM) [env: TCP_TASK_TLS_CERT]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// For mutual TLS: this client's private key (PEM) [env: TCP_TASK_TLS_KEY]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ConnectionArgs {
+    /// These settings, completed by `outer` (the flags given before the
+    /// subcommand), then by the environment, then by the default.
+    pub fn resolve(&self, outer: &ConnectionArgs) -> ConnectionArgs {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        ConnectionArgs {
+            server: self
+                .server
+                .clone()
+                .or_else(|| outer.server.clone())
+                .or_else(|| from_env("TCP_TASK_SERVER"))
+                .or_else(|| Some(DEFAULT_SERVER.to_string())),
+            token: self
+                .token
+                .clone()
+                .or_else(|| outer.token.clone())
+                .or_else(|| from_env("TCP_TASK_TOKEN")),
+            tls_ca: pick(&self.tls_ca, &outer.tls_ca, "TCP_TASK_TLS_CA"),
+            tls_cert: pick(&self.tls_cert, &outer.tls_cert, "TCP_TASK_TLS_CERT"),
+            tls_key: pick(&self.tls_key, &outer.tls_key, "TCP_TASK_TLS_KEY"),
+        }
+    }
+
+    /// TLS settings, when a CA was given (after [`ConnectionArgs::resolve`]).
+    pub fn tls(&self) -> Option<tcp_task::ClientTlsConfig> {
+        let ca = self.tls_ca.as_ref()?;
+        let tls = tcp_task::ClientTlsConfig::with_ca_file(ca);
+        Some(match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls.with_client_cert(cert, key),
+            _ => tls,
+        })
+    }
+
+    /// The address to dial (after [`ConnectionArgs::resolve`]).
+    pub fn address(&self) -> &str {
+        self.server.as_deref().unwrap_or(DEFAULT_SERVER)
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: accept clients and run their tasks on this host's Docker engine.
-    #[command(
-        after_help = "Examples:\n  tcp-task serve\n  tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml\n  RUST_LOG=tcp_task=debug tcp-task serve\n\nStop it with Ctrl-C or SIGTERM: running tasks get the shutdown grace to finish."
-    )]
+    #[command(after_help = "Examples:
+  tcp-task serve
+  tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml
+  tcp-task serve -v
+  RUST_LOG=tcp_task=debug tcp-task serve
+
+The engine is found through DOCKER_HOST, or at unix:///var/run/docker.sock.
+Stop the server with Ctrl-C or SIGTERM: running tasks get the shutdown grace
+to finish; a second Ctrl-C exits at once.")]
     Serve(ServeArgs),
     /// Build the images tcp-task needs, locally, with no registry.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:
+  tcp-task image build-examples"
+    )]
     Image(ImageCommand),
-    /// See tcp-task work: build the examples image if missing, start a server,
-    /// run example and generic tasks, print results and latencies.
-    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    /// See tcp-task work on this machine, in one command.
+    ///
+    /// Builds the examples image if it is missing, starts a server on a free
+    /// loopback port, runs example and generic tasks, and prints their
+    /// results and latencies. Needs only a Docker engine.
+    #[command(after_help = "Example:
+  cargo run --release -- demo")]
     Demo,
     /// Run a command in a new container on the server.
-    #[command(
-        after_help = "Examples:\n  tcp-task run tcp-task-examples:0.1.0 echo hello\n  tcp-task run -e NAME=world -w /tmp tcp-task-examples:0.1.0 env\n  tcp-task run --memory 64m --cpus 0.5 --timeout 10s tcp-task-examples:0.1.0 primes 100000\n  cat photo.png | tcp-task run -i tcp-task-examples:0.1.0 grayscale > gray.png\n\nThe exit status is the task's own; 128+N when a signal N killed it; 124 on timeout;\n125 when the server or the engine failed; 126/127 when the command cannot be run / is not found."
-    )]
+    #[command(after_help = "Examples:
+  tcp-task run tcp-task-examples:0.1.0 echo hello
+  tcp-task run -e NAME=world -w /tmp tcp-task-examples:0.1.0 env
+  tcp-task run --memory 64m --cpus 0.5 --timeout 10s tcp-task-examples:0.1.0 primes 100000
+  cat photo.png | tcp-task run -i tcp-task-examples:0.1.0 grayscale > gray.png
+  tcp-task run --json tcp-task-examples:0.1.0 echo hi | jq -c .
+  TCP_TASK_SERVER=10.0.0.5:7070 tcp-task run tcp-task-examples:0.1.0 pi 100
+
+Everything after IMAGE is the command: `run IMG pi --json` passes --json to pi.
+Ctrl-C (or SIGTERM) cancels the task and waits until its container is removed;
+a second one stops waiting.
+
+Exit status: the task's own; 128+N when signal N killed it (137 also when it
+ran out of memory); 124 when --timeout killed it; 130/143 when you interrupted
+it; 125 when the server, the engine or the command line failed; 126 when the
+command cannot be run; 127 when it is not found.")]
     Run(RunArgs),
     /// Run a pre-compiled task from the server's catalog.
-    #[command(
-        after_help = "Examples:\n  tcp-task task sum 1 2 3\n  tcp-task task pi --params '{\"digits\": 50}'\n  tcp-task task grayscale -i < photo.png > gray.png\n\nArguments reach the task as its arguments; --params JSON reaches it in the\nenvironment variable TASK_PARAMS. The task's stdout is its result."
-    )]
+    #[command(after_help = "Examples:
+  tcp-task task sum 1 2 3
+  tcp-task task primes --count 1000000
+  tcp-task task pi --params '{\"digits\": 50}'
+  tcp-task task grayscale -i < photo.png > gray.png
+
+Arguments reach the task as its arguments; --params JSON reaches it in the
+environment variable TASK_PARAMS (read by the example tasks when no arguments
+are given). The task's stdout is its result. `tcp-task tasks` lists the names.
+Exit status: as for `tcp-task run`.")]
     Task(NamedArgs),
     /// List the server's pre-compiled tasks.
-    #[command(after_help = "Examples:\n  tcp-task tasks\n  tcp-task tasks --json")]
-    Tasks(JsonArgs),
+    #[command(after_help = "Examples:
+  tcp-task tasks
+  tcp-task tasks --json | jq -r '.[].name'")]
+    Tasks(InfoArgs),
     /// Show the server's version, uptime, engine, and task counts.
-    #[command(
-        after_help = "Examples:\n  tcp-task status\n  tcp-task --server 10.0.0.5:7070 status --json"
-    )]
-    Status(JsonArgs),
+    #[command(after_help = "Examples:
+  tcp-task status
+  tcp-task status --server 10.0.0.5:7070 --json")]
+    Status(InfoArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070, or `listen` in the config].
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
     /// Config file (TOML): limits, policy, catalog, registry credentials.
-    #[arg(long, env = "TCP_TASK_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "TCP_TASK_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Require a token from this file (one per line; several allow rotation).
+    #[arg(long, value_name = "FILE", env = "TCP_TASK_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,20 +212,22 @@ pub enum ImageCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct JsonArgs {
-    /// Print JSON instead of a table.
+pub struct InfoArgs {
+    /// Print JSON (for programs) instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// Options shared by `run` and `task`.
 #[derive(Args, Debug)]
 pub struct TaskOptions {
-    /// Stream this terminal's stdin to the task.
+    /// Send this process's stdin to the task, until end of file.
     #[arg(short, long)]
     pub interactive: bool,
     /// Kill the task after this long: 30s, 500ms, 2m, or plain seconds.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Print events as JSON lines (for programs) instead of raw output.
     #[arg(long)]
@@ -114,22 +240,22 @@ pub struct RunArgs {
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Working directory inside the container.
-    #[arg(short, long)]
+    #[arg(short, long, value_name = "DIR")]
     pub workdir: Option<String>,
     /// User to run as: name, uid, or uid:gid.
-    #[arg(short, long)]
+    #[arg(short, long, value_name = "USER")]
     pub user: Option<String>,
     /// Memory limit: bytes, or with a unit (b, k, m, g).
-    #[arg(long, value_parser = parse_memory)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub memory: Option<u64>,
     /// Number of CPUs (e.g. 0.5).
-    #[arg(long, value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
     pub cpus: Option<u64>,
     /// Maximum number of processes in the container.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
     /// Network mode (the server's policy decides which are allowed; default none).
-    #[arg(long)]
+    #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
@@ -139,7 +265,7 @@ pub struct RunArgs {
     pub labels: Vec<String>,
     /// Registry user for pulling a private image; the password is read from
     /// TCP_TASK_REGISTRY_PASSWORD.
-    #[arg(long)]
+    #[arg(long, value_name = "USER")]
     pub registry_user: Option<String>,
     #[command(flatten)]
     pub options: TaskOptions,
@@ -148,12 +274,15 @@ pub struct RunArgs {
     /// The command and its arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct NamedArgs {
     /// JSON parameters, passed to the task in TASK_PARAMS.
-    #[arg(long)]
+    #[arg(long, value_name = "JSON")]
     pub params: Option<String>,
     #[command(flatten)]
     pub options: TaskOptions,
@@ -162,6 +291,9 @@ pub struct NamedArgs {
     /// Arguments for the task.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds (`1.5`).

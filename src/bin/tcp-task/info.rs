@@ -4,12 +4,12 @@
 use anyhow::Result;
 use std::time::Duration;
 
-use crate::args::{ConnectionArgs, JsonArgs};
+use crate::args::ConnectionArgs;
 use crate::run::connect;
 
-pub async fn tasks(connection: &ConnectionArgs, args: JsonArgs) -> Result<()> {
+pub async fn tasks(connection: &ConnectionArgs, json: bool) -> Result<()> {
     let entries = connect(connection).await?.catalog().await?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
@@ -42,9 +42,9 @@ pub async fn tasks(connection: &ConnectionArgs, args: JsonArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(connection: &ConnectionArgs, args: JsonArgs) -> Result<()> {
+pub async fn status(connection: &ConnectionArgs, json: bool) -> Result<()> {
     let status = connect(connection).await?.status().await?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
@@ -64,10 +64,7 @@ pub async fn status(connection: &ConnectionArgs, args: JsonArgs) -> Result<()> {
         "server:      {} (protocol {})",
         status.server, status.protocol_version
     );
-    println!(
-        "uptime:      {:?}",
-        Duration::from_secs(status.uptime_ms / 1000)
-    );
+    println!("uptime:      {}", human_duration(status.uptime_ms / 1000));
     println!("engine:      {engine}");
     println!("connections: {}", status.connections);
     println!(
@@ -89,4 +86,38 @@ pub async fn status(connection: &ConnectionArgs, args: JsonArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `3h 2m 5s`, `12s`: an uptime for people.
+fn human_duration(seconds: u64) -> String {
+    let (days, hours, minutes, secs) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    let parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")];
+    let text: Vec<String> = parts
+        .iter()
+        .skip_while(|(n, _)| *n == 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".to_string()
+    } else {
+        text.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+
+    #[test]
+    fn uptimes_read_well() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(3725), "1h 2m 5s");
+        assert_eq!(human_duration(90_000), "1d 1h 0m 0s");
+    }
 }

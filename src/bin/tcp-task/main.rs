@@ -16,11 +16,22 @@ use std::process::ExitCode;
 
 use args::{Cli, Command, ImageCommand};
 
-/// Exit status when the server or the engine failed, as `docker run` uses it.
+/// Exit status when the server, the engine or the command line failed, as
+/// `docker run` uses it. A usage error exits with it too (not clap's 2): the
+/// statuses below 125 belong to the task, and a script must be able to tell
+/// "the task said 2" from "tcp-task never ran it".
 pub const EXIT_SERVER_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            let code = if e.use_stderr() { EXIT_SERVER_ERROR } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,11 +49,18 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> u8 {
+    let outer = &cli.connection;
     let result = match cli.command {
-        Command::Run(args) => return run::run_image(&cli.connection, args).await,
-        Command::Task(args) => return run::run_named(&cli.connection, args).await,
-        Command::Tasks(args) => info::tasks(&cli.connection, args).await,
-        Command::Status(args) => info::status(&cli.connection, args).await,
+        Command::Run(args) => {
+            let connection = args.connection.resolve(outer);
+            return run::run_image(&connection, args).await;
+        }
+        Command::Task(args) => {
+            let connection = args.connection.resolve(outer);
+            return run::run_named(&connection, args).await;
+        }
+        Command::Tasks(args) => info::tasks(&args.connection.resolve(outer), args.json).await,
+        Command::Status(args) => info::status(&args.connection.resolve(outer), args.json).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Image(ImageCommand::BuildExamples) => build_examples().await,
         Command::Demo => demo::demo().await,
@@ -50,10 +68,28 @@ async fn dispatch(cli: Cli) -> u8 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("tcp-task: {e:#}");
+            eprintln!("tcp-task: {}", error_chain(&e));
             EXIT_SERVER_ERROR
         }
     }
+}
+
+/// An error and its causes on one line, `outer: inner`, leaving out a cause
+/// whose text the outer message already carries (our client errors embed
+/// their io error, and `{:#}` would print it twice).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let next = cause.to_string();
+        if text.contains(&next) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&next);
+    }
+    text
 }
 
 async fn build_examples() -> anyhow::Result<()> {

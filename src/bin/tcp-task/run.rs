@@ -7,11 +7,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::time::Duration;
 use tcp_task::protocol::{Ending, RegistryAuth, Task};
 use tcp_task::{
-    Client, ConnectOptions, Error, ErrorKind, Outcome, ProgressEvent, TaskEvent, TaskHandle,
-    TaskSpec,
+    Client, ConnectOptions, Error, Outcome, ProgressEvent, TaskEvent, TaskHandle, TaskSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,16 +19,33 @@ use crate::args::{ConnectionArgs, NamedArgs, RunArgs, TaskOptions};
 use crate::signals::Interrupts;
 use crate::EXIT_SERVER_ERROR;
 
-/// Exit status after the user interrupted the task, as a shell reports
-/// death by SIGINT.
-const EXIT_INTERRUPTED: u8 = 130;
+const SIGPIPE: i32 = 13;
 
 pub async fn connect(connection: &ConnectionArgs) -> Result<Client, Error> {
+    let address = connection.address();
+    if !looks_like_address(address) {
+        return Err(Error::Connect {
+            addr: address.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "that is not an address; give HOST:PORT, e.g. 127.0.0.1:7070",
+            ),
+        });
+    }
     let options = ConnectOptions {
         token: connection.token.clone(),
+        tls: connection.tls(),
         ..ConnectOptions::default()
     };
-    Client::connect_with(connection.server.as_str(), options).await
+    Client::connect_with(address, options).await
+}
+
+/// `HOST:PORT` with a numeric port and a non-empty host.
+fn looks_like_address(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
 }
 
 pub async fn run_image(connection: &ConnectionArgs, args: RunArgs) -> u8 {
@@ -114,52 +131,52 @@ fn key_value(text: &str, flag: &str) -> Result<(String, String), String> {
 async fn execute(connection: &ConnectionArgs, mut spec: TaskSpec, options: &TaskOptions) -> u8 {
     spec.stdin = options.interactive;
     spec.timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
+    let display = Display::new(options.json);
     let client = match connect(connection).await {
         Ok(client) => client,
-        Err(e) => return report_error(&e),
+        Err(e) => return display.finish(Err(e), None),
     };
+    // From the moment the task is submitted, Ctrl-C must cancel it rather
+    // than kill this process, so the handlers go in before the submit, and
+    // once: a signal that arrives while an event is being printed waits in
+    // the stream instead of being lost between two listeners.
+    let mut interrupts = Interrupts::new();
     let handle = match client.run(spec).await {
         Ok(handle) => handle,
-        Err(e) => return report_error(&e),
+        Err(e) => return display.finish(Err(e), None),
     };
     if options.interactive {
         tokio::spawn(pump_stdin(handle.stdin()));
     }
-    let mut display = Display::new(options.json);
-    match follow(handle, &mut display).await {
-        Followed::Ended(end) => display.finish(end),
-        Followed::Abandoned => EXIT_INTERRUPTED,
-    }
+    follow(handle, display, &mut interrupts).await
 }
 
-enum Followed {
-    Ended(Result<Outcome, Error>),
-    /// Interrupted twice: the user does not want to wait for the cleanup.
-    Abandoned,
-}
-
-/// Relays events until the task ends. The first Ctrl-C (or SIGTERM) cancels
-/// the remote task and waits for its container to be removed; a second one
-/// stops waiting.
-async fn follow(mut handle: TaskHandle, display: &mut Display) -> Followed {
-    let mut interrupts = Interrupts::new();
-    let mut interrupted = 0;
+/// Relays events until the task ends and returns the exit status. The first
+/// Ctrl-C (or SIGTERM) cancels the remote task and waits for its end, which
+/// comes after its container is removed; a second one stops waiting.
+async fn follow(mut handle: TaskHandle, mut display: Display, interrupts: &mut Interrupts) -> u8 {
+    let mut interrupted = None;
     loop {
         tokio::select! {
             event = handle.next() => match event {
                 Some(event) => {
-                    if display.event(event).await.is_err() {
-                        // Our stdout is gone (a closed pipe): nobody wants the rest.
+                    if display.event(event).await.is_err() && !display.output_lost {
+                        // Our stdout is gone (a closed pipe, as in `| head`):
+                        // nobody wants the rest, so stop the task.
+                        display.output_lost = true;
                         let _ = handle.cancel().await;
                     }
                 }
-                None => return Followed::Ended(handle.wait().await),
+                None => return display.finish(handle.wait().await, interrupted),
             },
-            _ = interrupts.recv() => {
-                interrupted += 1;
-                if interrupted > 1 {
-                    return Followed::Abandoned;
+            signal = interrupts.next() => {
+                if let Some(first) = interrupted {
+                    display.progress.finish_and_clear();
+                    eprintln!("tcp-task: not waiting for the task's end; the server removes its container");
+                    return 128 + first as u8;
                 }
+                interrupted = Some(signal);
+                display.progress.finish_and_clear();
                 eprintln!("tcp-task: cancelling the task (interrupt again to stop waiting)");
                 let _ = handle.cancel().await;
             }
@@ -187,65 +204,119 @@ async fn pump_stdin(stdin: tcp_task::StdinWriter) {
     let _ = stdin.close().await;
 }
 
-/// Prints a failure and picks the exit status `docker run` would.
-fn report_error(error: &Error) -> u8 {
-    eprintln!("tcp-task: {error}");
+/// The exit status for a failure, as `docker run` picks it: 127 when the
+/// command was not found, 126 when it cannot be run, 125 for the rest.
+fn error_status(error: &Error) -> u8 {
     match error.kind() {
-        Some(ErrorKind::CommandNotFound) => 127,
-        Some(ErrorKind::CommandNotInvokable) => 126,
-        _ => EXIT_SERVER_ERROR,
+        Some(kind) => kind.exit_status().clamp(0, 255) as u8,
+        None => EXIT_SERVER_ERROR,
     }
 }
 
-/// The exit status for an outcome, with a line on stderr when the ending is
-/// not the task's own doing.
-fn report_outcome(outcome: &Outcome) -> u8 {
+/// A failure's kind for `--json`: the server's error kind in snake_case, or
+/// what went wrong on the way to the server.
+fn error_kind_name(error: &Error) -> String {
+    match error {
+        Error::Remote(e) => snake_case(&format!("{:?}", e.kind)),
+        Error::Connect { .. } => "connect".into(),
+        Error::Disconnected(_) => "disconnected".into(),
+        Error::Handshake(_) => "handshake".into(),
+        Error::Tls(_) => "tls".into(),
+    }
+}
+
+/// `OomKilled` → `oom_killed`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The line on stderr for an ending that was not the task's own doing.
+fn ending_message(outcome: &Outcome) -> Option<String> {
     let seconds = outcome.duration().as_secs_f64();
     match outcome.ending {
-        Ending::TimedOut => {
-            eprintln!("tcp-task: the task timed out after {seconds:.1}s and was killed")
-        }
+        Ending::TimedOut => Some(format!(
+            "the task timed out after {seconds:.1}s and was killed (allow more with --timeout)"
+        )),
         Ending::OomKilled => {
-            eprintln!("tcp-task: the task ran out of memory and was killed (raise --memory)")
+            Some("the task ran out of memory and was killed (allow more with --memory)".to_string())
         }
-        Ending::OutputLimit => {
-            eprintln!("tcp-task: the task wrote more output than the server relays (its output limit) and was killed")
-        }
-        Ending::Cancelled => eprintln!("tcp-task: the task was cancelled"),
-        Ending::Exited | Ending::Signaled => {}
+        Ending::OutputLimit => Some(
+            "the task wrote more output than the server relays (its output limit) and was killed"
+                .to_string(),
+        ),
+        Ending::Cancelled => Some("the task was cancelled".to_string()),
+        Ending::Exited | Ending::Signaled => None,
     }
-    outcome.exit_status().clamp(0, 255) as u8
 }
 
 /// Where events go: raw output and a progress bar, or JSON lines.
 struct Display {
     json: bool,
+    /// Hidden until the task waits for something a person would wonder
+    /// about (a queue, a pull), and on a terminal only.
     progress: ProgressBar,
     layers: HashMap<String, (u64, u64)>,
     stdout: tokio::io::Stdout,
     stderr: tokio::io::Stderr,
+    /// Our stdout or stderr was closed: output is dropped from then on.
+    output_lost: bool,
 }
 
-/// One JSON line of `--json` output.
+/// One line of `--json` output. `event` names the kind; the last line is
+/// always `exited` or `failed`, with the `exit_status` tcp-task exits with.
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum JsonEvent<'a> {
+    /// The server admitted the task.
     Accepted,
-    Progress {
-        progress: &'a ProgressEvent,
+    /// Waiting for a free slot on the server; position 1 is next.
+    Queued {
+        position: u32,
     },
+    /// The server's engine is pulling the image.
+    Pulling {
+        layer: &'a str,
+        status: &'a str,
+        current: Option<u64>,
+        total: Option<u64>,
+    },
+    /// The container exists (short id).
+    Created {
+        container: &'a str,
+    },
+    /// The task's process is running.
+    Started,
+    /// Output, base64: output is bytes, not always UTF-8 text.
     Stdout {
         data: String,
     },
     Stderr {
         data: String,
     },
+    /// The task ran and ended.
     Exited {
-        outcome: &'a Outcome,
+        /// exited, signaled, timed_out, oom_killed, cancelled, output_limit
+        ending: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        duration_ms: u64,
+        output_truncated: bool,
         exit_status: u8,
     },
+    /// The task could not run, or the server could not be reached.
     Failed {
-        kind: Option<ErrorKind>,
+        kind: String,
         message: String,
         exit_status: u8,
     },
@@ -253,28 +324,41 @@ enum JsonEvent<'a> {
 
 impl Display {
     fn new(json: bool) -> Display {
-        // The bar is for people: only on a terminal, never in a pipe or log.
-        let progress = if !json && std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new_spinner();
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
         Display {
             json,
-            progress,
+            progress: ProgressBar::hidden(),
             layers: HashMap::new(),
             stdout: tokio::io::stdout(),
             stderr: tokio::io::stderr(),
+            output_lost: false,
         }
     }
 
     async fn event(&mut self, event: TaskEvent) -> std::io::Result<()> {
+        if self.output_lost {
+            return Ok(());
+        }
         if self.json {
             let line = match &event {
                 TaskEvent::Accepted => JsonEvent::Accepted,
-                TaskEvent::Progress(progress) => JsonEvent::Progress { progress },
+                TaskEvent::Progress(progress) => match progress {
+                    ProgressEvent::Queued { position } => JsonEvent::Queued {
+                        position: *position,
+                    },
+                    ProgressEvent::Pulling {
+                        layer,
+                        status,
+                        current,
+                        total,
+                    } => JsonEvent::Pulling {
+                        layer,
+                        status,
+                        current: *current,
+                        total: *total,
+                    },
+                    ProgressEvent::Created { container } => JsonEvent::Created { container },
+                    ProgressEvent::Started => JsonEvent::Started,
+                },
                 TaskEvent::Stdout(data) => JsonEvent::Stdout { data: encode(data) },
                 TaskEvent::Stderr(data) => JsonEvent::Stderr { data: encode(data) },
             };
@@ -299,17 +383,29 @@ impl Display {
         }
     }
 
+    /// Makes the bar visible, if stderr is a terminal: it is for people,
+    /// never for a pipe or a log.
+    fn show_bar(&mut self) {
+        if self.progress.is_hidden() && std::io::stderr().is_terminal() {
+            self.progress = ProgressBar::new_spinner();
+            self.progress.enable_steady_tick(Duration::from_millis(120));
+        }
+    }
+
     fn show_progress(&mut self, event: ProgressEvent) {
         match event {
-            ProgressEvent::Queued { position } => self
-                .progress
-                .set_message(format!("queued on the server, position {position}")),
+            ProgressEvent::Queued { position } => {
+                self.show_bar();
+                self.progress
+                    .set_message(format!("queued on the server, position {position}"));
+            }
             ProgressEvent::Pulling {
                 layer,
                 status,
                 current,
                 total,
             } => {
+                self.show_bar();
                 if let (Some(current), Some(total)) = (current, total) {
                     self.layers.insert(layer, (current, total));
                 }
@@ -341,46 +437,54 @@ impl Display {
         self.stdout.flush().await
     }
 
-    /// Reports the end and returns the exit status.
-    fn finish(self, end: Result<Outcome, Error>) -> u8 {
+    /// Reports the end and returns the exit status. `interrupted` is the
+    /// signal by which the user cancelled the task, if they did.
+    fn finish(self, end: Result<Outcome, Error>, interrupted: Option<i32>) -> u8 {
         self.progress.finish_and_clear();
-        if !self.json {
-            return match end {
-                Ok(outcome) => report_outcome(&outcome),
-                Err(error) => report_error(&error),
-            };
+        let cancelled = matches!(&end, Ok(o) if o.ending == Ending::Cancelled);
+        if self.output_lost && cancelled {
+            // We stopped the task because nobody reads its output: end the
+            // way a process in a pipeline ends when its reader goes away,
+            // silently, with the status of death by SIGPIPE.
+            return 128 + SIGPIPE as u8;
         }
-        let (line, status) = match &end {
-            Ok(outcome) => {
-                let exit_status = outcome.exit_status().clamp(0, 255) as u8;
-                (
-                    JsonEvent::Exited {
-                        outcome,
-                        exit_status,
-                    },
-                    exit_status,
-                )
+        let status = match (&end, interrupted) {
+            (Ok(_), Some(signal)) if cancelled => 128 + signal as u8,
+            (Ok(outcome), _) => outcome.exit_status().clamp(0, 255) as u8,
+            (Err(error), _) => error_status(error),
+        };
+        if !self.json {
+            match &end {
+                Ok(outcome) => {
+                    if let Some(message) = ending_message(outcome) {
+                        eprintln!("tcp-task: {message}");
+                    }
+                }
+                Err(error) => eprintln!("tcp-task: {error}"),
             }
-            Err(error) => {
-                let exit_status = match error.kind() {
-                    Some(ErrorKind::CommandNotFound) => 127,
-                    Some(ErrorKind::CommandNotInvokable) => 126,
-                    _ => EXIT_SERVER_ERROR,
-                };
-                let message = error.to_string();
-                (
-                    JsonEvent::Failed {
-                        kind: error.kind(),
-                        message,
-                        exit_status,
-                    },
-                    exit_status,
-                )
-            }
+            return status;
+        }
+        let line = match &end {
+            Ok(outcome) => JsonEvent::Exited {
+                ending: snake_case(&format!("{:?}", outcome.ending)),
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                duration_ms: outcome.duration_ms,
+                output_truncated: outcome.output_truncated,
+                exit_status: status,
+            },
+            Err(error) => JsonEvent::Failed {
+                kind: error_kind_name(error),
+                message: error.to_string(),
+                exit_status: status,
+            },
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
-        print!("{text}");
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
         status
     }
 }
@@ -389,4 +493,26 @@ impl Display {
 /// output, so every chunk is base64.
 fn encode(data: &Bytes) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_endings_read_as_snake_case() {
+        assert_eq!(snake_case("OomKilled"), "oom_killed");
+        assert_eq!(snake_case("CommandNotFound"), "command_not_found");
+        assert_eq!(snake_case("Exited"), "exited");
+    }
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert!(looks_like_address("127.0.0.1:7070"));
+        assert!(looks_like_address("server.example:7070"));
+        assert!(looks_like_address("[::1]:7070"));
+        assert!(!looks_like_address("garbage"));
+        assert!(!looks_like_address("host:port"));
+        assert!(!looks_like_address(":7070"));
+    }
 }

@@ -1,10 +1,11 @@
 //! `tcp-task serve`: the server, on a Docker host.
 
 use anyhow::Result;
+use std::io::IsTerminal;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
 use tcp_task::executor::DockerExecutor;
-use tcp_task::Server;
+use tcp_task::{Server, TlsConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -22,15 +23,43 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    // Bind first: a taken port is the quicker mistake to report.
+    // The port first: when it is taken, say so before touching the engine
+    // (and before reaping containers on behalf of a server that may be
+    // the one holding it).
     let listener = TcpListener::bind(&listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}. {}", bind_advice(&e)))?;
+        .map_err(|e| anyhow::anyhow!(bind_error(&listen, &e)))?;
+    let mut server_config = config.server.clone();
+    if let Some(path) = &args.token_file {
+        server_config = server_config.with_token_file(path)?;
+    }
+    let tls = args
+        .tls_cert
+        .as_ref()
+        .zip(args.tls_key.as_ref())
+        .map(|(cert, key)| {
+            let tls = TlsConfig::new(cert, key);
+            match &args.tls_client_ca {
+                Some(ca) => tls.with_client_ca(ca),
+                None => tls,
+            }
+        });
     let executor = start_executor(&config).await?;
-    info!(address = %listener.local_addr()?, "listening");
-    Server::new(config.server, executor)
-        .run(listener, stop_signal())
-        .await;
+    let mut server = Server::new(server_config, executor);
+    if let Some(tls) = &tls {
+        server = server.with_tls(tls)?;
+    }
+    info!(
+        address = %listener.local_addr()?,
+        tls = tls.is_some(),
+        mutual_tls = args.tls_client_ca.is_some(),
+        tokens = args.token_file.is_some(),
+        "listening"
+    );
+    if tls.is_none() && args.token_file.is_none() && !listener.local_addr()?.ip().is_loopback() {
+        warn!("listening beyond loopback with neither TLS nor tokens: anyone who reaches this port can run containers here");
+    }
+    server.run(listener, stop_signal()).await;
     Ok(())
 }
 
@@ -52,24 +81,35 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     Ok(executor)
 }
 
-fn bind_advice(error: &std::io::Error) -> &'static str {
-    match error.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            "Another program (perhaps another tcp-task server) listens there: stop it or pick another address with --listen"
+/// Why `listen` cannot be bound, and what to do about it.
+fn bind_error(listen: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let advice = match error.kind() {
+        ErrorKind::AddrInUse => {
+            "Another program (perhaps another `tcp-task serve`) is listening there; stop it, or \
+             pick another address with --listen"
         }
-        std::io::ErrorKind::PermissionDenied => "Ports below 1024 need root: pick a higher port with --listen",
-        _ => "Check the address given to --listen (or `listen` in the config)",
-    }
+        ErrorKind::AddrNotAvailable => {
+            "No network interface of this machine has that address; listen on one it has, such \
+             as 127.0.0.1:7070, or 0.0.0.0:7070 for every interface"
+        }
+        ErrorKind::PermissionDenied => {
+            "Ports below 1024 need root (or CAP_NET_BIND_SERVICE); pick a port above 1023 with \
+             --listen"
+        }
+        _ => "Check the address given by --listen or `listen` in the config: HOST:PORT, e.g. 127.0.0.1:7070",
+    };
+    format!("cannot listen on {listen}: {error}. {advice}")
 }
 
 /// Ctrl-C or SIGTERM starts a graceful shutdown; a second one exits without
 /// waiting for the tasks.
 async fn stop_signal() {
     let mut interrupts = Interrupts::new();
-    interrupts.recv().await;
+    interrupts.next().await;
     info!("stop requested; finishing running tasks (interrupt again to exit at once)");
     tokio::spawn(async move {
-        interrupts.recv().await;
+        interrupts.next().await;
         warn!("second stop request: exiting now");
         std::process::exit(130);
     });
@@ -87,7 +127,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not for a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colours for a person at a terminal; plain text for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

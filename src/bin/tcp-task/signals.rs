@@ -1,9 +1,14 @@
-//! Ctrl-C and SIGTERM, as one stream of "please stop" requests.
+//! SIGINT and SIGTERM, as one stream of "please stop" requests.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// Ctrl-C's signal number.
+pub const SIGINT: i32 = 2;
+/// `kill`'s default signal number.
+pub const SIGTERM: i32 = 15;
+
 /// Listens from creation on, so a signal that arrives while the program is
-/// busy elsewhere is not lost.
+/// busy elsewhere waits to be seen instead of being lost.
 pub struct Interrupts {
     interrupt: Option<Signal>,
     terminate: Option<Signal>,
@@ -17,11 +22,11 @@ impl Interrupts {
         }
     }
 
-    /// The next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) {
+    /// Waits for the next interrupt and returns its signal number.
+    pub async fn next(&mut self) -> i32 {
         tokio::select! {
-            _ = recv(&mut self.interrupt) => {}
-            _ = recv(&mut self.terminate) => {}
+            _ = recv(&mut self.interrupt) => SIGINT,
+            _ = recv(&mut self.terminate) => SIGTERM,
         }
     }
 }

@@ -23,8 +23,11 @@
 
 use anyhow::Context;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::access::ClientConfig;
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::executor::ExecutorConfig;
 use crate::server::ServerConfig;
@@ -42,6 +45,8 @@ pub struct Config {
     pub executor: ExecutorConfig,
     /// The pre-compiled tasks; `None` means the built-in examples.
     pub catalog: Option<Catalog>,
+    /// Named clients, each with a token and a policy of its own.
+    pub clients: BTreeMap<String, ClientConfig>,
 }
 
 impl Config {
@@ -55,6 +60,19 @@ impl Config {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The `[server]` settings with the named clients' credentials loaded
+    /// (token files read now, so a missing one is an error at start-up).
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut server = self.server.clone();
+        for (name, client) in &self.clients {
+            let credential = client
+                .credential(name)
+                .with_context(|| format!("in [clients.{name}]"))?;
+            server.clients.push(Arc::new(credential));
+        }
+        Ok(server)
     }
 
     /// The catalog to serve: the configured one, or the examples.
@@ -150,6 +168,27 @@ mod tests {
         assert_eq!(config.server.idle_timeout.as_millis(), 1500);
         assert_eq!(config.executor.max_concurrent, 2);
         assert_eq!(config.catalog().len(), 1);
+    }
+
+    #[test]
+    fn named_clients_get_credentials_and_policies() {
+        let config = Config::from_toml(
+            r#"
+            [clients.ci]
+            token = "ci-secret"
+            images = ["tcp-task-examples:*"]
+            max_concurrent_tasks = 2
+            "#,
+        )
+        .unwrap();
+        let server = config.server_config().unwrap();
+        assert_eq!(server.clients.len(), 1);
+        assert_eq!(server.clients[0].name, "ci");
+        assert_eq!(server.clients[0].policy.max_concurrent_tasks, Some(2));
+        assert!(!format!("{server:?}").contains("ci-secret"));
+        let missing = Config::from_toml("[clients.x]\nimages = []").unwrap();
+        let err = missing.server_config().unwrap_err();
+        assert!(format!("{err:#}").contains("[clients.x]"), "{err:#}");
     }
 
     #[test]

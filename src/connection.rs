@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::access::Credential;
 use crate::codec::{self, CodecError, FrameCodec};
 use crate::events::{EventSink, Outgoing};
 use crate::executor::{Executor, TaskIo};
@@ -129,8 +130,8 @@ pub(crate) async fn serve<S, E>(
     })
     .and_then(|hello| shared.check_credentials(&hello, peer));
 
-    let hello = match handshake {
-        Ok(hello) => hello,
+    let login = match handshake {
+        Ok(login) => login,
         Err(error) => {
             info!(%peer, %error, "handshake refused");
             let _ = send_now(&mut writer, ServerMessage::Error { id: None, error }).await;
@@ -139,7 +140,8 @@ pub(crate) async fn serve<S, E>(
     };
     // Debug formatting: the name is the client's free text, and escaping it
     // keeps a name with line breaks from forging log lines.
-    debug!(%peer, client = ?hello.client, "handshake done");
+    let client_name = login.client.as_ref().map(|c| c.name.as_str());
+    debug!(%peer, client = ?login.hello.client, token = ?client_name, "handshake done");
     let welcome = ServerMessage::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         server: crate::server::server_name(),
@@ -152,7 +154,9 @@ pub(crate) async fn serve<S, E>(
     let mut frames = FramedRead::new(reader, FrameCodec::<ClientMessage>::new(max_frame_len));
     // Bytes that came after the hello belong to the next frames.
     *frames.read_buffer_mut() = buffer;
-    Connection::new(peer, shared).run(frames, writer).await;
+    Connection::new(peer, shared, login.client)
+        .run(frames, writer)
+        .await;
 }
 
 /// Writes one frame right away; used before the batching writer exists.
@@ -248,6 +252,8 @@ fn protocol_error(error: &CodecError) -> TaskError {
 /// The state of one connection after its handshake.
 struct Connection<E> {
     peer: SocketAddr,
+    /// The named client whose token opened the connection, if any.
+    client: Option<Arc<Credential>>,
     shared: Arc<Shared<E>>,
     outgoing: mpsc::Sender<Outgoing>,
     outgoing_rx: Option<mpsc::Receiver<Outgoing>>,
@@ -270,12 +276,17 @@ enum Next {
 }
 
 impl<E: Executor> Connection<E> {
-    fn new(peer: SocketAddr, shared: Arc<Shared<E>>) -> Connection<E> {
+    fn new(
+        peer: SocketAddr,
+        shared: Arc<Shared<E>>,
+        client: Option<Arc<Credential>>,
+    ) -> Connection<E> {
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
         let gone = shared.abort.child_token();
         let output_budget = Arc::new(Semaphore::new(shared.config.output_budget()));
         Connection {
             peer,
+            client,
             shared,
             outgoing,
             outgoing_rx: Some(outgoing_rx),
@@ -413,7 +424,7 @@ impl<E: Executor> Connection<E> {
 
     /// Checks the bounds before a task is accepted. A refusal is immediate:
     /// the connection never waits for room.
-    fn admit(&self, id: RequestId) -> Result<OwnedSemaphorePermit, Refusal> {
+    fn admit(&self, id: RequestId) -> Result<Slots, Refusal> {
         if self.draining {
             return Err(Refusal::Terminal(TaskError::new(
                 ErrorKind::ShuttingDown,
@@ -434,7 +445,8 @@ impl<E: Executor> Connection<E> {
                 format!("this connection already runs {max} tasks, its maximum; wait for one to end or open another connection"),
             )));
         }
-        self.shared
+        let server = self
+            .shared
             .task_slots
             .clone()
             .try_acquire_owned()
@@ -446,10 +458,18 @@ impl<E: Executor> Connection<E> {
                         self.shared.config.max_tasks
                     ),
                 ))
-            })
+            })?;
+        let client = match &self.client {
+            Some(client) => client.take_slot().map_err(Refusal::Terminal)?,
+            None => None,
+        };
+        Ok(Slots {
+            _server: server,
+            _client: client,
+        })
     }
 
-    async fn start_task(&mut self, id: RequestId, spec: TaskSpec, permit: OwnedSemaphorePermit) {
+    async fn start_task(&mut self, id: RequestId, spec: TaskSpec, slots: Slots) {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let cancel = self.gone.child_token();
         let entry = TaskEntry {
@@ -479,7 +499,7 @@ impl<E: Executor> Connection<E> {
             // Out of the table before the terminal frame is sent, so that the
             // client may reuse the id as soon as it sees the frame.
             tasks.lock().unwrap().remove(&id);
-            drop(permit);
+            drop(slots);
             let _ = outgoing.send(terminal.into()).await;
             task_ended.notify_one();
         });
@@ -552,6 +572,13 @@ impl<E: Executor> Connection<E> {
                 .await;
         });
     }
+}
+
+/// The places a running task holds: one of the server's, and one of its
+/// client's quota when it has one. Dropped when the task ends.
+struct Slots {
+    _server: OwnedSemaphorePermit,
+    _client: Option<OwnedSemaphorePermit>,
 }
 
 enum Refusal {

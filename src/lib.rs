@@ -4,6 +4,7 @@
 //! streams back their progress and output. See `README.md` for the command
 //! line and `docs/PROTOCOL.md` for the wire format.
 
+pub mod access;
 pub mod auth;
 pub mod catalog;
 pub mod client;

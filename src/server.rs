@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::access::Credential;
 use crate::auth::{self, FailedLogins, TokenFileError};
 use crate::codec::FrameCodec;
 use crate::connection;
@@ -65,7 +66,12 @@ pub struct ServerConfig {
     /// Output bytes that may wait for a slow client, per connection. Past it
     /// the tasks' output is read only as fast as the client takes it.
     pub max_buffered_output: usize,
-    /// Accepted authentication tokens; empty means no token is required.
+    /// Named clients, each with a token and a policy that narrows the
+    /// server's (see [`crate::access`]).
+    #[serde(skip)]
+    pub clients: Vec<Arc<Credential>>,
+    /// Accepted authentication tokens with no policy of their own. When this
+    /// and `clients` are both empty, no token is required.
     /// Several may be valid at once, for rotation. Filled from a token file
     /// by [`ServerConfig::with_token_file`], never from the config file.
     #[serde(skip)]
@@ -93,6 +99,7 @@ impl fmt::Debug for ServerConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_buffered_output", &self.max_buffered_output)
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("clients", &self.clients)
             .field("max_auth_failures", &self.max_auth_failures)
             .field("auth_failure_window", &self.auth_failure_window)
             .finish()
@@ -111,6 +118,7 @@ impl Default for ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_buffered_output: DEFAULT_MAX_BUFFERED_OUTPUT,
             tokens: Vec::new(),
+            clients: Vec::new(),
             max_auth_failures: auth::DEFAULT_MAX_AUTH_FAILURES,
             auth_failure_window: auth::DEFAULT_AUTH_FAILURE_WINDOW,
         }
@@ -158,9 +166,23 @@ pub fn server_name() -> String {
     format!("tcp-task {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Who a connection's client is, once its hello is accepted.
+pub(crate) struct Login {
+    pub hello: Hello,
+    /// The named client whose token it gave, if any.
+    pub client: Option<Arc<Credential>>,
+}
+
+fn all_tokens(config: &ServerConfig) -> Vec<String> {
+    let named = config.clients.iter().map(|c| c.token.clone());
+    config.tokens.iter().cloned().chain(named).collect()
+}
+
 /// What every connection of a server shares.
 pub(crate) struct Shared<E> {
     pub config: ServerConfig,
+    /// Every accepted token: the plain ones, then the named clients'.
+    pub tokens: Vec<String>,
     pub executor: Arc<E>,
     /// Set when the server speaks TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -182,9 +204,12 @@ impl<E: Executor> Shared<E> {
     /// time, so that timing does not reveal how much of a guess was right.
     /// An address that failed too often recently is refused without its
     /// token being looked at. Nothing here logs or returns the token.
-    pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Hello, TaskError> {
-        if self.config.tokens.is_empty() {
-            return Ok(hello.clone());
+    pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Login, TaskError> {
+        if self.tokens.is_empty() {
+            return Ok(Login {
+                hello: hello.clone(),
+                client: None,
+            });
         }
         let now = Instant::now();
         if let Some(left) = self.failed_logins.blocked_for(peer.ip(), now) {
@@ -199,8 +224,15 @@ impl<E: Executor> Shared<E> {
             ));
         }
         let offered = hello.token.as_deref().unwrap_or("");
-        if auth::matching_token(&self.config.tokens, offered).is_some() {
-            return Ok(hello.clone());
+        if let Some(index) = auth::matching_token(&self.tokens, offered) {
+            // Plain tokens come first in `tokens`, the named clients' after.
+            let client = index
+                .checked_sub(self.config.tokens.len())
+                .and_then(|i| self.config.clients.get(i).cloned());
+            return Ok(Login {
+                hello: hello.clone(),
+                client,
+            });
         }
         let (failures, blocks) = self.failed_logins.record(peer.ip(), now);
         warn!(%peer, failures, "authentication failed");
@@ -247,6 +279,7 @@ impl<E: Executor> Server<E> {
         let failed_logins = FailedLogins::new(config.max_auth_failures, config.auth_failure_window);
         Server {
             shared: Arc::new(Shared {
+                tokens: all_tokens(&config),
                 config,
                 executor: Arc::new(executor),
                 tls: None,

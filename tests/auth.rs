@@ -271,3 +271,77 @@ async fn tokens_appear_in_no_log_error_status_or_debug_output() {
         assert!(!text.contains("SECRET"), "a token leaked into: {text}");
     }
 }
+
+/// A named client's token admits it like any token, and its
+/// `max_concurrent_tasks` quota holds across its connections, while a plain
+/// token is not bound by it.
+#[tokio::test]
+async fn a_named_clients_quota_holds_across_its_connections() {
+    use tcp_task::access::{ClientPolicy, Credential};
+    let quota = ClientPolicy {
+        max_concurrent_tasks: Some(2),
+        ..ClientPolicy::default()
+    };
+    let config = ServerConfig {
+        tokens: vec!["plain-token".into()],
+        clients: vec![Arc::new(Credential::new("ci", "ci-token", quota))],
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let addr = server.local_addr();
+    let first = Client::connect_with(addr, with_token("ci-token"))
+        .await
+        .unwrap();
+    let second = Client::connect_with(addr, with_token("ci-token"))
+        .await
+        .unwrap();
+    let _a = first.run(script(["sleep", "60000"])).await.unwrap();
+    let _b = second.run(script(["sleep", "60000"])).await.unwrap();
+    let refused = first
+        .run(script(["echo", "x"]))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), Some(ErrorKind::Busy));
+    assert!(
+        refused
+            .to_string()
+            .contains("the client `ci` already runs 2 tasks"),
+        "{refused}"
+    );
+    assert!(!refused.to_string().contains("ci-token"));
+
+    let plain = Client::connect_with(addr, with_token("plain-token"))
+        .await
+        .unwrap();
+    let output = plain
+        .run(script(["echo", "free"]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"free");
+
+    drop(_a);
+    // The slot comes back once the cancelled task has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match first
+            .run(script(["echo", "again"]))
+            .await
+            .unwrap()
+            .wait()
+            .await
+        {
+            Ok(outcome) => break assert!(outcome.success()),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the quota slot never came back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

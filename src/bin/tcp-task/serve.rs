@@ -29,7 +29,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!(bind_error(&listen, &e)))?;
-    let mut server_config = config.server.clone();
+    let mut server_config = config.server_config()?;
     if let Some(path) = &args.token_file {
         server_config = server_config.with_token_file(path)?;
     }
@@ -45,6 +45,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     let executor = start_executor(&config).await?;
+    let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
     let mut server = Server::new(server_config, executor);
     if let Some(tls) = &tls {
         server = server.with_tls(tls)?;
@@ -53,10 +54,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         address = %listener.local_addr()?,
         tls = tls.is_some(),
         mutual_tls = args.tls_client_ca.is_some(),
-        tokens = args.token_file.is_some(),
+        tokens = !open_to_all,
         "listening"
     );
-    if tls.is_none() && args.token_file.is_none() && !listener.local_addr()?.ip().is_loopback() {
+    if tls.is_none() && open_to_all && !listener.local_addr()?.ip().is_loopback() {
         warn!("listening beyond loopback with neither TLS nor tokens: anyone who reaches this port can run containers here");
     }
     server.run(listener, stop_signal()).await;

@@ -1,0 +1,265 @@
+//! Per-client rules: what the holder of one token may do.
+//!
+//! The config file names clients, each with its token and its policy:
+//!
+//! ```toml
+//! [clients.ci]
+//! token_file = "/etc/tcp-task/ci.token"   # or: token = "…"
+//! images = ["tcp-task-examples:*", "registry.local:5000/ci/*"]
+//! allow_network = false
+//! max_memory_bytes = 536870912
+//! max_nano_cpus = 1000000000
+//! max_timeout_ms = 60000
+//! max_concurrent_tasks = 4
+//! ```
+//!
+//! A client's policy only narrows the server's: the server policy's maxima
+//! still hold, and a key left out means "as the server allows". Tokens from
+//! `--token-file` have no policy of their own.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::protocol::{ErrorKind, TaskError};
+
+/// What one client may do, beyond the server's policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// Image patterns this client may run; `*` matches any run of
+    /// characters. Empty: any image. Catalog tasks are checked by the image
+    /// they resolve to.
+    pub images: Vec<String>,
+    /// Whether this client may ask for a network (if the server allows it).
+    pub allow_network: Option<bool>,
+    pub max_memory_bytes: Option<u64>,
+    pub max_nano_cpus: Option<u64>,
+    pub max_pids_limit: Option<i64>,
+    pub max_timeout_ms: Option<u64>,
+    /// Tasks this client may run at once, over all its connections.
+    pub max_concurrent_tasks: Option<usize>,
+}
+
+impl ClientPolicy {
+    /// Whether `image` matches one of the allowed patterns.
+    pub fn check_image(&self, client: &str, image: &str) -> Result<(), TaskError> {
+        if self.images.is_empty() || self.images.iter().any(|p| glob_matches(p, image)) {
+            return Ok(());
+        }
+        Err(TaskError::new(
+            ErrorKind::PolicyDenied,
+            format!(
+                "the image `{image}` is not allowed for the client `{client}`: its `images` rule allows only {}",
+                self.images.join(", ")
+            ),
+        ))
+    }
+}
+
+/// `*` matches any run of characters (including `/` and `:`); everything
+/// else matches itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: an exact match
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A client entry of the config file.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    pub token: Option<String>,
+    /// A file whose first non-comment line is the token (kept out of the
+    /// config file, which is often more widely readable).
+    pub token_file: Option<PathBuf>,
+    pub images: Vec<String>,
+    pub allow_network: Option<bool>,
+    pub max_memory_bytes: Option<u64>,
+    pub max_nano_cpus: Option<u64>,
+    pub max_pids_limit: Option<i64>,
+    pub max_timeout_ms: Option<u64>,
+    pub max_concurrent_tasks: Option<usize>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("images", &self.images)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// The client's credential: its token (read from `token_file` if need
+    /// be) and its policy.
+    pub fn credential(&self, name: &str) -> anyhow::Result<Credential> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => crate::auth::load_token_file(path)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{} holds no token", path.display()))?,
+            _ => anyhow::bail!("the client `{name}` needs exactly one of `token` and `token_file`"),
+        };
+        if token.trim().is_empty() {
+            anyhow::bail!("the client `{name}` has an empty token");
+        }
+        let policy = ClientPolicy {
+            images: self.images.clone(),
+            allow_network: self.allow_network,
+            max_memory_bytes: self.max_memory_bytes,
+            max_nano_cpus: self.max_nano_cpus,
+            max_pids_limit: self.max_pids_limit,
+            max_timeout_ms: self.max_timeout_ms,
+            max_concurrent_tasks: self.max_concurrent_tasks,
+        };
+        Ok(Credential::new(name, token, policy))
+    }
+}
+
+/// A named client: its token, its policy and its running-task quota.
+pub struct Credential {
+    pub name: String,
+    pub(crate) token: String,
+    pub policy: Arc<ClientPolicy>,
+    /// Shared by every connection of this client.
+    quota: Option<Arc<Semaphore>>,
+}
+
+impl Credential {
+    pub fn new(
+        name: impl Into<String>,
+        token: impl Into<String>,
+        policy: ClientPolicy,
+    ) -> Credential {
+        let quota = policy
+            .max_concurrent_tasks
+            .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+        Credential {
+            name: name.into(),
+            token: token.into(),
+            policy: Arc::new(policy),
+            quota,
+        }
+    }
+
+    /// A slot in this client's quota, held while one of its tasks runs.
+    pub(crate) fn take_slot(&self) -> Result<Option<OwnedSemaphorePermit>, TaskError> {
+        let Some(quota) = &self.quota else {
+            return Ok(None);
+        };
+        quota.clone().try_acquire_owned().map(Some).map_err(|_| {
+            TaskError::new(
+                ErrorKind::Busy,
+                format!(
+                    "the client `{}` already runs {} tasks, its `max_concurrent_tasks` quota; wait for one to end",
+                    self.name,
+                    self.policy.max_concurrent_tasks.unwrap_or_default()
+                ),
+            )
+        })
+    }
+}
+
+// Never print the token.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches(
+            "tcp-task-examples:*",
+            "tcp-task-examples:0.1.0"
+        ));
+        assert!(glob_matches("*", "anything/at:all"));
+        assert!(glob_matches(
+            "registry:5000/ci/*",
+            "registry:5000/ci/build:1"
+        ));
+        assert!(glob_matches("a*b*c", "a-x-b-y-c"));
+        assert!(glob_matches("exact:1", "exact:1"));
+        assert!(!glob_matches("exact:1", "exact:12"));
+        assert!(!glob_matches(
+            "tcp-task-examples:*",
+            "evil/tcp-task-examples:1"
+        ));
+        assert!(!glob_matches("a*b", "ab-c"));
+        assert!(!glob_matches("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn an_image_outside_the_patterns_is_denied_by_rule() {
+        let policy = ClientPolicy {
+            images: vec!["ok:*".into()],
+            ..ClientPolicy::default()
+        };
+        assert!(policy.check_image("ci", "ok:1").is_ok());
+        let err = policy.check_image("ci", "other:1").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PolicyDenied);
+        assert!(err.message.contains("`images` rule"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_quota_counts_slots() {
+        let credential = Credential::new(
+            "ci",
+            "t",
+            ClientPolicy {
+                max_concurrent_tasks: Some(1),
+                ..ClientPolicy::default()
+            },
+        );
+        let slot = credential.take_slot().unwrap();
+        assert!(slot.is_some());
+        assert_eq!(credential.take_slot().unwrap_err().kind, ErrorKind::Busy);
+        drop(slot);
+        assert!(credential.take_slot().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_client_needs_exactly_one_token_source() {
+        assert!(ClientConfig::default().credential("x").is_err());
+        let both = ClientConfig {
+            token: Some("a".into()),
+            token_file: Some("/nonexistent".into()),
+            ..ClientConfig::default()
+        };
+        assert!(both.credential("x").is_err());
+        let debug = format!(
+            "{:?}",
+            ClientConfig {
+                token: Some("s3cret".into()),
+                ..Default::default()
+            }
+        );
+        assert!(!debug.contains("s3cret"));
+    }
+}

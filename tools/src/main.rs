@@ -11,6 +11,7 @@
 //! line on stderr), 127 unknown applet; the rest is up to each applet.
 
 mod agent;
+mod agent_proto;
 mod cli;
 mod examples;
 mod grayscale;
@@ -146,8 +147,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "agent",
         agent::run,
-        "",
-        "warm-container agent (not yet implemented)",
+        "[--tasks N]",
+        "warm-container agent: runs tasks sent over stdin (PID 1)",
     ),
 ];
 

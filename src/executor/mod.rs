@@ -7,8 +7,10 @@
 
 mod cleanup;
 mod config;
+mod container;
 mod docker;
 mod engine;
+mod outcome;
 mod policy;
 mod pull;
 mod queue;

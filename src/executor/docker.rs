@@ -20,6 +20,7 @@ use super::policy::{self, Plan};
 use super::pull::{credentials_for, ensure_image, ImageRef};
 use super::queue::{Admission, Slot, Slots, Turn};
 use super::stream::{relay_output, relay_stdin, OutputEnd};
+use super::warm::{Attempt, Launcher, Warm};
 use super::{Executor, TaskIo};
 use crate::catalog::Catalog;
 use crate::events::EventSink;
@@ -39,6 +40,7 @@ pub struct DockerExecutor {
     next_task: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
+    warm: Warm,
 }
 
 /// How the streaming phase ended.
@@ -57,6 +59,11 @@ impl DockerExecutor {
     pub fn new(docker: Docker, config: ExecutorConfig) -> DockerExecutor {
         let owner = Owner::this_process(config.instance_id.clone());
         let slots = Slots::new(config.max_concurrent, config.max_queue);
+        let warm = Warm::new(Launcher {
+            docker: docker.clone(),
+            config: config.clone(),
+            owner: owner.clone(),
+        });
         DockerExecutor {
             docker,
             config,
@@ -66,6 +73,7 @@ impl DockerExecutor {
             next_task: AtomicU64::new(1),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            warm,
         }
     }
 
@@ -98,11 +106,45 @@ impl DockerExecutor {
         cleanup::reap_orphans(&self.docker, &self.owner).await
     }
 
+    /// Starts the warm pools of the catalog entries with `warm > 0`. Call
+    /// once, inside the runtime, after [`DockerExecutor::reap_orphans`].
+    pub fn warm_up(&self) {
+        for (name, entry) in &self.catalog.entries {
+            if entry.warm == 0 {
+                continue;
+            }
+            let spec = TaskSpec::named(name.clone(), Vec::<String>::new());
+            match self
+                .catalog
+                .resolve(spec)
+                .and_then(|spec| policy::plan(spec, &self.config.policy))
+            {
+                Ok(plan) => self.warm.keep(&plan, name, entry.warm, entry.reuse),
+                Err(e) => tracing::warn!(task = %name, error = %e, "catalog entry not kept warm"),
+            }
+        }
+    }
+
+    /// Waits until the warm pools' background work (refills, removal of
+    /// used containers) is done: tests call it before counting containers.
+    pub async fn settle(&self) {
+        self.warm.settle().await
+    }
+
     async fn run_task(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
+        let entry = self
+            .catalog
+            .entry_of(&spec)
+            .map(|(name, entry)| (name.to_owned(), entry.reuse));
         let spec = self.catalog.resolve(spec)?;
         let plan = policy::plan(spec, &self.config.policy)?;
         let Some(slot) = self.admit(&io).await? else {
             return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
+        };
+        let entry = entry.as_ref().map(|(name, reuse)| (name.as_str(), *reuse));
+        let io = match self.warm.try_run(&plan, entry, io).await {
+            Attempt::Ran(result) => return result,
+            Attempt::Cold(io) => io,
         };
         let credentials = credentials_for(
             &ImageRef::parse(&plan.image),
@@ -332,6 +374,7 @@ impl Executor for DockerExecutor {
             failed: self.failed.load(Ordering::Relaxed),
             engine: engine_status(&self.docker).await,
             catalog_size: self.catalog.len() as u64,
+            pools: self.warm.status(),
             ..ServerStatus::default()
         }
     }
@@ -341,6 +384,7 @@ impl Executor for DockerExecutor {
     }
 
     async fn shutdown(&self) {
+        self.warm.drain().await;
         match cleanup::remove_instance(&self.docker, &self.owner.instance).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),

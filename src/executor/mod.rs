@@ -15,6 +15,7 @@ mod policy;
 mod pull;
 mod queue;
 mod stream;
+mod warm;
 
 pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
@@ -22,6 +23,7 @@ pub use cleanup::{
 };
 pub use config::{ExecutorConfig, Policy, RegistryCredentials};
 pub use docker::DockerExecutor;
+pub use warm::{WarmConfig, AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;
 use std::future::Future;

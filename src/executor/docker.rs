@@ -131,6 +131,12 @@ impl DockerExecutor {
         self.warm.settle().await
     }
 
+    /// Empties the warm pools and stops refilling them (the first step of
+    /// [`Executor::shutdown`]): when it returns, no warm container is left.
+    pub async fn drain_warm(&self) {
+        self.warm.drain().await
+    }
+
     async fn run_task(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
         let entry = self
             .catalog
@@ -384,7 +390,7 @@ impl Executor for DockerExecutor {
     }
 
     async fn shutdown(&self) {
-        self.warm.drain().await;
+        self.drain_warm().await;
         match cleanup::remove_instance(&self.docker, &self.owner.instance).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),

@@ -100,13 +100,17 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `count` containers for `key` warm from now on (catalog `warm`).
+    /// Keeps `count` more containers for `key` warm from now on (a catalog
+    /// entry's `warm`; entries with the same key share one pool, the sum).
     pub fn keep(self: &Arc<Self>, key: PoolKey, count: u32) {
         {
             let mut state = self.lock();
             let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
-            pool.fixed = true;
-            pool.target = count;
+            if !pool.fixed {
+                pool.fixed = true;
+                pool.target = 0;
+            }
+            pool.target += count;
         }
         self.replenish(&key);
     }
@@ -338,9 +342,15 @@ impl Pool {
                     cold.append(&mut pool.idle);
                 }
             }
-            state
-                .pools
-                .retain(|_, p| p.fixed || p.target > 0 || p.starting + p.in_use > 0);
+            // A key is forgotten once nothing of it is left and its last
+            // request is too old to count towards demand.
+            let window = Duration::from_millis(self.config.demand_window_ms);
+            state.pools.retain(|_, p| {
+                p.fixed
+                    || p.target > 0
+                    || p.starting + p.in_use > 0
+                    || p.last_request.elapsed() <= window
+            });
             (state.pools.keys().cloned().collect::<Vec<_>>(), cold)
         };
         cold.into_iter().for_each(|c| self.retire(c));

@@ -11,6 +11,8 @@
 //! line on stderr), 127 unknown applet; the rest is up to each applet.
 
 mod agent;
+// Shared with the server, which uses the other direction's half.
+#[allow(dead_code)]
 mod agent_proto;
 mod cli;
 mod examples;

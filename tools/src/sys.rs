@@ -22,8 +22,6 @@ const SIG_IGN: usize = 1;
 const SIG_ERR: usize = usize::MAX;
 pub const SIGKILL: i32 = 9;
 pub const SIGPIPE: i32 = 13;
-/// `ECHILD`: no child processes left to wait for.
-pub const ECHILD: i32 = 10;
 /// `EINTR`: interrupted; try again.
 pub const EINTR: i32 = 4;
 
@@ -127,7 +125,7 @@ impl Reaped {
 }
 
 /// Waits for any child to terminate (stopped children are not reported):
-/// `(pid, how)`. `Err` with `ECHILD` when there are no children.
+/// `(pid, how)`. `Err` (`ECHILD`) when there are no children left.
 pub fn wait_any() -> io::Result<(i32, Reaped)> {
     let mut status = 0;
     loop {

@@ -29,15 +29,8 @@ fn agent(args: &[&str], steps: &[Vec<u8>], wait_exit: bool) -> (Vec<(u8, Vec<u8>
     let mut frames = Vec::new();
     for step in steps {
         stdin.write_all(step).expect("the agent reads");
-        while wait_exit {
-            let Some(frame) = read_frame(&mut stdout) else {
-                break;
-            };
-            let done = frame.0 == proto::EXIT;
-            frames.push(frame);
-            if done {
-                break;
-            }
+        if wait_exit {
+            read_until_exit(&mut stdout, &mut frames);
         }
     }
     drop(stdin);
@@ -49,6 +42,16 @@ fn agent(args: &[&str], steps: &[Vec<u8>], wait_exit: bool) -> (Vec<(u8, Vec<u8>
     let output = child.wait_with_output().expect("the agent ends");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (frames, stderr, output.status.code().unwrap_or(-1))
+}
+
+fn read_until_exit(input: &mut impl Read, frames: &mut Vec<(u8, Vec<u8>)>) {
+    while let Some(frame) = read_frame(input) {
+        let done = frame.0 == proto::EXIT;
+        frames.push(frame);
+        if done {
+            return;
+        }
+    }
 }
 
 fn read_frame(input: &mut impl Read) -> Option<(u8, Vec<u8>)> {

@@ -7,6 +7,8 @@
 //! image = "tcp-task-examples:0.1.0"
 //! command = ["sum"]
 //! timeout_ms = 10000
+//! warm = 2     # containers kept started ahead of time (docs/WARM.md)
+//! reuse = 1    # tasks one warm container serves (1: single use)
 //! ```
 //!
 //! A client runs one with `Task::Named { name, args, params }`: the args are
@@ -46,6 +48,20 @@ pub struct CatalogEntry {
     pub nano_cpus: Option<u64>,
     pub pids_limit: Option<i64>,
     pub timeout_ms: Option<u64>,
+    /// Containers kept warm (started, agent waiting) for this task, whatever
+    /// the demand. Default 0: warm only on demand.
+    #[serde(default)]
+    pub warm: u32,
+    /// How many of this entry's tasks one warm container serves, one after
+    /// the other. Default 1: a fresh container per task, as on the cold
+    /// path. More trades isolation between this entry's tasks for speed
+    /// (docs/WARM.md says what is shared).
+    #[serde(default = "single_use")]
+    pub reuse: u32,
+}
+
+fn single_use() -> u32 {
+    1
 }
 
 impl Catalog {
@@ -75,6 +91,17 @@ impl Catalog {
                 timeout_ms: entry.timeout_ms,
             })
             .collect()
+    }
+
+    /// The entry a named task refers to, with its name.
+    pub fn entry_of(&self, spec: &TaskSpec) -> Option<(&str, &CatalogEntry)> {
+        match &spec.task {
+            Task::Named { name, .. } => self
+                .entries
+                .get_key_value(name)
+                .map(|(name, entry)| (name.as_str(), entry)),
+            Task::Image { .. } => None,
+        }
     }
 
     /// Turns `spec` into an image task: a named task is looked up and filled
@@ -159,6 +186,8 @@ mod tests {
         command = ["sum"]
         timeout_ms = 5000
         env = { MODE = "fast" }
+        warm = 2
+        reuse = 3
     "#;
 
     #[test]
@@ -184,6 +213,13 @@ mod tests {
             .env
             .contains(&("MODE".to_owned(), "fast".to_owned())));
         assert_eq!(catalog.infos()[0].name, "sum");
+        let (name, entry) = catalog
+            .entry_of(&TaskSpec::named("sum", Vec::<String>::new()))
+            .expect("an entry");
+        assert_eq!((name, entry.warm, entry.reuse), ("sum", 2, 3));
+        let plain: Catalog =
+            Catalog::from_toml("[x]\nimage = \"i\"\ncommand = [\"c\"]\n").expect("catalog parses");
+        assert_eq!((plain.entries["x"].warm, plain.entries["x"].reuse), (0, 1));
     }
 
     #[test]

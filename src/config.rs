@@ -99,6 +99,8 @@ pub fn examples_catalog() -> Catalog {
         nano_cpus: Some(1_000_000_000),
         pids_limit: Some(16),
         timeout_ms: Some(timeout_ms),
+        warm: 0,
+        reuse: 1,
     };
     let entries = [
         ("sum", entry("sum", "Sum of the numbers given", 10_000)),

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use super::warm::WarmConfig;
+
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 const ONE_CPU: u64 = 1_000_000_000;
@@ -44,6 +46,8 @@ pub struct ExecutorConfig {
     pub instance_id: Option<String>,
     /// Extra labels written on every container this server creates.
     pub labels: BTreeMap<String, String>,
+    /// Warm-container pools (`[executor.warm]`).
+    pub warm: WarmConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -58,6 +62,7 @@ impl Default for ExecutorConfig {
             registry_auth: BTreeMap::new(),
             instance_id: None,
             labels: BTreeMap::new(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -148,6 +153,8 @@ mod tests {
     fn toml_overrides_fields() {
         let text = r#"
             max_concurrent = 2
+            [warm]
+            max_containers = 4
             [policy]
             allow_network = true
             max_memory_bytes = 1073741824
@@ -161,6 +168,8 @@ mod tests {
         assert_eq!(config.policy.max_memory_bytes, GIB);
         assert_eq!(config.registry_auth["127.0.0.1:5000"].username, "u");
         assert_eq!(config.policy.default_pids_limit, 256);
+        assert_eq!(config.warm.max_containers, 4);
+        assert_eq!(config.warm.on_demand, WarmConfig::default().on_demand);
     }
 
     #[test]

@@ -4,22 +4,23 @@
 //! policy checked before anything touches the engine and the container
 //! removed in every ending (see [`super::cleanup`]).
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
-use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
+use bollard::query_parameters::AttachContainerOptions;
 use bollard::Docker;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::cleanup::{self, ContainerGuard, Owner, LABEL_TASK};
+use super::cleanup::{self, ContainerGuard, Owner};
 use super::config::ExecutorConfig;
+use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_error, start_error};
+use super::outcome::{ended_outcome, killed_outcome, wait_exit};
 use super::policy::{self, Plan};
 use super::pull::{credentials_for, ensure_image, ImageRef};
 use super::queue::{Admission, Slot, Slots, Turn};
 use super::stream::{relay_output, relay_stdin, OutputEnd};
+use super::warm::{Attempt, Launcher, Warm};
 use super::{Executor, TaskIo};
 use crate::catalog::Catalog;
 use crate::events::EventSink;
@@ -39,6 +40,7 @@ pub struct DockerExecutor {
     next_task: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
+    warm: Warm,
 }
 
 /// How the streaming phase ended.
@@ -57,6 +59,11 @@ impl DockerExecutor {
     pub fn new(docker: Docker, config: ExecutorConfig) -> DockerExecutor {
         let owner = Owner::this_process(config.instance_id.clone());
         let slots = Slots::new(config.max_concurrent, config.max_queue);
+        let warm = Warm::new(Launcher {
+            docker: docker.clone(),
+            config: config.clone(),
+            owner: owner.clone(),
+        });
         DockerExecutor {
             docker,
             config,
@@ -66,6 +73,7 @@ impl DockerExecutor {
             next_task: AtomicU64::new(1),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            warm,
         }
     }
 
@@ -98,11 +106,51 @@ impl DockerExecutor {
         cleanup::reap_orphans(&self.docker, &self.owner).await
     }
 
+    /// Starts the warm pools of the catalog entries with `warm > 0`. Call
+    /// once, inside the runtime, after [`DockerExecutor::reap_orphans`].
+    pub fn warm_up(&self) {
+        for (name, entry) in &self.catalog.entries {
+            if entry.warm == 0 {
+                continue;
+            }
+            let spec = TaskSpec::named(name.clone(), Vec::<String>::new());
+            match self
+                .catalog
+                .resolve(spec)
+                .and_then(|spec| policy::plan(spec, &self.config.policy))
+            {
+                Ok(plan) => self.warm.keep(&plan, name, entry.warm, entry.reuse),
+                Err(e) => tracing::warn!(task = %name, error = %e, "catalog entry not kept warm"),
+            }
+        }
+    }
+
+    /// Waits until the warm pools' background work (refills, removal of
+    /// used containers) is done: tests call it before counting containers.
+    pub async fn settle(&self) {
+        self.warm.settle().await
+    }
+
+    /// Empties the warm pools and stops refilling them (the first step of
+    /// [`Executor::shutdown`]): when it returns, no warm container is left.
+    pub async fn drain_warm(&self) {
+        self.warm.drain().await
+    }
+
     async fn run_task(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
+        let entry = self
+            .catalog
+            .entry_of(&spec)
+            .map(|(name, entry)| (name.to_owned(), entry.reuse));
         let spec = self.catalog.resolve(spec)?;
         let plan = policy::plan(spec, &self.config.policy)?;
         let Some(slot) = self.admit(&io).await? else {
             return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
+        };
+        let entry = entry.as_ref().map(|(name, reuse)| (name.as_str(), *reuse));
+        let io = match self.warm.try_run(&plan, entry, io).await {
+            Attempt::Ran(result) => return result,
+            Attempt::Cold(io) => io,
         };
         let credentials = credentials_for(
             &ImageRef::parse(&plan.image),
@@ -161,7 +209,7 @@ impl DockerExecutor {
 
     async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
-        let body = self.container_body(plan, task);
+        let body = container_body(&self.config, &self.owner, plan, &task.to_string());
         let created = self
             .docker
             .create_container(None, body)
@@ -171,73 +219,6 @@ impl DockerExecutor {
             tracing::warn!(container = %created.id, %warning, "engine warning on create");
         }
         Ok(ContainerGuard::new(self.docker.clone(), created.id))
-    }
-
-    fn labels(&self, plan: &Plan, task: u64) -> HashMap<String, String> {
-        let mut labels: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
-        labels.extend(plan.labels.iter().cloned());
-        // The server's own labels go last so nothing can override them.
-        labels.extend(self.owner.labels());
-        labels.insert(LABEL_TASK.to_owned(), task.to_string());
-        labels
-    }
-
-    fn container_body(&self, plan: &Plan, task: u64) -> ContainerCreateBody {
-        ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            cmd: (!plan.command.is_empty()).then(|| plan.command.clone()),
-            env: Some(plan.env.clone()),
-            working_dir: plan.workdir.clone(),
-            user: plan.user.clone(),
-            labels: Some(self.labels(plan, task)),
-            // No TTY: stdout and stderr stay apart, multiplexed by the engine.
-            tty: Some(false),
-            attach_stdin: Some(plan.stdin),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            open_stdin: Some(plan.stdin),
-            // Closing our attach stream's write half then gives the process
-            // end-of-file on stdin.
-            stdin_once: Some(plan.stdin),
-            host_config: Some(self.host_config(plan)),
-            ..ContainerCreateBody::default()
-        }
-    }
-
-    fn host_config(&self, plan: &Plan) -> HostConfig {
-        let memory = i64::try_from(plan.memory_bytes).unwrap_or(i64::MAX);
-        let log_options = HashMap::from([
-            ("max-size".to_owned(), self.config.log_max_size.clone()),
-            ("max-file".to_owned(), self.config.log_max_file.to_string()),
-        ]);
-        let tmpfs = plan.read_only_root.then(|| {
-            let options = format!(
-                "rw,nosuid,nodev,mode=1777,size={}",
-                self.config.policy.tmpfs_bytes
-            );
-            HashMap::from([("/tmp".to_owned(), options)])
-        });
-        HostConfig {
-            network_mode: Some(plan.network.clone()),
-            cap_drop: Some(vec!["ALL".to_owned()]),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            pids_limit: Some(plan.pids_limit),
-            memory: Some(memory),
-            // Swap equal to memory means no swap at all.
-            memory_swap: Some(memory),
-            nano_cpus: Some(i64::try_from(plan.nano_cpus).unwrap_or(i64::MAX)),
-            // docker-init as PID 1 reaps zombies and passes signals on.
-            init: Some(true),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_owned()),
-                config: Some(log_options),
-            }),
-            readonly_rootfs: Some(plan.read_only_root),
-            tmpfs,
-            // Never: removal would race with reading the exit status.
-            auto_remove: Some(false),
-            ..HostConfig::default()
-        }
     }
 
     /// attach → start → stream → wait → inspect. The caller removes.
@@ -378,75 +359,6 @@ async fn supervise(
     }
 }
 
-/// The container's exit status, from the engine's wait.
-async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, TaskError> {
-    use bollard::errors::Error as BollardError;
-    use futures::StreamExt;
-    let options = WaitContainerOptions {
-        condition: "not-running".to_owned(),
-    };
-    let mut wait = docker.wait_container(id, Some(options));
-    match wait.next().await {
-        Some(Ok(response)) => Ok(response.status_code),
-        // bollard reports a non-zero exit as an error carrying the code.
-        Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-        Some(Err(e)) => Err(engine_error("waiting for the container", &e)),
-        None => Err(TaskError::new(
-            ErrorKind::Engine,
-            "the engine ended the wait without an exit status; check the engine's health",
-        )),
-    }
-}
-
-/// The highest signal number Linux has; codes above 128 + this are plain
-/// exit codes.
-const MAX_SIGNAL: i64 = 64;
-
-/// The outcome of a container that ended by itself.
-///
-/// Heuristic, documented: an exit code 128+N (N a signal number) is read as
-/// death by signal N. docker-init, PID 1 in every task, exits 128+N when its
-/// child dies of signal N, so this is exact for killed processes; a process
-/// that calls `exit(130)` itself is misread as signal 2, as `docker run`'s
-/// users would read it too.
-fn ended_outcome(code: i64, oom_killed: bool, duration: Duration) -> Outcome {
-    let exit_code = i32::try_from(code).ok();
-    let signal = (code > 128 && code <= 128 + MAX_SIGNAL).then(|| (code - 128) as i32);
-    let ending = if oom_killed {
-        Ending::OomKilled
-    } else if signal.is_some() {
-        Ending::Signaled
-    } else {
-        Ending::Exited
-    };
-    Outcome {
-        ending,
-        exit_code,
-        signal: if ending == Ending::Exited {
-            None
-        } else {
-            signal
-        },
-        duration_ms: millis(duration),
-        output_truncated: false,
-    }
-}
-
-/// The outcome of a task we ended (or never started).
-fn killed_outcome(ending: Ending, duration: Duration) -> Outcome {
-    Outcome {
-        ending,
-        exit_code: None,
-        signal: None,
-        duration_ms: millis(duration),
-        output_truncated: ending == Ending::OutputLimit,
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Executor for DockerExecutor {
     async fn run(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
         let result = self.run_task(spec, io).await;
@@ -468,6 +380,7 @@ impl Executor for DockerExecutor {
             failed: self.failed.load(Ordering::Relaxed),
             engine: engine_status(&self.docker).await,
             catalog_size: self.catalog.len() as u64,
+            pools: self.warm.status(),
             ..ServerStatus::default()
         }
     }
@@ -477,6 +390,7 @@ impl Executor for DockerExecutor {
     }
 
     async fn shutdown(&self) {
+        self.drain_warm().await;
         match cleanup::remove_instance(&self.docker, &self.owner.instance).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),
@@ -498,32 +412,5 @@ async fn engine_status(docker: &Docker) -> EngineStatus {
             error: Some(e.to_string()),
             ..EngineStatus::default()
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_codes_signals_and_oom() {
-        let d = Duration::from_millis(5);
-        let plain = ended_outcome(42, false, d);
-        assert_eq!(
-            (plain.ending, plain.exit_code, plain.signal),
-            (Ending::Exited, Some(42), None)
-        );
-        let killed = ended_outcome(137, false, d);
-        assert_eq!((killed.ending, killed.signal), (Ending::Signaled, Some(9)));
-        assert_eq!(killed.exit_status(), 137);
-        let oom = ended_outcome(137, true, d);
-        assert_eq!(oom.ending, Ending::OomKilled);
-        assert_eq!(ended_outcome(255, false, d).ending, Ending::Exited);
-    }
-
-    #[test]
-    fn killed_outcomes_mark_truncation_only_for_the_output_limit() {
-        assert!(killed_outcome(Ending::OutputLimit, Duration::ZERO).output_truncated);
-        assert!(!killed_outcome(Ending::TimedOut, Duration::ZERO).output_truncated);
     }
 }

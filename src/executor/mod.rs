@@ -7,12 +7,15 @@
 
 mod cleanup;
 mod config;
+mod container;
 mod docker;
 mod engine;
+mod outcome;
 mod policy;
 mod pull;
 mod queue;
 mod stream;
+mod warm;
 
 pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
@@ -20,6 +23,7 @@ pub use cleanup::{
 };
 pub use config::{ExecutorConfig, Policy, RegistryCredentials};
 pub use docker::DockerExecutor;
+pub use warm::{WarmConfig, AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;
 use std::future::Future;

@@ -104,7 +104,7 @@ pub(crate) async fn relay_output(
 }
 
 /// Relays what fits under `limit`; `Some` when the relay must stop.
-async fn send(
+pub(crate) async fn send(
     events: &EventSink,
     stream: OutputStream,
     mut chunk: Bytes,

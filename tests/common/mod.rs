@@ -4,19 +4,22 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use tcp_task::catalog::Catalog;
 use tcp_task::events::{EventSink, Outgoing};
 use tcp_task::executor::{label_filter, DockerExecutor, Executor, ExecutorConfig, TaskIo};
 use tcp_task::protocol::{
-    Outcome, OutputStream, ProgressEvent, ServerMessage, TaskError, TaskSpec,
+    Outcome, OutputStream, PoolStatus, ProgressEvent, ServerMessage, TaskError, TaskSpec,
 };
 
 pub use tcp_task::images::EXAMPLES_IMAGE;
@@ -32,15 +35,68 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn new(config: ExecutorConfig) -> Harness {
+    /// A cold-path executor: warm pools are switched off, so that repeated
+    /// tasks do not warm up a pool (and leave its containers to count).
+    pub async fn new(mut config: ExecutorConfig) -> Harness {
+        config.warm.enabled = false;
+        Harness::build(config, Catalog::default()).await
+    }
+
+    /// An executor with warm pools as `config` says, serving `catalog`,
+    /// whose `warm` entries start filling at once.
+    pub async fn warm(config: ExecutorConfig, catalog: Catalog) -> Harness {
+        let h = Harness::build(config, catalog).await;
+        h.exec.warm_up();
+        h
+    }
+
+    async fn build(config: ExecutorConfig, catalog: Catalog) -> Harness {
         let docker = tcp_task::docker::connect_docker()
             .await
             .expect("a Docker engine is reachable");
         tcp_task::images::ensure_examples_image(&docker)
             .await
             .expect("the examples image can be built");
-        let exec = Arc::new(DockerExecutor::new(docker.clone(), config));
-        Harness { docker, exec }
+        let exec = DockerExecutor::new(docker.clone(), config).with_catalog(catalog);
+        Harness {
+            docker,
+            exec: Arc::new(exec),
+        }
+    }
+
+    /// The warm pools, as `tcp-task status` shows them.
+    pub async fn pools(&self) -> Vec<PoolStatus> {
+        self.exec.status().await.pools
+    }
+
+    /// Waits (up to 60 s) until the pools hold `n` ready containers in all.
+    pub async fn wait_warm(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let warm: u64 = self.pools().await.iter().map(|p| p.warm).sum();
+            if warm >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pools never held {n} containers: {:?}",
+                self.pools().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Hits over all pools.
+    pub async fn hits(&self) -> u64 {
+        self.pools().await.iter().map(|p| p.hits).sum()
+    }
+
+    /// Drains the pools (as at server shutdown), then asserts that nothing
+    /// of this executor is left on the engine. Not `shutdown`: its safety
+    /// net (remove everything of the instance) would hide leftovers.
+    pub async fn drain_and_assert_clean(&self) {
+        self.exec.drain_warm().await;
+        self.assert_clean().await;
     }
 
     pub async fn standard() -> Harness {
@@ -112,6 +168,17 @@ impl Run {
 
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The short container id of the `Created` event.
+    pub fn container(&self) -> String {
+        self.progress()
+            .into_iter()
+            .find_map(|p| match p {
+                ProgressEvent::Created { container } => Some(container),
+                _ => None,
+            })
+            .expect("a Created event")
     }
 
     pub fn progress(&self) -> Vec<ProgressEvent> {

@@ -1,12 +1,439 @@
-//! The warm-container agent: a small server inside a pre-started container
-//! that runs a task's command on request, so a task starts in milliseconds
-//! instead of paying for a container start. Not written yet; the name is
-//! reserved so that images already carry the `/bin/agent` symlink.
+//! The warm-container agent: PID 1 of a pre-started container. It waits for
+//! a task on its stdin, runs it, relays its stdin, stdout and stderr, and
+//! reports how it ended, over the framing in [`crate::agent_proto`]. Then it
+//! exits, or waits for the next task when started with `--tasks N` (N > 1;
+//! 0 means no limit).
+//!
+//! Being PID 1 it has init's duties:
+//! - it reaps every zombie (orphans are re-parented to it), so the
+//!   container needs no docker-init;
+//! - when the task's process ends, it kills every process the task left
+//!   behind (`kill(-1, SIGKILL)`), as the kernel does when a container's
+//!   init exits. That also closes every copy of the output pipes, so the
+//!   relay always finishes, and a reused container starts each task empty.
+//!
+//! Threads, all blocking std I/O: one reads frames from stdin for the whole
+//! life of the agent, one waits for children, one feeds the task's stdin,
+//! two pump its stdout and stderr. The main thread owns the state and takes
+//! their news from one channel. Signals reach the task as `K` frames: the
+//! server sends them; the agent forwards them.
 
+use std::fmt::Display;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crate::agent_proto::{self as proto, ExitReport, ProtoError, TaskHeader};
 use crate::cli::Fail;
+use crate::sys::{self, Reaped};
 
-/// Exit code 125 is what `docker run` uses when the engine, not the command,
-/// failed: the agent's absence is a setup problem, not the task's.
-pub fn run(_args: &[String]) -> Result<(), Fail> {
-    Err(Fail::Exit(125, "not yet implemented".into()))
+/// Output is read and sent in chunks of at most this many bytes, the
+/// server's chunk size, so chunks pass through unsplit.
+const CHUNK: usize = 64 * 1024;
+
+/// `EINVAL`: what a spawn error without an errno (a NUL in an argument)
+/// is reported as.
+const EINVAL: i32 = 22;
+
+/// News for the main thread.
+enum Event {
+    /// A well-formed frame from the server.
+    Frame(u8, Vec<u8>),
+    /// Our stdin ended: `Ok` at a frame boundary (the server is gone),
+    /// `Err` on a malformed frame or a read error.
+    InputEnd(Result<(), String>),
+    /// The task's process terminated.
+    Exited(Reaped),
+}
+
+pub fn run(args: &[String]) -> Result<(), Fail> {
+    let tasks = parse_tasks(args)?;
+    // A write to a server that went away must be an error we handle, not
+    // death by SIGPIPE. Children get the default back: std resets it.
+    let _ = sys::ignore_signal(sys::SIGPIPE);
+    let out = Output::stdout()?;
+    out.send(proto::READY, &[proto::VERSION])?;
+    let (tx, rx) = mpsc::channel();
+    spawn_reader(dup_stdin()?, tx.clone());
+    let mut served: u64 = 0;
+    while tasks == 0 || served < tasks {
+        let Some(header) = next_task(&rx)? else {
+            return Ok(());
+        };
+        run_task(&header, &rx, &tx, &out)?;
+        served += 1;
+    }
+    Ok(())
+}
+
+fn parse_tasks(args: &[String]) -> Result<u64, Fail> {
+    match args {
+        [] => Ok(1),
+        [flag, n] if flag == "--tasks" => n
+            .parse()
+            .map_err(|_| Fail::Usage(format!("--tasks takes a number, not {n:?}"))),
+        _ => Err(Fail::Usage("expected no arguments or --tasks N".into())),
+    }
+}
+
+fn malformed(e: impl Display) -> Fail {
+    Fail::Exit(2, format!("malformed input from the server: {e}"))
+}
+
+/// The server closed the channel: nothing left to do or report.
+fn server_gone() -> Fail {
+    Fail::Exit(0, String::new())
+}
+
+fn dup_stdin() -> Result<File, Fail> {
+    io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| Fail::Exit(125, format!("cannot use stdin: {e}")))
+}
+
+/// Frames to the server, one whole frame per write so that the threads
+/// that share it never interleave bytes.
+#[derive(Clone)]
+struct Output(Arc<Mutex<File>>);
+
+impl Output {
+    fn stdout() -> Result<Output, Fail> {
+        // A raw dup of fd 1: std's stdout is line-buffered, which would
+        // split frames at newlines.
+        let file = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| Fail::Exit(125, format!("cannot use stdout: {e}")))?;
+        Ok(Output(Arc::new(Mutex::new(file))))
+    }
+
+    fn send(&self, kind: u8, payload: &[u8]) -> Result<(), Fail> {
+        let frame = proto::frame(kind, payload);
+        // A pump that panicked cannot leave a half-written frame behind
+        // (write_all either finished or failed), so poison is harmless.
+        let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        file.write_all(&frame)
+            .map_err(|e| Fail::Exit(1, format!("cannot write to the server: {e}")))
+    }
+}
+
+/// Reads frames for the agent's whole life and hands them to the main
+/// thread; stops at end of input or at the first malformed frame.
+fn spawn_reader(input: File, tx: Sender<Event>) {
+    thread::spawn(move || {
+        let mut input = BufReader::with_capacity(CHUNK, input);
+        loop {
+            let event = match read_frame(&mut input) {
+                Ok(Some((kind, payload))) => Event::Frame(kind, payload),
+                Ok(None) => Event::InputEnd(Ok(())),
+                Err(e) => Event::InputEnd(Err(e)),
+            };
+            let last = matches!(event, Event::InputEnd(_));
+            if tx.send(event).is_err() || last {
+                return;
+            }
+        }
+    });
+}
+
+/// Reads one frame from the server. `Ok(None)` at a clean end (between
+/// frames); `Err` for a malformed or truncated frame, decided from the
+/// header before any payload is read.
+fn read_frame(input: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>, String> {
+    let mut header = [0u8; proto::HEADER_LEN];
+    match fill(input, &mut header)? {
+        0 => return Ok(None),
+        n if n < header.len() => return Err(ProtoError::Truncated.to_string()),
+        _ => {}
+    }
+    let (kind, len) = proto::parse_header(header, proto::TO_AGENT).map_err(|e| e.to_string())?;
+    let expected = match kind {
+        proto::CLOSE => Some(0),
+        proto::SIGNAL => Some(1),
+        _ => None,
+    };
+    if expected.is_some_and(|n| n != len) {
+        return Err(ProtoError::BadPayload("wrong length for a close or signal frame").to_string());
+    }
+    let mut payload = vec![0; len];
+    if fill(input, &mut payload)? < len {
+        return Err(ProtoError::Truncated.to_string());
+    }
+    Ok(Some((kind, payload)))
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes it read.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
+    let mut done = 0;
+    while done < buf.len() {
+        match input.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading stdin: {e}")),
+        }
+    }
+    Ok(done)
+}
+
+/// Waits for the next task header. Stdin, close and signal frames that
+/// arrive first belong to a task that already ended and are dropped.
+fn next_task(rx: &Receiver<Event>) -> Result<Option<TaskHeader>, Fail> {
+    loop {
+        match rx.recv() {
+            Ok(Event::Frame(proto::TASK, payload)) => {
+                return TaskHeader::decode(&payload).map(Some).map_err(malformed)
+            }
+            Ok(Event::Frame(..) | Event::Exited(_)) => {}
+            Ok(Event::InputEnd(Ok(()))) | Err(_) => return Ok(None),
+            Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
+        }
+    }
+}
+
+fn run_task(
+    header: &TaskHeader,
+    rx: &Receiver<Event>,
+    tx: &Sender<Event>,
+    out: &Output,
+) -> Result<(), Fail> {
+    let oom_before = oom_kills();
+    let mut child = match spawn(header) {
+        Ok(child) => child,
+        Err(report) => return out.send(proto::EXIT, &report.encode()),
+    };
+    out.send(proto::STARTED, &child.id().to_be_bytes())?;
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    let pumps = [
+        pump(child.stdout.take(), proto::STDOUT, out),
+        pump(child.stderr.take(), proto::STDERR, out),
+    ];
+    let feeder = child.stdin.take().map(Feeder::spawn);
+    let waiter = spawn_waiter(pid, tx.clone());
+    let ended = supervise(pid, feeder, rx);
+    kill_leftovers();
+    let _ = waiter.join();
+    for pump in pumps.into_iter().flatten() {
+        let _ = pump.join();
+    }
+    let reaped = ended?;
+    let oom = matches!((oom_before, oom_kills()), (Some(before), Some(after)) if after > before);
+    let report = match reaped {
+        Reaped::Exited(code) => ExitReport::Exited { code, oom },
+        Reaped::Signaled(signal) => ExitReport::Signaled { signal, oom },
+    };
+    out.send(proto::EXIT, &report.encode())
+}
+
+/// Starts the task's process, or says why it could not start.
+fn spawn(header: &TaskHeader) -> Result<Child, ExitReport> {
+    if let Some(dir) = &header.workdir {
+        enter_check(dir)?;
+    }
+    let mut command = Command::new(&header.argv[0]);
+    command.args(&header.argv[1..]);
+    for pair in &header.env {
+        if let Some((key, value)) = pair.split_once('=') {
+            command.env(key, value);
+        }
+    }
+    if let Some(dir) = &header.workdir {
+        command.current_dir(dir);
+    }
+    let stdin = if header.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    command
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ExitReport::SpawnFailed {
+            errno: e.raw_os_error().unwrap_or(EINVAL),
+        })
+}
+
+/// Docker creates a missing working directory; so do we, as far as the
+/// container's user may. A directory we still cannot use is reported apart
+/// from a missing command.
+fn enter_check(dir: &str) -> Result<(), ExitReport> {
+    let _ = fs::create_dir_all(dir);
+    match fs::read_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ExitReport::WorkdirFailed {
+            errno: e.raw_os_error().unwrap_or(EINVAL),
+        }),
+    }
+}
+
+/// Relays the task's stdin frames, signals, and waits for its end.
+fn supervise(pid: i32, mut feeder: Option<Feeder>, rx: &Receiver<Event>) -> Result<Reaped, Fail> {
+    loop {
+        match rx.recv() {
+            Ok(Event::Exited(reaped)) => return Ok(reaped),
+            Ok(Event::Frame(proto::STDIN, data)) => {
+                if let Some(feeder) = &feeder {
+                    feeder.send(data);
+                }
+            }
+            // Dropping the feeder closes the pipe once queued chunks are in.
+            Ok(Event::Frame(proto::CLOSE, _)) => feeder = None,
+            Ok(Event::Frame(proto::SIGNAL, signal)) => {
+                let _ = sys::send_signal(pid, i32::from(signal[0]));
+            }
+            Ok(Event::Frame(..)) => {
+                return Err(malformed("a task header arrived while a task was running"))
+            }
+            Ok(Event::InputEnd(Ok(()))) | Err(_) => return Err(server_gone()),
+            Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
+        }
+    }
+}
+
+/// Kills every process but us. Only as PID 1: anywhere else `kill(-1)`
+/// would reach every process of the user.
+fn kill_leftovers() {
+    if sys::pid() == 1 {
+        let _ = sys::send_signal(-1, sys::SIGKILL);
+    }
+}
+
+/// Reaps children until none is left, reporting `pid`'s end. Orphans the
+/// task leaves are re-parented to PID 1 and reaped here too.
+fn spawn_waiter(pid: i32, tx: Sender<Event>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        while let Ok((reaped, how)) = sys::wait_any() {
+            if reaped == pid {
+                let _ = tx.send(Event::Exited(how));
+            }
+        }
+    })
+}
+
+/// Copies one of the task's output pipes to the server as `kind` frames.
+fn pump(
+    pipe: Option<impl Read + Send + 'static>,
+    kind: u8,
+    out: &Output,
+) -> Option<JoinHandle<()>> {
+    let mut pipe = pipe?;
+    let out = out.clone();
+    Some(thread::spawn(move || {
+        let mut buf = vec![0; CHUNK];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if out.send(kind, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }))
+}
+
+/// Writes stdin chunks to the task from its own thread, so a task that does
+/// not read its stdin never blocks the main thread. The queue is unbounded
+/// here; the server only sends what its client sent.
+struct Feeder(Sender<Vec<u8>>);
+
+impl Feeder {
+    fn spawn(mut stdin: ChildStdin) -> Feeder {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        thread::spawn(move || {
+            for chunk in rx {
+                // The task closed its stdin or ended: drop the rest.
+                if stdin.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        Feeder(tx)
+    }
+
+    fn send(&self, chunk: Vec<u8>) {
+        let _ = self.0.send(chunk);
+    }
+}
+
+/// The container's count of OOM kills (cgroup v1, then v2), read before
+/// and after each task: the engine only reports OOM once the whole
+/// container has stopped, and the agent outlives its task.
+fn oom_kills() -> Option<u64> {
+    const FILES: [&str; 2] = [
+        "/sys/fs/cgroup/memory/memory.oom_control",
+        "/sys/fs/cgroup/memory.events",
+    ];
+    FILES.iter().find_map(|path| {
+        let text = fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn read(bytes: &[u8]) -> Result<Option<(u8, Vec<u8>)>, String> {
+        read_frame(&mut Cursor::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn frames_are_read_whole() {
+        let mut bytes = proto::frame(proto::STDIN, b"abc");
+        bytes.extend(proto::frame(proto::CLOSE, b""));
+        let mut input = Cursor::new(bytes);
+        assert_eq!(
+            read_frame(&mut input),
+            Ok(Some((proto::STDIN, b"abc".to_vec())))
+        );
+        assert_eq!(read_frame(&mut input), Ok(Some((proto::CLOSE, Vec::new()))));
+        assert_eq!(read_frame(&mut input), Ok(None));
+    }
+
+    #[test]
+    fn malformed_headers_fail_without_waiting_for_a_payload() {
+        // The reader would block on a pipe if it trusted these lengths.
+        assert!(read(&[b'Z', 0, 0, 0, 1, 0])
+            .unwrap_err()
+            .contains("unknown frame kind"));
+        assert!(read(&[proto::TASK, 0xff, 0xff, 0xff, 0xff])
+            .unwrap_err()
+            .contains("exceeds the maximum"));
+        assert!(read(&proto::frame(proto::CLOSE, b"x")).is_err());
+        assert!(read(&proto::frame(proto::SIGNAL, b"")).is_err());
+        assert!(read(&proto::frame(proto::STDOUT, b"x")).is_err());
+    }
+
+    #[test]
+    fn truncated_frames_are_errors_not_clean_ends() {
+        let whole = proto::frame(proto::STDIN, b"hello");
+        for cut in 1..whole.len() {
+            let err = read(&whole[..cut]).expect_err("truncated");
+            assert!(err.contains("inside a frame"), "cut {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn task_count_argument() {
+        assert_eq!(parse_tasks(&[]).ok(), Some(1));
+        let args = ["--tasks".to_owned(), "3".to_owned()];
+        assert_eq!(parse_tasks(&args).ok(), Some(3));
+        assert!(parse_tasks(&["--tasks".to_owned(), "x".to_owned()]).is_err());
+        assert!(parse_tasks(&["3".to_owned()]).is_err());
+    }
 }

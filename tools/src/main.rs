@@ -11,6 +11,9 @@
 //! line on stderr), 127 unknown applet; the rest is up to each applet.
 
 mod agent;
+// Shared with the server, which uses the other direction's half.
+#[allow(dead_code)]
+mod agent_proto;
 mod cli;
 mod examples;
 mod grayscale;
@@ -146,8 +149,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "agent",
         agent::run,
-        "",
-        "warm-container agent (not yet implemented)",
+        "[--tasks N]",
+        "warm-container agent: runs tasks sent over stdin (PID 1)",
     ),
 ];
 

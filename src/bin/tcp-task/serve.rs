@@ -78,6 +78,9 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
             warn!(error = %e, "could not look for containers left behind by an earlier server")
         }
     }
+    // After the sweep, so that the new warm containers are not mistaken
+    // for anything an earlier server left.
+    executor.warm_up();
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }

@@ -1,0 +1,89 @@
+//! The container every task gets, cold or warm: its command and
+//! environment, the server's labels, and the hardening defaults. One builder,
+//! so the warm path cannot drift from the cold path's isolation.
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use std::collections::HashMap;
+
+use super::cleanup::{Owner, LABEL_TASK};
+use super::config::ExecutorConfig;
+use super::policy::Plan;
+
+/// The create request for `plan`'s container; `task` goes into the
+/// `tcp-task.task` label.
+pub(crate) fn container_body(
+    config: &ExecutorConfig,
+    owner: &Owner,
+    plan: &Plan,
+    task: &str,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(plan.image.clone()),
+        cmd: (!plan.command.is_empty()).then(|| plan.command.clone()),
+        env: Some(plan.env.clone()),
+        working_dir: plan.workdir.clone(),
+        user: plan.user.clone(),
+        labels: Some(labels(config, owner, plan, task)),
+        // No TTY: stdout and stderr stay apart, multiplexed by the engine.
+        tty: Some(false),
+        attach_stdin: Some(plan.stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(plan.stdin),
+        // Closing our attach stream's write half then gives the process
+        // end-of-file on stdin.
+        stdin_once: Some(plan.stdin),
+        host_config: Some(host_config(config, plan)),
+        ..ContainerCreateBody::default()
+    }
+}
+
+fn labels(
+    config: &ExecutorConfig,
+    owner: &Owner,
+    plan: &Plan,
+    task: &str,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
+    labels.extend(plan.labels.iter().cloned());
+    // The server's own labels go last so nothing can override them.
+    labels.extend(owner.labels());
+    labels.insert(LABEL_TASK.to_owned(), task.to_owned());
+    labels
+}
+
+fn host_config(config: &ExecutorConfig, plan: &Plan) -> HostConfig {
+    let memory = i64::try_from(plan.memory_bytes).unwrap_or(i64::MAX);
+    let log_options = HashMap::from([
+        ("max-size".to_owned(), config.log_max_size.clone()),
+        ("max-file".to_owned(), config.log_max_file.to_string()),
+    ]);
+    let tmpfs = plan.read_only_root.then(|| {
+        let options = format!(
+            "rw,nosuid,nodev,mode=1777,size={}",
+            config.policy.tmpfs_bytes
+        );
+        HashMap::from([("/tmp".to_owned(), options)])
+    });
+    HostConfig {
+        network_mode: Some(plan.network.clone()),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        pids_limit: Some(plan.pids_limit),
+        memory: Some(memory),
+        // Swap equal to memory means no swap at all.
+        memory_swap: Some(memory),
+        nano_cpus: Some(i64::try_from(plan.nano_cpus).unwrap_or(i64::MAX)),
+        // docker-init as PID 1 reaps zombies and passes signals on.
+        init: Some(true),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(log_options),
+        }),
+        readonly_rootfs: Some(plan.read_only_root),
+        tmpfs,
+        // Never: removal would race with reading the exit status.
+        auto_remove: Some(false),
+        ..HostConfig::default()
+    }
+}

@@ -1,0 +1,372 @@
+//! One warm container: created with the cold path's settings but the agent
+//! as its entrypoint, the agent uploaded into it, attached and started, and
+//! a reader that turns the agent's frames into [`Record`]s.
+//!
+//! Why upload rather than bind-mount: the Engine API's archive upload works
+//! the same with a remote engine. The agent goes into an anonymous volume
+//! at [`AGENT_DIR`] because the engine refuses uploads into a read-only
+//! root filesystem but not into a volume; the volume is removed with the
+//! container (`v=true`).
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{AttachContainerOptions, UploadToContainerOptions};
+use bollard::Docker;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::key::PoolKey;
+use super::proto::{self, ExitReport, ProtoError};
+use crate::executor::cleanup::{ContainerGuard, Owner};
+use crate::executor::config::ExecutorConfig;
+use crate::executor::container::container_body;
+use crate::executor::engine::{create_error, engine_error};
+use crate::executor::stream::{OutputFrames, StdinWriter};
+use crate::images::TOOLS_BINARY;
+use crate::protocol::{ErrorKind, TaskError};
+
+/// The agent's directory in every warm container (an anonymous volume).
+pub const AGENT_DIR: &str = "/.tcp-task";
+/// The agent itself: the tools binary, named so that it runs the `agent`
+/// applet.
+pub const AGENT_PATH: &str = "/.tcp-task/agent";
+/// Label carrying the pool key of a warm container.
+pub const LABEL_WARM: &str = "tcp-task.warm";
+
+/// What the agent reported, decoded.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Ready,
+    Started,
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(ExitReport),
+}
+
+/// A started container whose agent is ready (or busy with a task).
+pub(crate) struct WarmContainer {
+    pub id: String,
+    /// Frames to the agent.
+    pub input: StdinWriter,
+    /// The agent's records; closed when the attach stream ends.
+    pub records: mpsc::Receiver<Record>,
+    /// Fired when the attach stream ends: the container is dead or dying.
+    pub closed: CancellationToken,
+    /// Tasks this container has been handed.
+    pub uses: u32,
+    /// What the agent said on its stderr (why it gave up), bounded.
+    pub diagnostics: Arc<Mutex<String>>,
+    pub guard: ContainerGuard,
+}
+
+impl std::fmt::Debug for WarmContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmContainer")
+            .field("id", &self.id)
+            .field("uses", &self.uses)
+            .field("closed", &self.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What creating a warm container needs from the executor.
+#[derive(Debug, Clone)]
+pub(crate) struct Launcher {
+    pub docker: Docker,
+    pub config: ExecutorConfig,
+    pub owner: Owner,
+}
+
+impl Launcher {
+    /// Creates, fills, attaches and starts a container for `key`, and waits
+    /// for its agent to say it is ready. `serial` names it in its labels.
+    pub async fn launch(&self, key: &PoolKey, serial: u64) -> Result<WarmContainer, TaskError> {
+        if TOOLS_BINARY.is_empty() {
+            return Err(TaskError::new(
+                ErrorKind::Internal,
+                "this build has no agent binary (not built for Linux); warm containers are off",
+            ));
+        }
+        let body = self.body(key, serial);
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(|e| create_error(&key.image, &e))?;
+        let guard = ContainerGuard::new(self.docker.clone(), created.id);
+        self.upload_agent(guard.id()).await?;
+        let mut container = self.attach_and_start(guard).await?;
+        let ready = Duration::from_millis(self.config.warm.ready_timeout_ms);
+        match tokio::time::timeout(ready, container.records.recv()).await {
+            Ok(Some(Record::Ready)) => Ok(container),
+            Ok(_) => Err(agent_failed(&container, "the agent did not start")),
+            Err(_) => Err(agent_failed(
+                &container,
+                "the agent did not report ready in time",
+            )),
+        }
+    }
+
+    fn body(&self, key: &PoolKey, serial: u64) -> ContainerCreateBody {
+        let plan = key.profile();
+        let mut body = container_body(&self.config, &self.owner, &plan, &format!("warm-{serial}"));
+        body.entrypoint = Some(vec![AGENT_PATH.to_owned()]);
+        body.cmd = Some(vec!["--tasks".to_owned(), key.reuse.to_string()]);
+        body.volumes = Some(vec![AGENT_DIR.to_owned()]);
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(LABEL_WARM.to_owned(), key.to_string());
+        }
+        if let Some(host) = body.host_config.as_mut() {
+            // The agent is PID 1 and does init's work (reaping, and killing
+            // what a task leaves behind); docker-init would add a process.
+            host.init = Some(false);
+        }
+        body
+    }
+
+    async fn upload_agent(&self, id: &str) -> Result<(), TaskError> {
+        let options = UploadToContainerOptions {
+            path: AGENT_DIR.to_owned(),
+            ..UploadToContainerOptions::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(agent_tar()?))
+            .await
+            .map_err(|e| engine_error("uploading the agent into a warm container", &e))
+    }
+
+    async fn attach_and_start(&self, guard: ContainerGuard) -> Result<WarmContainer, TaskError> {
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..AttachContainerOptions::default()
+        };
+        let attach = self
+            .docker
+            .attach_container(guard.id(), Some(options))
+            .await
+            .map_err(|e| engine_error("attaching to a warm container", &e))?;
+        self.docker
+            .start_container(guard.id(), None)
+            .await
+            .map_err(|e| engine_error("starting a warm container", &e))?;
+        let (tx, records) = mpsc::channel(16);
+        let closed = CancellationToken::new();
+        let diagnostics = Arc::new(Mutex::new(String::new()));
+        tokio::spawn(read_records(
+            attach.output,
+            tx,
+            closed.clone(),
+            diagnostics.clone(),
+        ));
+        Ok(WarmContainer {
+            id: guard.id().to_owned(),
+            input: attach.input,
+            records,
+            closed,
+            uses: 0,
+            diagnostics,
+            guard,
+        })
+    }
+}
+
+fn agent_failed(container: &WarmContainer, what: &str) -> TaskError {
+    let said = diagnostics_of(container);
+    TaskError::new(
+        ErrorKind::Engine,
+        format!("{what} in warm container {}: {said}", short(&container.id)),
+    )
+}
+
+/// The agent's stderr so far, or a note that it said nothing.
+pub(crate) fn diagnostics_of(container: &WarmContainer) -> String {
+    let text = container
+        .diagnostics
+        .lock()
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default();
+    if text.is_empty() {
+        "it said nothing".to_owned()
+    } else {
+        text
+    }
+}
+
+pub(crate) fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// The tar holding the agent, built once: the archive upload's body.
+fn agent_tar() -> Result<Bytes, TaskError> {
+    static TAR: OnceLock<Result<Bytes, String>> = OnceLock::new();
+    TAR.get_or_init(|| build_tar().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| TaskError::new(ErrorKind::Internal, format!("cannot pack the agent: {e}")))
+}
+
+fn build_tar() -> std::io::Result<Bytes> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(TOOLS_BINARY.len() as u64);
+    header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_data(&mut header, "agent", TOOLS_BINARY)?;
+    Ok(Bytes::from(builder.into_inner()?))
+}
+
+/// Decodes the agent's frames from the attach stream until it ends, then
+/// fires `closed`. The agent's own stderr is kept for error messages.
+async fn read_records(
+    mut output: OutputFrames,
+    tx: mpsc::Sender<Record>,
+    closed: CancellationToken,
+    diagnostics: Arc<Mutex<String>>,
+) {
+    use bollard::container::LogOutput;
+    let mut decoder = Decoder::default();
+    while let Some(item) = output.next().await {
+        let chunk = match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => message,
+            Ok(LogOutput::StdErr { message }) => {
+                note(&diagnostics, &message);
+                continue;
+            }
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "a warm container's attach stream broke");
+                break;
+            }
+        };
+        decoder.push(&chunk);
+        if !forward(&mut decoder, &tx, &diagnostics).await {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+/// Sends every whole record in `decoder`; false when reading must stop
+/// (a malformed frame, or nobody listens any more).
+async fn forward(
+    decoder: &mut Decoder,
+    tx: &mpsc::Sender<Record>,
+    diagnostics: &Mutex<String>,
+) -> bool {
+    loop {
+        match decoder.next() {
+            Ok(Some(record)) => {
+                if tx.send(record).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                note(
+                    diagnostics,
+                    format!("(server) malformed frame from the agent: {e}").as_bytes(),
+                );
+                return false;
+            }
+        }
+    }
+}
+
+/// Keeps the first few KiB the agent wrote on stderr.
+fn note(diagnostics: &Mutex<String>, message: &[u8]) {
+    const KEEP: usize = 4096;
+    if let Ok(mut text) = diagnostics.lock() {
+        if text.len() < KEEP {
+            text.push_str(&String::from_utf8_lossy(message));
+        }
+    }
+}
+
+/// Reassembles the agent's frames from attach chunks of any size.
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole record, `None` until one is complete.
+    pub fn next(&mut self) -> Result<Option<Record>, ProtoError> {
+        let Some(head) = self.buf.get(..proto::HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut header = [0u8; proto::HEADER_LEN];
+        header.copy_from_slice(head);
+        let (kind, len) = proto::parse_header(header, proto::FROM_AGENT)?;
+        if self.buf.len() < proto::HEADER_LEN + len {
+            return Ok(None);
+        }
+        self.buf.advance(proto::HEADER_LEN);
+        let payload = self.buf.split_to(len).freeze();
+        record(kind, payload).map(Some)
+    }
+}
+
+fn record(kind: u8, payload: Bytes) -> Result<Record, ProtoError> {
+    match kind {
+        proto::READY if payload.as_ref() == [proto::VERSION] => Ok(Record::Ready),
+        proto::READY => Err(ProtoError::BadPayload("unsupported agent version")),
+        proto::STARTED => Ok(Record::Started),
+        proto::STDOUT => Ok(Record::Stdout(payload)),
+        proto::STDERR => Ok(Record::Stderr(payload)),
+        proto::EXIT => ExitReport::decode(&payload).map(Record::Exit),
+        other => Err(ProtoError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_reassembled_from_any_split() {
+        let mut bytes = proto::frame(proto::READY, &[proto::VERSION]);
+        bytes.extend(proto::frame(proto::STDOUT, b"\x00\xffbinary"));
+        bytes.extend(proto::frame(
+            proto::EXIT,
+            &ExitReport::Exited {
+                code: 3,
+                oom: false,
+            }
+            .encode(),
+        ));
+        for split in 0..bytes.len() {
+            let mut decoder = Decoder::default();
+            let mut seen = Vec::new();
+            for part in [&bytes[..split], &bytes[split..]] {
+                decoder.push(part);
+                while let Some(record) = decoder.next().expect("valid frames") {
+                    seen.push(format!("{record:?}"));
+                }
+            }
+            assert_eq!(seen.len(), 3, "split at {split}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_agent_frames_are_errors() {
+        let mut decoder = Decoder::default();
+        decoder.push(&proto::frame(proto::TASK, b""));
+        assert!(decoder.next().is_err());
+        let mut decoder = Decoder::default();
+        decoder.push(&proto::frame(proto::READY, &[99]));
+        assert!(decoder.next().is_err());
+        let mut decoder = Decoder::default();
+        decoder.push(&[proto::STDOUT, 0x7f, 0xff, 0xff, 0xff]);
+        assert!(decoder.next().is_err(), "too long, refused from the header");
+    }
+}

@@ -1,0 +1,140 @@
+//! What a warm container is fixed to when it is created, and so what a task
+//! must match to use it: the pool key.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::executor::policy::Plan;
+
+/// Everything the engine fixes at container creation that a task can ask
+/// for: image, limits, network, user, read-only root. A task's command,
+/// environment, working directory and stdin are not in the key: the agent
+/// applies them per task.
+///
+/// A catalog entry with `reuse > 1` gets pools of its own (`entry`), so a
+/// container that served one entry's task never serves another entry's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub image: String,
+    pub memory_bytes: u64,
+    pub nano_cpus: u64,
+    pub pids_limit: i64,
+    pub network: String,
+    pub user: Option<String>,
+    pub read_only_root: bool,
+    pub entry: Option<String>,
+    pub reuse: u32,
+}
+
+/// Whether a task can run on a warm container at all. Not when it runs the
+/// image's default command (the agent is the entrypoint, so it would have
+/// to read the image's config), nor when it asks for container labels of
+/// its own (labels are fixed at creation): those go the cold path.
+pub(crate) fn eligible(plan: &Plan) -> bool {
+    !plan.command.is_empty() && plan.labels.is_empty()
+}
+
+impl PoolKey {
+    /// The key of `plan`; `reuse` is the catalog entry's name and reuse
+    /// count when the task is a named one.
+    pub fn of(plan: &Plan, reuse: Option<(&str, u32)>) -> PoolKey {
+        let (entry, reuse) = match reuse {
+            Some((name, n)) if n > 1 => (Some(name.to_owned()), n),
+            _ => (None, 1),
+        };
+        PoolKey {
+            image: plan.image.clone(),
+            memory_bytes: plan.memory_bytes,
+            nano_cpus: plan.nano_cpus,
+            pids_limit: plan.pids_limit,
+            network: plan.network.clone(),
+            user: plan.user.clone(),
+            read_only_root: plan.read_only_root,
+            entry,
+            reuse,
+        }
+    }
+
+    /// The settings a container for this key is created with: the key's,
+    /// and stdin open for the agent's frames. No command: the agent is it.
+    pub fn profile(&self) -> Plan {
+        Plan {
+            image: self.image.clone(),
+            command: Vec::new(),
+            env: Vec::new(),
+            workdir: None,
+            user: self.user.clone(),
+            stdin: true,
+            memory_bytes: self.memory_bytes,
+            nano_cpus: self.nano_cpus,
+            pids_limit: self.pids_limit,
+            network: self.network.clone(),
+            read_only_root: self.read_only_root,
+            timeout: Duration::ZERO,
+            labels: Vec::new(),
+            registry_auth: None,
+        }
+    }
+}
+
+/// How `tcp-task status` shows a pool, one line.
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} mem={}MiB cpus={:.2} pids={} net={} user={}{}",
+            self.image,
+            self.memory_bytes / (1024 * 1024),
+            self.nano_cpus as f64 / 1e9,
+            self.pids_limit,
+            self.network,
+            self.user.as_deref().unwrap_or("-"),
+            if self.read_only_root { " ro" } else { "" },
+        )?;
+        if let Some(entry) = &self.entry {
+            write!(f, " entry={entry} reuse={}", self.reuse)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_ignore_per_task_settings_and_separate_reusing_entries() {
+        let a = PoolKey::of(&PoolKey::of_test_plan(), None).profile();
+        let mut b = a.clone();
+        b.command = vec!["echo".into()];
+        b.env = vec!["A=1".into()];
+        b.workdir = Some("/tmp".into());
+        assert_eq!(PoolKey::of(&a, None), PoolKey::of(&b, None));
+        assert_eq!(PoolKey::of(&a, Some(("sum", 1))), PoolKey::of(&a, None));
+        let reusing = PoolKey::of(&a, Some(("sum", 3)));
+        assert_ne!(reusing, PoolKey::of(&a, None));
+        assert_ne!(reusing, PoolKey::of(&a, Some(("pi", 3))));
+        assert!(reusing.to_string().ends_with("entry=sum reuse=3"));
+        b.memory_bytes *= 2;
+        assert_ne!(PoolKey::of(&a, None), PoolKey::of(&b, None));
+        assert!(eligible(&b));
+        assert!(!eligible(&a), "the image's default command goes cold");
+    }
+
+    impl PoolKey {
+        fn of_test_plan() -> Plan {
+            PoolKey {
+                image: "img".into(),
+                memory_bytes: 64 << 20,
+                nano_cpus: 1_000_000_000,
+                pids_limit: 16,
+                network: "none".into(),
+                user: None,
+                read_only_root: false,
+                entry: None,
+                reuse: 1,
+            }
+            .profile()
+        }
+    }
+}

@@ -135,11 +135,18 @@ impl ClientConfig {
     }
 }
 
-/// A named client: its token, its policy and its running-task quota.
-pub struct Credential {
+/// What the executor learns of a named client: its name (for messages) and
+/// its policy. Never its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRules {
     pub name: String,
+    pub policy: ClientPolicy,
+}
+
+/// A named client: its token, its rules and its running-task quota.
+pub struct Credential {
     pub(crate) token: String,
-    pub policy: Arc<ClientPolicy>,
+    pub rules: Arc<ClientRules>,
     /// Shared by every connection of this client.
     quota: Option<Arc<Semaphore>>,
 }
@@ -154,11 +161,17 @@ impl Credential {
             .max_concurrent_tasks
             .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
         Credential {
-            name: name.into(),
             token: token.into(),
-            policy: Arc::new(policy),
+            rules: Arc::new(ClientRules {
+                name: name.into(),
+                policy,
+            }),
             quota,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.rules.name
     }
 
     /// A slot in this client's quota, held while one of its tasks runs.
@@ -171,8 +184,8 @@ impl Credential {
                 ErrorKind::Busy,
                 format!(
                     "the client `{}` already runs {} tasks, its `max_concurrent_tasks` quota; wait for one to end",
-                    self.name,
-                    self.policy.max_concurrent_tasks.unwrap_or_default()
+                    self.rules.name,
+                    self.rules.policy.max_concurrent_tasks.unwrap_or_default()
                 ),
             )
         })
@@ -183,8 +196,7 @@ impl Credential {
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
-            .field("name", &self.name)
-            .field("policy", &self.policy)
+            .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
 }

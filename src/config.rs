@@ -185,8 +185,8 @@ mod tests {
         .unwrap();
         let server = config.server_config().unwrap();
         assert_eq!(server.clients.len(), 1);
-        assert_eq!(server.clients[0].name, "ci");
-        assert_eq!(server.clients[0].policy.max_concurrent_tasks, Some(2));
+        assert_eq!(server.clients[0].name(), "ci");
+        assert_eq!(server.clients[0].rules.policy.max_concurrent_tasks, Some(2));
         assert!(!format!("{server:?}").contains("ci-secret"));
         let missing = Config::from_toml("[clients.x]\nimages = []").unwrap();
         let err = missing.server_config().unwrap_err();

@@ -140,7 +140,7 @@ pub(crate) async fn serve<S, E>(
     };
     // Debug formatting: the name is the client's free text, and escaping it
     // keeps a name with line breaks from forging log lines.
-    let client_name = login.client.as_ref().map(|c| c.name.as_str());
+    let client_name = login.client.as_ref().map(|c| c.name());
     debug!(%peer, client = ?login.hello.client, token = ?client_name, "handshake done");
     let welcome = ServerMessage::Welcome(Welcome {
         version: PROTOCOL_VERSION,
@@ -485,6 +485,7 @@ impl<E: Executor> Connection<E> {
             events: EventSink::new(id, self.outgoing.clone(), self.output_budget.clone()),
             stdin: stdin_rx,
             cancel,
+            client: self.client.as_ref().map(|c| c.rules.clone()),
         };
         let shared = self.shared.clone();
         let outgoing = self.outgoing.clone();

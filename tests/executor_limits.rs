@@ -78,6 +78,7 @@ async fn a_client_that_is_gone_ends_the_task() {
         events: EventSink::new(1, tx, Arc::new(Semaphore::new(1 << 20))),
         stdin,
         cancel: CancellationToken::new(),
+        client: None,
     };
     let outcome = h
         .exec

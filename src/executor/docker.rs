@@ -143,7 +143,7 @@ impl DockerExecutor {
             .entry_of(&spec)
             .map(|(name, entry)| (name.to_owned(), entry.reuse));
         let spec = self.catalog.resolve(spec)?;
-        let plan = policy::plan(spec, &self.config.policy)?;
+        let plan = policy::plan_for(spec, &self.config.policy, io.client.as_deref())?;
         let Some(slot) = self.admit(&io).await? else {
             return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
         };
@@ -233,6 +233,7 @@ impl DockerExecutor {
             events,
             stdin,
             cancel,
+            ..
         } = io;
         let short = id.chars().take(12).collect();
         let _ = events

@@ -27,9 +27,11 @@ pub use warm::{WarmConfig, AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::ClientRules;
 use crate::events::EventSink;
 use crate::protocol::{CatalogEntryInfo, Outcome, ServerStatus, TaskError, TaskSpec};
 
@@ -45,6 +47,9 @@ pub struct TaskIo {
     /// the task during shutdown. The executor then kills the task and returns
     /// an outcome with [`crate::protocol::Ending::Cancelled`].
     pub cancel: CancellationToken,
+    /// The rules of the named client that submitted the task, if any: they
+    /// narrow the server's policy for this task.
+    pub client: Option<Arc<ClientRules>>,
 }
 
 /// Runs tasks. The server holds one and calls it concurrently.

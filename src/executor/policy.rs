@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::config::Policy;
+use crate::access::{ClientPolicy, ClientRules};
 use crate::protocol::{ErrorKind, RegistryAuth, Task, TaskError, TaskSpec};
 
 /// The label namespace the server keeps for itself.
@@ -40,6 +41,68 @@ fn bad_request(message: String) -> TaskError {
 
 fn denied(message: String) -> TaskError {
     TaskError::new(ErrorKind::PolicyDenied, message)
+}
+
+/// Checks `spec` against the server's policy and, for a named client, its
+/// own rules too (which can only narrow the server's). A refusal names the
+/// rule that refused.
+pub(crate) fn plan_for(
+    spec: TaskSpec,
+    policy: &Policy,
+    client: Option<&ClientRules>,
+) -> Result<Plan, TaskError> {
+    let Some(client) = client else {
+        return plan(spec, policy);
+    };
+    if let Task::Image { image, .. } = &spec.task {
+        client.policy.check_image(&client.name, image)?;
+    }
+    // The server's rules first, so their refusals keep their own names.
+    plan(spec.clone(), policy)?;
+    plan(spec, &narrowed(policy, &client.policy)).map_err(|e| as_client_rule(e, &client.name))
+}
+
+/// The server's policy with a client's maxima applied on top: the smaller
+/// maximum wins, and a default never exceeds its maximum.
+fn narrowed(policy: &Policy, client: &ClientPolicy) -> Policy {
+    let mut narrowed = policy.clone();
+    if let Some(max) = client.max_memory_bytes {
+        narrowed.max_memory_bytes = narrowed.max_memory_bytes.min(max);
+        narrowed.default_memory_bytes = narrowed.default_memory_bytes.min(max);
+    }
+    if let Some(max) = client.max_nano_cpus {
+        narrowed.max_nano_cpus = narrowed.max_nano_cpus.min(max);
+        narrowed.default_nano_cpus = narrowed.default_nano_cpus.min(max);
+    }
+    if let Some(max) = client.max_pids_limit {
+        narrowed.max_pids_limit = narrowed.max_pids_limit.min(max);
+        narrowed.default_pids_limit = narrowed.default_pids_limit.min(max);
+    }
+    if let Some(max) = client.max_timeout_ms {
+        narrowed.max_timeout_ms = narrowed.max_timeout_ms.min(max);
+        narrowed.default_timeout_ms = narrowed.default_timeout_ms.min(max);
+    }
+    if client.allow_network == Some(false) {
+        narrowed.allow_network = false;
+    }
+    narrowed
+}
+
+/// Rewords a refusal by the narrowed policy so that it names the client's
+/// rule rather than the server's.
+fn as_client_rule(error: TaskError, name: &str) -> TaskError {
+    let message = error
+        .message
+        .replace(
+            "this server's maximum",
+            &format!("the client `{name}`'s maximum"),
+        )
+        .replace(
+            "this server gives tasks no network",
+            &format!("the client `{name}` may not use a network"),
+        )
+        .replace("(policy.", &format!("([clients.{name}] "));
+    TaskError::new(error.kind, message)
 }
 
 /// Checks `spec` (an image task; catalog tasks are resolved before) against
@@ -332,6 +395,72 @@ mod tests {
             ..Policy::default()
         };
         assert!(plan(spec(), &policy).expect("passes").read_only_root);
+    }
+
+    #[test]
+    fn a_clients_rules_narrow_the_servers_and_say_so() {
+        let client = ClientRules {
+            name: "ci".into(),
+            policy: ClientPolicy {
+                images: vec!["ok:*".into()],
+                max_memory_bytes: Some(64 * 1024 * 1024),
+                allow_network: Some(false),
+                ..ClientPolicy::default()
+            },
+        };
+        let policy = Policy {
+            allow_network: true,
+            ..Policy::default()
+        };
+        let spec = |image: &str| TaskSpec::image(image, ["true"]);
+
+        let plan = plan_for(spec("ok:1"), &policy, Some(&client)).unwrap();
+        assert_eq!(
+            plan.memory_bytes,
+            64 * 1024 * 1024,
+            "the default is capped by the client's maximum"
+        );
+
+        let err = plan_for(spec("other:1"), &policy, Some(&client)).unwrap_err();
+        assert!(err.message.contains("`images` rule"), "{}", err.message);
+
+        let mut big = spec("ok:1");
+        big.memory_bytes = Some(128 * 1024 * 1024);
+        let err = plan_for(big, &policy, Some(&client)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PolicyDenied);
+        assert!(
+            err.message.contains("the client `ci`'s maximum"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("[clients.ci] max_memory_bytes"),
+            "{}",
+            err.message
+        );
+
+        let mut networked = spec("ok:1");
+        networked.network = Some("bridge".into());
+        let err = plan_for(networked.clone(), &policy, Some(&client)).unwrap_err();
+        assert!(
+            err.message
+                .contains("the client `ci` may not use a network"),
+            "{}",
+            err.message
+        );
+        assert!(
+            plan_for(networked, &policy, None).is_ok(),
+            "the server alone allows it"
+        );
+
+        let mut huge = spec("ok:1");
+        huge.memory_bytes = Some(64 * 1024 * 1024 * 1024);
+        let err = plan_for(huge, &policy, Some(&client)).unwrap_err();
+        assert!(
+            err.message.contains("this server's maximum"),
+            "the server's rule names itself: {}",
+            err.message
+        );
     }
 
     #[test]

@@ -202,6 +202,7 @@ pub fn start(exec: Arc<DockerExecutor>, spec: TaskSpec) -> Running {
         events,
         stdin: stdin_rx,
         cancel: cancel.clone(),
+        client: None,
     };
     let task = tokio::spawn(async move { exec.run(spec, io).await });
     Running {

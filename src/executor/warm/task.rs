@@ -162,6 +162,7 @@ async fn relay(
         events,
         stdin,
         cancel,
+        ..
     } = io;
     let output = relay_records(records, &events, limit);
     let stdin_relay = relay_stdin(stdin, input, clean);

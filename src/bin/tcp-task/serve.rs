@@ -81,8 +81,6 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     // After the sweep, so that the new warm containers are not mistaken
     // for anything an earlier server left.
     executor.warm_up();
-    // Catalog entries with `warm = N` start their pools now.
-    executor.warm_up();
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }

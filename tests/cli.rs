@@ -203,9 +203,15 @@ impl Server {
         }
     }
 
-    /// No container of this server is left on the engine.
+    /// No task container of this server is left on the engine. Idle warm
+    /// containers (label `tcp-task.warm`) are the server's own stock while it
+    /// runs; `Drop` checks that they go too when it stops.
     fn assert_clean(&self) {
-        let left = self.containers();
+        let left: Vec<_> = self
+            .containers()
+            .into_iter()
+            .filter(|c| !is_warm(c))
+            .collect();
         assert!(
             left.is_empty(),
             "containers left behind by instance {}: {:?}",
@@ -213,6 +219,11 @@ impl Server {
             left.iter().map(|c| (&c.id, &c.command)).collect::<Vec<_>>()
         );
     }
+}
+
+fn is_warm(container: &bollard::models::ContainerSummary) -> bool {
+    let labels = container.labels.as_ref();
+    labels.is_some_and(|l| l.contains_key(tcp_task::executor::LABEL_WARM))
 }
 
 impl Drop for Server {
@@ -225,11 +236,24 @@ impl Drop for Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let stopped = matches!(self.child.try_wait(), Ok(Some(_)));
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- tcp-task serve log ---\n{}", self.log.lock().unwrap());
+            return;
         }
+        // A graceful stop removes everything, warm containers included.
+        assert!(
+            stopped,
+            "tcp-task serve did not stop within 15 s of SIGTERM"
+        );
+        let left = self.containers();
+        assert!(
+            left.is_empty(),
+            "containers left after the server stopped: {:?}",
+            left.iter().map(|c| (&c.id, &c.command)).collect::<Vec<_>>()
+        );
     }
 }
 

@@ -117,7 +117,7 @@ impl Pool {
 
     /// A ready container for `key`, or `None` (a miss: run cold). Counts
     /// the request towards warming the key up, and refills what it took.
-    pub fn take(self: &Arc<Self>, key: &PoolKey) -> Option<WarmContainer> {
+    pub fn take(self: &Arc<Self>, key: &PoolKey) -> Option<Lease> {
         let (taken, dead) = {
             let mut state = self.lock();
             let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
@@ -145,13 +145,17 @@ impl Pool {
         self.replenish(key);
         taken.map(|mut container| {
             container.uses += 1;
-            container
+            Lease {
+                pool: self.clone(),
+                key: key.clone(),
+                container: Some(container),
+            }
         })
     }
 
     /// Takes back a container after a task: idle again when it may serve
     /// more tasks, else removed. Either way the pool is topped up.
-    pub fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
+    fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
         let unused = {
             let mut state = self.lock();
             let closed = state.closed;
@@ -395,6 +399,38 @@ impl Pool {
         };
         idle.into_iter().for_each(|c| self.retire(c));
         self.settle().await;
+    }
+}
+
+/// A container handed to one task. Given back with [`Lease::finish`]; if
+/// the task's future is dropped instead, `Drop` gives it back as unfit, so
+/// it is removed and the pool's count stays right.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    container: Option<WarmContainer>,
+}
+
+impl Lease {
+    /// The container; `None` only after `finish`, which consumes the lease.
+    pub fn container(&mut self) -> Option<&mut WarmContainer> {
+        self.container.as_mut()
+    }
+
+    /// Gives the container back; `reusable` when it may serve another task.
+    pub fn finish(mut self, reusable: bool) {
+        if let Some(container) = self.container.take() {
+            self.pool.give_back(&self.key, container, reusable);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            self.pool.give_back(&self.key, container, false);
+        }
     }
 }
 

@@ -149,7 +149,7 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "agent",
         agent::run,
-        "[--tasks N]",
+        "[--tasks N] [--prefetch PROGRAM]",
         "warm-container agent: runs tasks sent over stdin (PID 1)",
     ),
 ];

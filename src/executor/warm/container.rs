@@ -82,15 +82,21 @@ pub(crate) struct Launcher {
 
 impl Launcher {
     /// Creates, fills, attaches and starts a container for `key`, and waits
-    /// for its agent to say it is ready. `serial` names it in its labels.
-    pub async fn launch(&self, key: &PoolKey, serial: u64) -> Result<WarmContainer, TaskError> {
+    /// for its agent to say it is ready. `serial` names it in its labels;
+    /// the agent reads `prefetch` (a program) ahead of the first task.
+    pub async fn launch(
+        &self,
+        key: &PoolKey,
+        serial: u64,
+        prefetch: Option<&str>,
+    ) -> Result<WarmContainer, TaskError> {
         if TOOLS_BINARY.is_empty() {
             return Err(TaskError::new(
                 ErrorKind::Internal,
                 "this build has no agent binary (not built for Linux); warm containers are off",
             ));
         }
-        let body = self.body(key, serial);
+        let body = self.body(key, serial, prefetch);
         let created = self
             .docker
             .create_container(None, body)
@@ -110,11 +116,15 @@ impl Launcher {
         }
     }
 
-    fn body(&self, key: &PoolKey, serial: u64) -> ContainerCreateBody {
+    fn body(&self, key: &PoolKey, serial: u64, prefetch: Option<&str>) -> ContainerCreateBody {
         let plan = key.profile();
         let mut body = container_body(&self.config, &self.owner, &plan, &format!("warm-{serial}"));
         body.entrypoint = Some(vec![AGENT_PATH.to_owned()]);
-        body.cmd = Some(vec!["--tasks".to_owned(), key.reuse.to_string()]);
+        let mut args = vec!["--tasks".to_owned(), key.reuse.to_string()];
+        if let Some(program) = prefetch {
+            args.extend(["--prefetch".to_owned(), program.to_owned()]);
+        }
+        body.cmd = Some(args);
         body.volumes = Some(vec![AGENT_DIR.to_owned()]);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(LABEL_WARM.to_owned(), key.to_string());

@@ -64,8 +64,9 @@ impl Warm {
     /// Keeps `count` containers warm for a catalog entry's `plan`.
     pub fn keep(&self, plan: &Plan, entry: &str, count: u32, reuse: u32) {
         if self.enabled && count > 0 && eligible(plan) {
-            self.pool
-                .keep(PoolKey::of(plan, Some((entry, reuse))), count);
+            let key = PoolKey::of(plan, Some((entry, reuse)));
+            // `eligible` guarantees a command.
+            self.pool.keep(key, count, &plan.command[0]);
         }
     }
 
@@ -80,12 +81,15 @@ impl Warm {
         // A container that turns out dead before the task starts is
         // dropped and the next one tried; none left means cold.
         loop {
-            let Some(mut container) = self.pool.take(&key) else {
+            let Some(mut lease) = self.pool.take(&key, &plan.command[0]) else {
+                return Attempt::Cold(io);
+            };
+            let Some(container) = lease.container() else {
                 return Attempt::Cold(io);
             };
             let limit = self.output_limit;
-            let (end, reusable) = task::run(&self.docker, &mut container, plan, io, limit).await;
-            self.pool.give_back(&key, container, reusable);
+            let (end, reusable) = task::run(&self.docker, container, plan, io, limit).await;
+            lease.finish(reusable);
             match end {
                 WarmEnd::Done(result) => return Attempt::Ran(result),
                 WarmEnd::NotStarted(back) => io = back,

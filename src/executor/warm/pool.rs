@@ -5,6 +5,8 @@
 //! - A generic key warms up on demand (`demand_threshold` requests within
 //!   `demand_window_ms`) to `on_demand` containers, and cools down to none
 //!   after `idle_ms` without a request.
+//! - A container handed out is replaced when its task ends, or at once
+//!   when the pool ran dry (see [`Pool::take`]).
 //! - A container whose attach stream closes while idle (it died, or someone
 //!   killed it) leaves the pool at once and is replaced; [`Pool::take`] also
 //!   skips any that closed, so a dead container is never handed out.
@@ -58,6 +60,9 @@ struct KeyPool {
     recent: VecDeque<Instant>,
     last_request: Instant,
     retry_at: Option<Instant>,
+    /// The program of the latest task for this key: new containers read it
+    /// ahead (the agent's `--prefetch`).
+    program: Option<String>,
 }
 
 impl KeyPool {
@@ -73,6 +78,7 @@ impl KeyPool {
             recent: VecDeque::new(),
             last_request: Instant::now(),
             retry_at: None,
+            program: None,
         }
     }
 
@@ -102,10 +108,11 @@ impl Pool {
 
     /// Keeps `count` more containers for `key` warm from now on (a catalog
     /// entry's `warm`; entries with the same key share one pool, the sum).
-    pub fn keep(self: &Arc<Self>, key: PoolKey, count: u32) {
+    pub fn keep(self: &Arc<Self>, key: PoolKey, count: u32, program: &str) {
         {
             let mut state = self.lock();
             let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
+            pool.program = Some(program.to_owned());
             if !pool.fixed {
                 pool.fixed = true;
                 pool.target = 0;
@@ -116,12 +123,20 @@ impl Pool {
     }
 
     /// A ready container for `key`, or `None` (a miss: run cold). Counts
-    /// the request towards warming the key up, and refills what it took.
-    pub fn take(self: &Arc<Self>, key: &PoolKey) -> Option<WarmContainer> {
-        let (taken, dead) = {
+    /// the request towards warming the key up.
+    ///
+    /// What it took is refilled at once only when the pool ran dry;
+    /// otherwise when the task gives the container back (or at the next
+    /// tick), so that a short task does not share dockerd and the CPU with
+    /// the container start it caused.
+    pub fn take(self: &Arc<Self>, key: &PoolKey, program: &str) -> Option<Lease> {
+        let (taken, dead, dry) = {
             let mut state = self.lock();
             let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
             note_request(pool, &self.config);
+            if pool.program.as_deref() != Some(program) {
+                pool.program = Some(program.to_owned());
+            }
             let mut dead = Vec::new();
             let mut taken = None;
             while let Some(container) = pool.idle.pop() {
@@ -139,19 +154,25 @@ impl Pool {
                 }
                 None => pool.misses += 1,
             }
-            (taken, dead)
+            (taken, dead, pool.idle.is_empty())
         };
         dead.into_iter().for_each(|c| self.retire(c));
-        self.replenish(key);
+        if dry {
+            self.replenish(key);
+        }
         taken.map(|mut container| {
             container.uses += 1;
-            container
+            Lease {
+                pool: self.clone(),
+                key: key.clone(),
+                container: Some(container),
+            }
         })
     }
 
     /// Takes back a container after a task: idle again when it may serve
     /// more tasks, else removed. Either way the pool is topped up.
-    pub fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
+    fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
         let unused = {
             let mut state = self.lock();
             let closed = state.closed;
@@ -201,7 +222,7 @@ impl Pool {
     /// recent failure allow.
     fn replenish(self: &Arc<Self>, key: &PoolKey) {
         self.start_ticker();
-        let count = {
+        let (count, program) = {
             let mut state = self.lock();
             let room = self.room(&state, key);
             let Some(pool) = state.pools.get_mut(key) else {
@@ -212,10 +233,10 @@ impl Pool {
             }
             let count = pool.target.saturating_sub(pool.warm()).min(room);
             pool.starting += count;
-            count
+            (count, pool.program.clone())
         };
         for _ in 0..count {
-            self.spawn_fill(key.clone());
+            self.spawn_fill(key.clone(), program.clone());
         }
     }
 
@@ -236,11 +257,11 @@ impl Pool {
         by_count.min(u32::try_from(by_memory).unwrap_or(u32::MAX))
     }
 
-    fn spawn_fill(self: &Arc<Self>, key: PoolKey) {
+    fn spawn_fill(self: &Arc<Self>, key: PoolKey, program: Option<String>) {
         let pool = self.clone();
         self.background(async move {
             let serial = pool.serial.fetch_add(1, Ordering::Relaxed);
-            let launched = pool.launcher.launch(&key, serial).await;
+            let launched = pool.launcher.launch(&key, serial, program.as_deref()).await;
             pool.filled(&key, launched);
         });
     }
@@ -395,6 +416,38 @@ impl Pool {
         };
         idle.into_iter().for_each(|c| self.retire(c));
         self.settle().await;
+    }
+}
+
+/// A container handed to one task. Given back with [`Lease::finish`]; if
+/// the task's future is dropped instead, `Drop` gives it back as unfit, so
+/// it is removed and the pool's count stays right.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    container: Option<WarmContainer>,
+}
+
+impl Lease {
+    /// The container; `None` only after `finish`, which consumes the lease.
+    pub fn container(&mut self) -> Option<&mut WarmContainer> {
+        self.container.as_mut()
+    }
+
+    /// Gives the container back; `reusable` when it may serve another task.
+    pub fn finish(mut self, reusable: bool) {
+        if let Some(container) = self.container.take() {
+            self.pool.give_back(&self.key, container, reusable);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            self.pool.give_back(&self.key, container, false);
+        }
     }
 }
 

@@ -1,0 +1,196 @@
+//! The warm path's benchmarks, called from `benches/tasks.rs`:
+//!
+//! - `task_latency/tcp_task_warm`: the task `true` through Client → Server →
+//!   DockerExecutor on a single-use warm pool. Each timed task starts on a
+//!   settled pool: the refill of the container the previous task used (a
+//!   container start, ~0.5 s of dockerd's CPU) runs outside the timed part,
+//!   so at most `PER_SAMPLE` tasks are timed per sample and the sample's
+//!   time is scaled to the iterations criterion asked for.
+//! - `throughput/warm_reuse`: batches of 32 concurrent `true` tasks on a
+//!   catalog entry with `reuse` (32 warm containers, each serving many tasks),
+//!   Throughput::Elements.
+//!
+//! With no reachable engine (or no way to build the examples image) both
+//! print why and are skipped.
+
+use criterion::{Criterion, SamplingMode, Throughput};
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+
+use tcp_task::catalog::Catalog;
+use tcp_task::executor::{DockerExecutor, ExecutorConfig, WarmConfig};
+use tcp_task::images::EXAMPLES_IMAGE;
+use tcp_task::{Client, RunningServer, Server, ServerConfig, TaskSpec};
+
+/// Concurrent tasks per batch in `throughput/warm_reuse`.
+const CONCURRENT: usize = 32;
+/// Single-use containers kept warm for the latency benchmark.
+const SINGLE_USE: u32 = 4;
+/// Tasks timed per latency sample (each waits for a settled pool first).
+const PER_SAMPLE: u64 = 3;
+
+/// A server with the warm pools of both benchmarks, and a client.
+struct Setup {
+    server: RunningServer,
+    client: Client,
+}
+
+pub fn warm_benches(c: &mut Criterion) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return eprintln!("warm benchmarks skipped: no runtime: {e}"),
+    };
+    let setup = match rt.block_on(Setup::start()) {
+        Ok(setup) => setup,
+        Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
+    };
+    latency(c, &rt, &setup);
+    throughput(c, &rt, &setup);
+    rt.block_on(setup.server.shutdown());
+}
+
+impl Setup {
+    async fn start() -> Result<Setup, String> {
+        let docker = tcp_task::docker::connect_docker()
+            .await
+            .map_err(|e| format!("no Docker engine: {e}"))?;
+        tcp_task::images::ensure_examples_image(&docker)
+            .await
+            .map_err(|e| format!("no examples image: {e}"))?;
+        let executor = DockerExecutor::new(docker, config()).with_catalog(catalog()?);
+        executor
+            .reap_orphans()
+            .await
+            .map_err(|e| format!("cannot sweep the engine: {e}"))?;
+        executor.warm_up();
+        let server = Server::new(ServerConfig::default(), executor)
+            .spawn("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot listen: {e}"))?;
+        let client = Client::connect(server.local_addr())
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let setup = Setup { server, client };
+        setup
+            .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
+            .await?;
+        Ok(setup)
+    }
+
+    /// Waits until the pools hold `n` ready containers and nothing is
+    /// being started or removed.
+    async fn wait_ready(&self, n: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.client.status().await.map_err(|e| e.to_string())?;
+            let warm: u64 = status.pools.iter().map(|p| p.warm).sum();
+            if warm >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the pools never filled: {:?}", status.pools));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn run(&self, name: &str) {
+        let handle = self
+            .client
+            .run(TaskSpec::named(name, Vec::<String>::new()))
+            .await
+            .expect("the server takes the task");
+        let outcome = handle.wait().await.expect("the task ends");
+        assert!(outcome.success(), "{name}: {outcome:?}");
+    }
+}
+
+fn config() -> ExecutorConfig {
+    ExecutorConfig {
+        max_concurrent: 2 * CONCURRENT,
+        warm: WarmConfig {
+            max_containers: 2 * CONCURRENT as u32,
+            max_memory_bytes: 16 << 30,
+            // Only the catalog's pools: `true` as an image task would
+            // otherwise warm up a third pool.
+            demand_threshold: 0,
+            ..WarmConfig::default()
+        },
+        ..ExecutorConfig::default()
+    }
+}
+
+fn catalog() -> Result<Catalog, String> {
+    Catalog::from_toml(&format!(
+        r#"
+        [true-warm]
+        image = "{EXAMPLES_IMAGE}"
+        command = ["true"]
+        memory_bytes = 67108864
+        warm = {SINGLE_USE}
+
+        [true-reuse]
+        image = "{EXAMPLES_IMAGE}"
+        command = ["true"]
+        memory_bytes = 67108864
+        warm = {CONCURRENT}
+        reuse = 1000000
+        "#
+    ))
+    .map_err(|e| format!("bad benchmark catalog: {e}"))
+}
+
+fn latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+    let mut group = c.benchmark_group("task_latency");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(1));
+    group.bench_function("tcp_task_warm", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let timed = iters.min(PER_SAMPLE);
+                let mut total = Duration::ZERO;
+                for _ in 0..timed {
+                    // Outside the timed part: the pool is full and idle.
+                    setup
+                        .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
+                        .await
+                        .expect("pool");
+                    settle_engine().await;
+                    let start = Instant::now();
+                    setup.run("true-warm").await;
+                    total += start.elapsed();
+                }
+                total.mul_f64(iters as f64 / timed as f64)
+            })
+        })
+    });
+    group.finish();
+}
+
+/// The refill's create/start has returned once the pool counts it ready,
+/// but dockerd and containerd may still be busy with it for a moment.
+async fn settle_engine() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+fn throughput(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+    let mut group = c.benchmark_group("throughput");
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(CONCURRENT as u64))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("warm_reuse", |b| {
+        b.to_async(rt).iter(|| async {
+            let batch = (0..CONCURRENT).map(|_| setup.run("true-reuse"));
+            futures::future::join_all(batch).await;
+        })
+    });
+    group.finish();
+}

@@ -23,13 +23,21 @@ pub async fn demo() -> Result<()> {
         println!("  built it (FROM scratch, one static binary)");
     }
     let config = Config::default();
-    let executor =
-        DockerExecutor::new(docker, config.executor.clone()).with_catalog(config.catalog());
+    // One warm container per catalog task, so that they start in
+    // milliseconds; the generic tasks below take the cold path.
+    let mut catalog = config.catalog();
+    for entry in catalog.entries.values_mut() {
+        entry.warm = 1;
+    }
+    let warm = catalog.len() as u64;
+    let executor = DockerExecutor::new(docker, config.executor.clone()).with_catalog(catalog);
+    executor.warm_up();
     let server = Server::new(config.server, executor)
         .spawn("127.0.0.1:0")
         .await?;
-    println!("Server listening on {}\n", server.local_addr());
+    println!("Server listening on {}", server.local_addr());
     let client = Client::connect(server.local_addr()).await?;
+    wait_for_warm_pools(&client, warm).await?;
 
     let result = run_all(&client).await;
     drop(client);
@@ -108,7 +116,33 @@ async fn run_all(client: &Client) -> Result<()> {
         status.engine.version.unwrap_or_default(),
         status.engine.api_version.unwrap_or_default()
     );
+    for pool in status.pools {
+        println!(
+            "Warm pool {}: {} hits, {} misses (a miss ran cold)",
+            pool.key, pool.hits, pool.misses
+        );
+    }
     Ok(())
+}
+
+/// Waits (up to a minute) until `count` warm containers are ready.
+async fn wait_for_warm_pools(client: &Client, count: u64) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let status = client.status().await?;
+        if status.pools.iter().map(|p| p.warm).sum::<u64>() >= count {
+            println!(
+                "Warm containers ready after {:.1} s\n",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed().as_secs() > 60 {
+            println!("Warm containers not ready after a minute; the tasks run cold\n");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs one task and prints a line: name, latency, and its stdout (or how it

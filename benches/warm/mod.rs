@@ -192,11 +192,14 @@ fn latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
                 let timed = iters.min(PER_SAMPLE);
                 let mut total = Duration::ZERO;
                 for _ in 0..timed {
-                    // Outside the timed part: the pool is full and idle.
+                    // Outside the timed part: the pool is full, the used
+                    // containers are gone, and the engine has caught up.
+                    let pools = u64::from(SINGLE_USE) + CONCURRENT as u64;
+                    setup.wait_ready(pools).await.expect("the pools refill");
                     setup
-                        .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
+                        .wait_quiet(pools as usize)
                         .await
-                        .expect("pool");
+                        .expect("removals end");
                     settle_engine().await;
                     let start = Instant::now();
                     setup.run("true-warm").await;

@@ -4,8 +4,10 @@
 //!   DockerExecutor on a single-use warm pool. Each timed task starts on a
 //!   settled pool: the refill of the container the previous task used (a
 //!   container start, ~0.5 s of dockerd's CPU) runs outside the timed part,
-//!   so at most `PER_SAMPLE` tasks are timed per sample and the sample's
-//!   time is scaled to the iterations criterion asked for.
+//!   and so does the removal of the used container (the engine lists only
+//!   the pools' containers again). So at most `PER_SAMPLE` tasks are timed
+//!   per sample, and the sample's time is scaled to the iterations
+//!   criterion asked for.
 //! - `throughput/warm_reuse`: batches of 32 concurrent `true` tasks on a
 //!   catalog entry with `reuse` (32 warm containers, each serving many tasks),
 //!   Throughput::Elements.
@@ -17,8 +19,10 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
 use tcp_task::catalog::Catalog;
-use tcp_task::executor::{DockerExecutor, ExecutorConfig, WarmConfig};
+use tcp_task::executor::{label_filter, DockerExecutor, ExecutorConfig, WarmConfig};
 use tcp_task::images::EXAMPLES_IMAGE;
 use tcp_task::{Client, RunningServer, Server, ServerConfig, TaskSpec};
 
@@ -33,6 +37,8 @@ const PER_SAMPLE: u64 = 3;
 struct Setup {
     server: RunningServer,
     client: Client,
+    docker: Docker,
+    instance: String,
 }
 
 pub fn warm_benches(c: &mut Criterion) {
@@ -61,7 +67,8 @@ impl Setup {
         tcp_task::images::ensure_examples_image(&docker)
             .await
             .map_err(|e| format!("no examples image: {e}"))?;
-        let executor = DockerExecutor::new(docker, config()).with_catalog(catalog()?);
+        let executor = DockerExecutor::new(docker.clone(), config()).with_catalog(catalog()?);
+        let instance = executor.instance_id().to_owned();
         executor
             .reap_orphans()
             .await
@@ -74,7 +81,12 @@ impl Setup {
         let client = Client::connect(server.local_addr())
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
-        let setup = Setup { server, client };
+        let setup = Setup {
+            server,
+            client,
+            docker,
+            instance,
+        };
         setup
             .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
             .await?;
@@ -96,6 +108,29 @@ impl Setup {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the engine holds exactly the pools' containers: no used
+    /// container is still being removed.
+    async fn wait_quiet(&self, n: usize) -> Result<(), String> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(Some(&self.instance))),
+            ..ListContainersOptions::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let listed = self
+                .docker
+                .list_containers(Some(options.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            if listed.len() <= n {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("used containers were never removed".into())
     }
 
     async fn run(&self, name: &str) {
@@ -157,11 +192,14 @@ fn latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
                 let timed = iters.min(PER_SAMPLE);
                 let mut total = Duration::ZERO;
                 for _ in 0..timed {
-                    // Outside the timed part: the pool is full and idle.
+                    // Outside the timed part: the pool is full, the used
+                    // containers are gone, and the engine has caught up.
+                    let pools = u64::from(SINGLE_USE) + CONCURRENT as u64;
+                    setup.wait_ready(pools).await.expect("the pools refill");
                     setup
-                        .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
+                        .wait_quiet(pools as usize)
                         .await
-                        .expect("pool");
+                        .expect("removals end");
                     settle_engine().await;
                     let start = Instant::now();
                     setup.run("true-warm").await;

@@ -145,6 +145,12 @@ const APPLETS: &[Applet] = &[
         "HOST:PORT",
         "try a TCP connection (2 s timeout)",
     ),
+    Applet::new(
+        "ifaces",
+        testing::ifaces,
+        "",
+        "list the network interfaces (from /proc/net/dev)",
+    ),
     // The warm-container agent.
     Applet::new(
         "agent",

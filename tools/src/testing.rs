@@ -23,6 +23,7 @@
 //! | `flood`                 | 64 KiB blocks of `x` on stdout, forever                     |
 //! | `writefile PATH`        | creates PATH and writes `tcp-task\n`: prints `wrote PATH`, or the error on stderr and exit 1 |
 //! | `netcheck HOST:PORT`    | TCP connect, 2 s timeout: prints `connected` (exit 0) or `no network: <err>` (exit 1), both on stdout |
+//! | `ifaces`                | the network interfaces the task can see, one per line, sorted (from `/proc/net/dev`; no traffic sent) |
 
 use crate::cli::{eprint_line, expect_args, parse, print_line, raw_stdin, raw_stdout, Fail};
 use crate::rng::XorShift64Star;
@@ -344,6 +345,30 @@ pub fn netcheck(args: &[String]) -> Result<(), Fail> {
     }
 }
 
+/// Lists the interfaces of the task's network namespace. Checking that a
+/// task has no network this way sends nothing anywhere.
+pub fn ifaces(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 0)?;
+    let table = std::fs::read_to_string("/proc/net/dev")
+        .map_err(|e| Fail::usage(format!("cannot read /proc/net/dev: {e}")))?;
+    let mut names = interface_names(&table);
+    names.sort();
+    for name in names {
+        print_line(name)?;
+    }
+    Ok(())
+}
+
+/// `/proc/net/dev` has two header lines, then `name: counters…` per line.
+fn interface_names(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, _)| name.trim())
+        .collect()
+}
+
 fn connect(target: &str) -> io::Result<()> {
     let mut last = io::Error::new(
         ErrorKind::NotFound,
@@ -377,6 +402,12 @@ mod tests {
         assert_eq!(exit(&["0".into()]), Ok(()));
         assert!(matches!(exit(&["256".into()]), Err(Fail::Usage(_))));
         assert!(matches!(exit(&[]), Err(Fail::Usage(_))));
+    }
+
+    #[test]
+    fn interface_names_come_from_the_table() {
+        let table = "Inter-|   Receive\n face |bytes\n    lo: 1 2 3\n  eth0: 4 5 6\n";
+        assert_eq!(interface_names(table), vec!["lo", "eth0"]);
     }
 
     #[test]

@@ -308,16 +308,32 @@ impl DockerExecutor {
             // Not an exec failure: the bytes were the task's own stderr.
             let _ = events.output(OutputStream::Stderr, report).await;
         }
-        let inspected = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|e| engine_error("inspecting the ended container", &e))?;
-        let oom_killed = inspected
-            .state
-            .and_then(|state| state.oom_killed)
-            .unwrap_or(false);
+        let oom_killed = self.oom_killed(id, code).await?;
         Ok(ended_outcome(code, oom_killed, duration))
+    }
+}
+
+impl DockerExecutor {
+    /// Whether the kernel OOM-killed the container's process. The engine
+    /// learns of an OOM kill and of the exit by separate events that can
+    /// arrive in either order, so a SIGKILL exit (137) without the flag is
+    /// asked about again for a short while before it is believed.
+    async fn oom_killed(&self, id: &str, code: i64) -> Result<bool, TaskError> {
+        const SIGKILL_EXIT: i64 = 128 + 9;
+        const RECHECKS: u32 = 10;
+        for attempt in 0..=RECHECKS {
+            let inspected = self
+                .docker
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| engine_error("inspecting the ended container", &e))?;
+            let oom = inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
+            if oom || code != SIGKILL_EXIT || attempt == RECHECKS {
+                return Ok(oom);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(false)
     }
 }
 

@@ -67,16 +67,18 @@ fn config() -> bincode::config::Configuration {
 /// bincode allocates a string's or byte buffer's declared length before it
 /// reads the bytes, so without a bound a ten-byte frame declaring a string
 /// of 2^60 bytes makes the process panic or abort. Every byte a message
-/// holds is inside its body, so a message that decodes never needs more
-/// than `body.len()`; the bound is the smallest step above that (the limit
-/// is a compile-time constant in bincode, hence the steps).
+/// holds is inside its body, but bincode's limit counts a byte buffer twice
+/// (once when it is claimed, once when it is read), so a message that
+/// decodes needs at most twice `body.len()`; the bound is the smallest step
+/// above that (the limit is a compile-time constant in bincode, hence the
+/// steps).
 fn decode_bounded<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * KIB;
     let standard = config();
-    let len = body.len();
+    let len = body.len().saturating_mul(2);
     if len <= KIB {
         bincode::serde::decode_from_slice(body, standard.with_limit::<KIB>())
     } else if len <= MIB {
@@ -204,6 +206,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body whose one byte buffer fills it to just under each step of
+    /// the decode limit still decodes (the limit counts the buffer twice).
+    #[test]
+    fn chunks_near_each_limit_step_decode() {
+        for payload in [400, 510, 1000, 1010, 1015, 1019, 1020, 600_000, 1_048_000] {
+            let message = crate::protocol::ServerMessage::Pong {
+                id: 0,
+                payload: bytes::Bytes::from(vec![0x10; payload]),
+            };
+            let body = encode_body(&message).unwrap();
+            let decoded: crate::protocol::ServerMessage = decode_body(&body).unwrap();
+            assert_eq!(decoded, message, "payload of {payload} bytes");
+        }
+    }
     use crate::protocol::{ClientMessage, ServerMessage};
 
     #[test]

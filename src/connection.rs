@@ -309,32 +309,50 @@ impl<E: Executor> Connection<E> {
     {
         let writer_task = self.spawn_writer(writer);
         let shutdown = self.shared.shutdown.clone();
+        let task_ended = self.task_ended.clone();
         let idle_timeout = self.shared.config.idle_timeout;
+        // One timer for the connection's life: a frame only notes the time,
+        // and the timer is moved when it fires, not once per frame.
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let mut active_at = Instant::now();
         loop {
             if self.draining && self.running() == 0 {
                 self.send_error(None, ErrorKind::ShuttingDown, "the server is shutting down")
                     .await;
                 break;
             }
-            let task_ended = self.task_ended.clone();
             let frame = tokio::select! {
-                frame = tokio::time::timeout(idle_timeout, frames.next()) => frame,
+                frame = frames.next() => frame,
+                _ = &mut idle => {
+                    let now = Instant::now();
+                    // A running task keeps the connection open however quiet.
+                    if self.running() > 0 {
+                        active_at = now;
+                    }
+                    let quiet_until = active_at + idle_timeout;
+                    if quiet_until > now {
+                        idle.as_mut().reset(quiet_until);
+                        continue;
+                    }
+                    let message = format!("closing the connection after {idle_timeout:?} without a frame or a running task");
+                    self.send_error(None, ErrorKind::Timeout, message).await;
+                    break;
+                }
                 _ = shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
                     continue;
                 }
-                _ = task_ended.notified() => continue,
+                _ = task_ended.notified() => {
+                    active_at = Instant::now();
+                    continue;
+                }
                 _ = self.gone.cancelled() => break,
             };
+            active_at = Instant::now();
             let next = match frame {
-                Err(_idle) if self.running() > 0 => Next::Continue,
-                Err(_idle) => {
-                    let message = format!("closing the connection after {idle_timeout:?} without a frame or a running task");
-                    self.send_error(None, ErrorKind::Timeout, message).await;
-                    Next::Close
-                }
-                Ok(None) => Next::Close,
-                Ok(Some(Err(e))) => {
+                None => Next::Close,
+                Some(Err(e)) => {
                     info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
                     let error = protocol_error(&e);
                     let _ = self
@@ -343,7 +361,7 @@ impl<E: Executor> Connection<E> {
                         .await;
                     Next::Close
                 }
-                Ok(Some(Ok(message))) => self.dispatch(message).await,
+                Some(Ok(message)) => self.dispatch(message).await,
             };
             if let Next::Close = next {
                 break;

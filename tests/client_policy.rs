@@ -2,28 +2,17 @@
 //! the Docker executor. Its rules refuse before any container exists and
 //! name the rule; what they allow runs.
 
-use bollard::query_parameters::ListContainersOptions;
+mod common;
+
+use common::{Harness, EXAMPLES_IMAGE};
 use std::sync::Arc;
 use tcp_task::access::{ClientPolicy, Credential};
-use tcp_task::executor::{label_filter, DockerExecutor, ExecutorConfig};
-use tcp_task::images::EXAMPLES_IMAGE;
+use tcp_task::executor::ExecutorConfig;
 use tcp_task::{Client, ConnectOptions, ErrorKind, Server, ServerConfig, TaskSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_rules_refuse_before_any_container_and_allow_the_rest() {
-    let docker = tcp_task::docker::connect_docker()
-        .await
-        .expect("a Docker engine is reachable");
-    tcp_task::images::ensure_examples_image(&docker)
-        .await
-        .expect("the examples image builds");
-    let instance = format!("client-policy-{}", std::process::id());
-    let mut executor_config = ExecutorConfig {
-        instance_id: Some(instance.clone()),
-        ..ExecutorConfig::default()
-    };
-    executor_config.warm.enabled = false;
-    let executor = DockerExecutor::new(docker.clone(), executor_config);
+    let h = Harness::new(ExecutorConfig::default()).await;
     let rules = ClientPolicy {
         images: vec!["tcp-task-examples:*".into()],
         max_memory_bytes: Some(32 * 1024 * 1024),
@@ -33,7 +22,7 @@ async fn a_clients_rules_refuse_before_any_container_and_allow_the_rest() {
         clients: vec![Arc::new(Credential::new("ci", "ci-token", rules))],
         ..ServerConfig::default()
     };
-    let server = Server::new(config, executor)
+    let server = Server::new(config, h.exec.clone())
         .spawn("127.0.0.1:0")
         .await
         .unwrap();
@@ -79,14 +68,7 @@ async fn a_clients_rules_refuse_before_any_container_and_allow_the_rest() {
     assert!(too_much.wait().await.unwrap().oom_killed());
 
     drop(client);
+    // Before the shutdown, whose safety net would hide leftovers.
+    h.assert_clean().await;
     server.shutdown().await;
-    let left = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(Some(&instance))),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "containers left behind: {left:?}");
 }

@@ -3,9 +3,10 @@
 //! task on the same connection runs normally. End to end: client, server and
 //! the Docker executor on the real engine.
 
-use bollard::query_parameters::ListContainersOptions;
-use tcp_task::executor::{label_filter, DockerExecutor, ExecutorConfig};
-use tcp_task::images::EXAMPLES_IMAGE;
+mod common;
+
+use common::{Harness, EXAMPLES_IMAGE};
+use tcp_task::executor::ExecutorConfig;
 use tcp_task::{Client, Ending, Server, ServerConfig, TaskOutput, TaskSpec};
 
 async fn run(client: &Client, spec: TaskSpec) -> TaskOutput {
@@ -24,21 +25,12 @@ async fn assert_next_task_runs(client: &Client, after: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_tasks_are_contained_and_the_next_task_runs_normally() {
-    let docker = tcp_task::docker::connect_docker()
-        .await
-        .expect("a Docker engine is reachable");
-    tcp_task::images::ensure_examples_image(&docker)
-        .await
-        .expect("the examples image builds");
-    let instance = format!("containment-{}", std::process::id());
-    let mut config = ExecutorConfig {
-        instance_id: Some(instance.clone()),
+    let h = Harness::new(ExecutorConfig {
         output_limit_bytes: 1024 * 1024,
         ..ExecutorConfig::default()
-    };
-    config.warm.enabled = false;
-    let executor = DockerExecutor::new(docker.clone(), config);
-    let server = Server::new(ServerConfig::default(), executor)
+    })
+    .await;
+    let server = Server::new(ServerConfig::default(), h.exec.clone())
         .spawn("127.0.0.1:0")
         .await
         .unwrap();
@@ -90,14 +82,7 @@ async fn runaway_tasks_are_contained_and_the_next_task_runs_normally() {
     assert_next_task_runs(&client, "a look for a network").await;
 
     drop(client);
+    // Before the shutdown, whose safety net would hide leftovers.
+    h.assert_clean().await;
     server.shutdown().await;
-    let left = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(Some(&instance))),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "containers left behind: {left:?}");
 }

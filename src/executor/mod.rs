@@ -74,3 +74,27 @@ pub trait Executor: Send + Sync + 'static {
         async {}
     }
 }
+
+/// A shared executor serves as well as an owned one: an embedding program
+/// (or a test) can keep a handle to the executor it gives the server.
+impl<E: Executor> Executor for Arc<E> {
+    fn run(
+        &self,
+        spec: TaskSpec,
+        io: TaskIo,
+    ) -> impl Future<Output = Result<Outcome, TaskError>> + Send {
+        (**self).run(spec, io)
+    }
+
+    fn status(&self) -> impl Future<Output = ServerStatus> + Send {
+        (**self).status()
+    }
+
+    fn catalog(&self) -> Vec<CatalogEntryInfo> {
+        (**self).catalog()
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        (**self).shutdown()
+    }
+}

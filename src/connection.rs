@@ -318,8 +318,12 @@ impl<E: Executor> Connection<E> {
         let mut active_at = Instant::now();
         loop {
             if self.draining && self.running() == 0 {
-                self.send_error(None, ErrorKind::ShuttingDown, "the server is shutting down")
-                    .await;
+                self.send_error(
+                    None,
+                    ErrorKind::ShuttingDown,
+                    "the server is shutting down; reconnect once it is back, or use another server",
+                )
+                .await;
                 break;
             }
             let frame = tokio::select! {

@@ -30,11 +30,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::FrameCodec;
-use tcp_task::executor::{Executor, TaskIo};
-use tcp_task::protocol::{
-    CatalogEntryInfo, ErrorKind, Outcome, OutputStream, ServerMessage, ServerStatus, TaskError,
-    TaskSpec,
-};
+use tcp_task::executor::{Executor, ExecutorStats, Plan, TaskIo};
+use tcp_task::protocol::{ErrorKind, Outcome, OutputStream, ServerMessage, TaskError};
 use tcp_task::{Client, RunningServer, Server, ServerConfig};
 
 /// Payload of every RTT and pipelined request, each way.
@@ -191,19 +188,15 @@ impl RawConn {
 struct RefuseAll;
 
 impl Executor for RefuseAll {
-    async fn run(&self, _spec: TaskSpec, _io: TaskIo) -> Result<Outcome, TaskError> {
+    async fn run(&self, _plan: Plan, _io: TaskIo) -> Result<Outcome, TaskError> {
         Err(TaskError::new(
             ErrorKind::PolicyDenied,
             "this benchmark server runs no tasks",
         ))
     }
 
-    async fn status(&self) -> ServerStatus {
-        ServerStatus::default()
-    }
-
-    fn catalog(&self) -> Vec<CatalogEntryInfo> {
-        Vec::new()
+    async fn stats(&self) -> ExecutorStats {
+        ExecutorStats::default()
     }
 }
 

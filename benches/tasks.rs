@@ -42,6 +42,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::runtime::Runtime;
 
+use tcp_task::admission::Policy;
 use tcp_task::executor::{DockerExecutor, ExecutorConfig};
 use tcp_task::images::EXAMPLES_IMAGE;
 use tcp_task::{Client, RunningServer, Server, ServerConfig, TaskEvent, TaskSpec};
@@ -201,7 +202,7 @@ async fn docker_cli_true() {
 /// tests/executor_limits.rs pins the same values.
 fn engine_api_body() -> ContainerCreateBody {
     let config = executor_config();
-    let policy = &config.policy;
+    let policy = &Policy::default();
     let memory = policy.default_memory_bytes as i64;
     let log_options = HashMap::from([
         ("max-size".to_owned(), config.log_max_size.clone()),

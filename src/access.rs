@@ -17,13 +17,12 @@
 //! still hold, and a key left out means "as the server allows". Tokens from
 //! `--token-file` have no policy of their own.
 
+use crate::admission::{Quota, Scope};
+use crate::task::{ErrorKind, TaskError};
 use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::protocol::{ErrorKind, TaskError};
 
 /// What one client may do, beyond the server's policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -135,7 +134,7 @@ impl ClientConfig {
     }
 }
 
-/// What the executor learns of a named client: its name (for messages) and
+/// What admission learns of a named client: its name (for messages) and
 /// its policy. Never its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRules {
@@ -148,7 +147,7 @@ pub struct Credential {
     pub(crate) token: String,
     pub rules: Arc<ClientRules>,
     /// Shared by every connection of this client.
-    quota: Option<Arc<Semaphore>>,
+    quota: Option<Quota>,
 }
 
 impl Credential {
@@ -157,15 +156,13 @@ impl Credential {
         token: impl Into<String>,
         policy: ClientPolicy,
     ) -> Credential {
+        let name = name.into();
         let quota = policy
             .max_concurrent_tasks
-            .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+            .map(|n| Quota::new(n, Scope::Client(name.clone())));
         Credential {
             token: token.into(),
-            rules: Arc::new(ClientRules {
-                name: name.into(),
-                policy,
-            }),
+            rules: Arc::new(ClientRules { name, policy }),
             quota,
         }
     }
@@ -174,21 +171,9 @@ impl Credential {
         &self.rules.name
     }
 
-    /// A slot in this client's quota, held while one of its tasks runs.
-    pub(crate) fn take_slot(&self) -> Result<Option<OwnedSemaphorePermit>, TaskError> {
-        let Some(quota) = &self.quota else {
-            return Ok(None);
-        };
-        quota.clone().try_acquire_owned().map(Some).map_err(|_| {
-            TaskError::new(
-                ErrorKind::Busy,
-                format!(
-                    "the client `{}` already runs {} tasks, its `max_concurrent_tasks` quota; wait for one to end",
-                    self.rules.name,
-                    self.rules.policy.max_concurrent_tasks.unwrap_or_default()
-                ),
-            )
-        })
+    /// This client's bound on running tasks, across its connections.
+    pub fn quota(&self) -> Option<&Quota> {
+        self.quota.as_ref()
     }
 }
 
@@ -249,11 +234,13 @@ mod tests {
                 ..ClientPolicy::default()
             },
         );
-        let slot = credential.take_slot().unwrap();
-        assert!(slot.is_some());
-        assert_eq!(credential.take_slot().unwrap_err().kind, ErrorKind::Busy);
+        let quota = credential.quota().expect("a quota was set");
+        let slot = quota.take().unwrap();
+        assert_eq!(quota.take().unwrap_err().kind, ErrorKind::Busy);
         drop(slot);
-        assert!(credential.take_slot().unwrap().is_some());
+        assert!(quota.take().is_ok());
+        let unbounded = Credential::new("x", "t", ClientPolicy::default());
+        assert!(unbounded.quota().is_none());
     }
 
     #[test]

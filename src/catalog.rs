@@ -19,7 +19,8 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::protocol::{CatalogEntryInfo, ErrorKind, Task, TaskError, TaskSpec};
+use crate::protocol::{CatalogEntryInfo, Task, TaskSpec};
+use crate::task::{ErrorKind, TaskError};
 
 /// The environment variable that carries a named task's JSON parameters.
 pub const PARAMS_ENV: &str = "TASK_PARAMS";

@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::access::ClientConfig;
+use crate::admission::Policy;
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::executor::ExecutorConfig;
 use crate::server::ServerConfig;
@@ -42,7 +43,9 @@ pub struct Config {
     /// Address to listen on; `--listen` overrides it.
     pub listen: Option<String>,
     pub server: ServerConfig,
-    pub executor: ExecutorConfig,
+    /// `[executor]`: how tasks run, and in `[executor.policy]`, what
+    /// clients may ask for.
+    pub executor: ExecutorSection,
     /// The pre-compiled tasks; `None` means the built-in examples.
     pub catalog: Option<Catalog>,
     /// Named clients, each with a token and a policy of its own.
@@ -78,6 +81,30 @@ impl Config {
     /// The catalog to serve: the configured one, or the examples.
     pub fn catalog(&self) -> Catalog {
         self.catalog.clone().unwrap_or_else(examples_catalog)
+    }
+}
+
+/// The `[executor]` table. It holds two things that live apart in the
+/// server: the policy, which admission applies before anything runs, and
+/// the settings of the executor, which never sees the policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutorSection {
+    pub policy: Policy,
+    pub runtime: ExecutorConfig,
+}
+
+impl<'de> Deserialize<'de> for ExecutorSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ExecutorSection, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let policy = match table.remove("policy") {
+            Some(policy) => Policy::deserialize(policy)
+                .map_err(|e| D::Error::custom(format!("in [executor.policy]: {e}")))?,
+            None => Policy::default(),
+        };
+        let runtime = ExecutorConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(format!("in [executor]: {e}")))?;
+        Ok(ExecutorSection { policy, runtime })
     }
 }
 
@@ -168,7 +195,7 @@ mod tests {
         assert_eq!(config.listen.as_deref(), Some("0.0.0.0:9000"));
         assert_eq!(config.server.max_connections, 3);
         assert_eq!(config.server.idle_timeout.as_millis(), 1500);
-        assert_eq!(config.executor.max_concurrent, 2);
+        assert_eq!(config.executor.runtime.max_concurrent, 2);
         assert_eq!(config.catalog().len(), 1);
     }
 
@@ -197,5 +224,25 @@ mod tests {
     fn a_misspelt_key_is_an_error_that_names_it() {
         let err = Config::from_toml("[server]\nmax_conections = 3").unwrap_err();
         assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+        for text in [
+            "[executor]\nmax_concurency = 2",
+            "[executor.policy]\nmax_memory = 2",
+            "[executor.warm]\nmax_container = 2",
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            let shown = format!("{err:#}");
+            assert!(shown.contains("unknown field"), "{text}: {shown}");
+        }
+    }
+
+    #[test]
+    fn the_executor_table_holds_the_policy_and_the_runtime() {
+        let config = Config::from_toml(
+            "[executor]\nmax_concurrent = 3\n[executor.policy]\nallow_network = true\n",
+        )
+        .unwrap();
+        assert!(config.executor.policy.allow_network);
+        assert_eq!(config.executor.policy.default_pids_limit, 256);
+        assert_eq!(config.executor.runtime.max_concurrent, 3);
     }
 }

@@ -5,30 +5,31 @@
 //! line and `docs/PROTOCOL.md` for the wire format.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod codec;
 pub mod config;
-mod connection;
 pub mod docker;
-pub mod events;
 pub mod executor;
 pub mod images;
 pub mod protocol;
 pub mod server;
+pub mod task;
 pub mod tls;
 
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};
-pub use protocol::{Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, TaskError, TaskSpec};
-pub use server::{RunningServer, Server, ServerConfig};
+pub use protocol::{ProgressEvent, TaskSpec};
+pub use server::{RunningServer, Server, ServerConfig, TlsConfig};
+pub use task::{Ending, ErrorKind, Outcome, OutputStream, TaskError};
 
 // The README's Rust examples are compiled as doctests, so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use tls::{ClientTlsConfig, TlsConfig};
+pub use tls::ClientTlsConfig;
 
 /// Entry points for the cargo-fuzz targets in `fuzz/`, behind the
 /// `fuzzing` feature. Not part of the API.
@@ -39,7 +40,7 @@ pub mod fuzzing {
 
     /// The server's checks of a hello frame body: magic, version, decoding.
     pub fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
-        crate::connection::check_hello(body)
+        crate::server::check_hello(body)
     }
 
     /// The server's handshake reader over `input`, as if a client had sent
@@ -47,7 +48,7 @@ pub mod fuzzing {
     pub fn read_hello(input: &[u8], max_frame_len: usize) -> Result<Hello, TaskError> {
         let mut reader = input;
         let mut buffer = bytes::BytesMut::new();
-        futures::executor::block_on(crate::connection::read_hello(
+        futures::executor::block_on(crate::server::read_hello(
             &mut reader,
             &mut buffer,
             max_frame_len,

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::task::{Ending, ErrorKind, Outcome, OutputStream, TaskError};
+
 /// The first four bytes of every handshake body.
 pub const MAGIC: [u8; 4] = *b"TCPT";
 
@@ -272,13 +274,6 @@ impl fmt::Debug for RegistryAuth {
     }
 }
 
-/// Which of the task's output streams a chunk belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
-
 /// Lifecycle news about a task before it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ProgressEvent {
@@ -296,142 +291,6 @@ pub enum ProgressEvent {
     Created { container: String },
     /// The container's process is running.
     Started,
-}
-
-/// How a task that ran came to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Ending {
-    /// The process exited by itself; see `exit_code`.
-    Exited,
-    /// The process was killed by a signal; see `signal`.
-    Signaled,
-    /// The task ran past its timeout and was killed.
-    TimedOut,
-    /// The kernel killed the task for exceeding its memory limit.
-    OomKilled,
-    /// The client cancelled the task, disconnected, or the server shut down.
-    Cancelled,
-    /// The task wrote more output than the server relays and was killed.
-    OutputLimit,
-}
-
-/// The result of a task that ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub ending: Ending,
-    /// The exit code, when the process exited (or the engine reported one).
-    pub exit_code: Option<i32>,
-    /// The signal that killed the process, when one did.
-    pub signal: Option<i32>,
-    /// Wall time from container start to end, in milliseconds.
-    pub duration_ms: u64,
-    /// Some output was not relayed (the output limit was reached).
-    pub output_truncated: bool,
-}
-
-impl Outcome {
-    pub fn success(&self) -> bool {
-        self.ending == Ending::Exited && self.exit_code == Some(0)
-    }
-
-    pub fn timed_out(&self) -> bool {
-        self.ending == Ending::TimedOut
-    }
-
-    pub fn oom_killed(&self) -> bool {
-        self.ending == Ending::OomKilled
-    }
-
-    pub fn duration(&self) -> Duration {
-        Duration::from_millis(self.duration_ms)
-    }
-
-    /// The exit status `docker run` would give for this outcome: the task's
-    /// own code, 128+N for signal N, 124 on timeout, 137 for OOM, 130 when
-    /// cancelled, 125 when the output limit ended it.
-    pub fn exit_status(&self) -> i32 {
-        match self.ending {
-            Ending::Exited => self.exit_code.unwrap_or(125),
-            Ending::Signaled => 128 + self.signal.unwrap_or(9),
-            Ending::TimedOut => 124,
-            Ending::OomKilled => 137,
-            Ending::Cancelled => 130,
-            Ending::OutputLimit => 125,
-        }
-    }
-}
-
-/// Why something failed, for a program to match on. Each kind has a message
-/// for people in [`TaskError::message`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ErrorKind {
-    /// The request is malformed or inconsistent (e.g. an empty image name).
-    BadRequest,
-    /// The server's policy does not allow what was asked.
-    PolicyDenied,
-    /// Too many tasks: a per-connection or global bound, or the queue is full.
-    Busy,
-    /// A request id that is already running on this connection.
-    DuplicateId,
-    /// A message named a request that is not running.
-    UnknownRequest,
-    /// No pre-compiled task by that name.
-    UnknownTask,
-    /// The image does not exist locally or in its registry.
-    ImageNotFound,
-    /// The registry refused the credentials.
-    RegistryAuth,
-    /// The command does not exist in the image (`docker run` exits 127).
-    CommandNotFound,
-    /// The command exists but cannot be run (`docker run` exits 126).
-    CommandNotInvokable,
-    /// The Docker engine failed or cannot be reached.
-    Engine,
-    /// The server is shutting down and takes no new tasks.
-    ShuttingDown,
-    /// Missing or wrong credentials in the handshake.
-    Unauthorized,
-    /// The peer broke the protocol (bad frame, bad handshake, wrong magic).
-    Protocol,
-    /// A frame was larger than the maximum.
-    FrameTooLarge,
-    /// The peer speaks another protocol version.
-    VersionMismatch,
-    /// The connection sat idle past the idle timeout, or the handshake took
-    /// too long.
-    Timeout,
-    /// A bug in the server; the message says more.
-    Internal,
-}
-
-impl ErrorKind {
-    /// The exit status `docker run` gives for a task that could not run this
-    /// way: 127 for a missing command, 126 for one that cannot be invoked,
-    /// 125 for everything else (the daemon or the request failed).
-    pub fn exit_status(self) -> i32 {
-        match self {
-            ErrorKind::CommandNotFound => 127,
-            ErrorKind::CommandNotInvokable => 126,
-            _ => 125,
-        }
-    }
-}
-
-/// An error with a kind to match on and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct TaskError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl TaskError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> TaskError {
-        TaskError {
-            kind,
-            message: message.into(),
-        }
-    }
 }
 
 /// What `tcp-task status` shows.

@@ -1,12 +1,25 @@
-//! The server: settings, the accept loop, connection limits and graceful
-//! shutdown. Each connection is served by [`crate::connection`]; tasks run
-//! in the [`Executor`] the server was built with.
+//! The server: the accept loop, the connection limit and graceful
+//! shutdown. Each connection is served by [`connection`]; a Submit passes
+//! admission there, and the allowed plan runs in the [`Executor`] the
+//! server was built with.
 
-use serde::Deserialize;
-use std::fmt;
+mod config;
+mod connection;
+mod handshake;
+mod outgoing;
+mod shared;
+mod tls;
+
+pub use config::{
+    ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFERED_OUTPUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_TASKS, DEFAULT_MAX_TASKS_PER_CONNECTION,
+    DEFAULT_SHUTDOWN_GRACE,
+};
+pub use shared::server_name;
+pub use tls::TlsConfig;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,257 +29,19 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use crate::access::Credential;
-use crate::auth::{self, FailedLogins, TokenFileError};
+use crate::admission::{Admission, Policy, Quota, Scope};
+use crate::auth::FailedLogins;
+use crate::catalog::Catalog;
 use crate::codec::FrameCodec;
-use crate::connection;
 use crate::executor::Executor;
-use crate::protocol::{
-    ErrorKind, Hello, Limits, ServerMessage, ServerStatus, TaskError, DEFAULT_MAX_FRAME_LEN,
-    MAX_CHUNK_LEN, PROTOCOL_VERSION,
-};
-use crate::tls::{TlsConfig, TlsError};
+use crate::protocol::{ErrorKind, ServerMessage, TaskError};
+use crate::tls::TlsError;
+use shared::{all_tokens, Shared};
 
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-pub const DEFAULT_MAX_TASKS_PER_CONNECTION: usize = 1024;
-pub const DEFAULT_MAX_TASKS: usize = 4096;
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_BUFFERED_OUTPUT: usize = 4 * 1024 * 1024;
-
-/// How the server treats its connections. Every bound has a default here and
-/// a key in the `[server]` table of the config file.
-///
-/// Its `Debug` output shows how many tokens there are, never the tokens.
-#[derive(Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Largest frame body accepted from a client, in bytes.
-    pub max_frame_len: u32,
-    /// Connections served at once; more are answered with a `Busy` error and
-    /// closed.
-    pub max_connections: usize,
-    /// Tasks running at once on one connection.
-    pub max_tasks_per_connection: usize,
-    /// Tasks running (or queued in the executor) at once, all connections.
-    pub max_tasks: usize,
-    /// Time a new connection has to send its hello.
-    #[serde(with = "duration_secs")]
-    pub handshake_timeout: Duration,
-    /// A connection with no frame and no task for this long is closed.
-    #[serde(with = "duration_secs")]
-    pub idle_timeout: Duration,
-    /// On shutdown, running tasks get this long to finish before they are
-    /// cancelled.
-    #[serde(with = "duration_secs")]
-    pub shutdown_grace: Duration,
-    /// Output bytes that may wait for a slow client, per connection. Past it
-    /// the tasks' output is read only as fast as the client takes it.
-    pub max_buffered_output: usize,
-    /// Named clients, each with a token and a policy that narrows the
-    /// server's (see [`crate::access`]).
-    #[serde(skip)]
-    pub clients: Vec<Arc<Credential>>,
-    /// Accepted authentication tokens with no policy of their own. When this
-    /// and `clients` are both empty, no token is required.
-    /// Several may be valid at once, for rotation. Filled from a token file
-    /// by [`ServerConfig::with_token_file`], never from the config file.
-    #[serde(skip)]
-    pub tokens: Vec<String>,
-    /// Failed authentications from one address within
-    /// `auth_failure_window` after which that address is blocked.
-    pub max_auth_failures: u32,
-    /// How far back failed authentications count, and how long a block
-    /// lasts. A blocked address's connections are refused without their
-    /// token being checked.
-    #[serde(with = "duration_secs")]
-    pub auth_failure_window: Duration,
-}
-
-impl fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Written out by hand so that the tokens cannot reach a log line.
-        f.debug_struct("ServerConfig")
-            .field("max_frame_len", &self.max_frame_len)
-            .field("max_connections", &self.max_connections)
-            .field("max_tasks_per_connection", &self.max_tasks_per_connection)
-            .field("max_tasks", &self.max_tasks)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("max_buffered_output", &self.max_buffered_output)
-            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
-            .field("clients", &self.clients)
-            .field("max_auth_failures", &self.max_auth_failures)
-            .field("auth_failure_window", &self.auth_failure_window)
-            .finish()
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> ServerConfig {
-        ServerConfig {
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_tasks_per_connection: DEFAULT_MAX_TASKS_PER_CONNECTION,
-            max_tasks: DEFAULT_MAX_TASKS,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            max_buffered_output: DEFAULT_MAX_BUFFERED_OUTPUT,
-            tokens: Vec::new(),
-            clients: Vec::new(),
-            max_auth_failures: auth::DEFAULT_MAX_AUTH_FAILURES,
-            auth_failure_window: auth::DEFAULT_AUTH_FAILURE_WINDOW,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Adds the tokens of a token file (see [`auth::load_token_file`]) to
-    /// the accepted ones. What `serve --token-file FILE` calls.
-    pub fn with_token_file(mut self, path: impl AsRef<Path>) -> Result<Self, TokenFileError> {
-        self.tokens.extend(auth::load_token_file(path)?);
-        Ok(self)
-    }
-
-    /// What the handshake announces to clients.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_frame_len: self.max_frame_len,
-            max_chunk_len: MAX_CHUNK_LEN as u32,
-            max_tasks_per_connection: self.max_tasks_per_connection as u32,
-            idle_timeout_ms: self.idle_timeout.as_millis() as u64,
-        }
-    }
-
-    /// The output budget, never below one chunk: a smaller one could never
-    /// let a full chunk through.
-    pub(crate) fn output_budget(&self) -> usize {
-        self.max_buffered_output
-            .clamp(MAX_CHUNK_LEN, Semaphore::MAX_PERMITS)
-    }
-}
-
-mod duration_secs {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
-}
-
-/// `tcp-task 0.1.0`: how the server names itself to clients.
-pub fn server_name() -> String {
-    format!("tcp-task {}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Who a connection's client is, once its hello is accepted.
-pub(crate) struct Login {
-    pub hello: Hello,
-    /// The named client whose token it gave, if any.
-    pub client: Option<Arc<Credential>>,
-}
-
-fn all_tokens(config: &ServerConfig) -> Vec<String> {
-    let named = config.clients.iter().map(|c| c.token.clone());
-    config.tokens.iter().cloned().chain(named).collect()
-}
-
-/// What every connection of a server shares.
-pub(crate) struct Shared<E> {
-    pub config: ServerConfig,
-    /// Every accepted token: the plain ones, then the named clients'.
-    pub tokens: Vec<String>,
-    pub executor: Arc<E>,
-    /// Set when the server speaks TLS.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub failed_logins: FailedLogins,
-    /// Bounds tasks across all connections.
-    pub task_slots: Arc<Semaphore>,
-    /// Fired when shutdown starts: connections stop taking new tasks.
-    pub shutdown: CancellationToken,
-    /// Fired when the shutdown grace runs out: every task is cancelled.
-    pub abort: CancellationToken,
-    pub started: Instant,
-    pub connections: AtomicU64,
-    pub finished: AtomicU64,
-    pub failed: AtomicU64,
-}
-
-impl<E: Executor> Shared<E> {
-    /// Checks the hello's token against the configured ones, in constant
-    /// time, so that timing does not reveal how much of a guess was right.
-    /// An address that failed too often recently is refused without its
-    /// token being looked at. Nothing here logs or returns the token.
-    pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Login, TaskError> {
-        if self.tokens.is_empty() {
-            return Ok(Login {
-                hello: hello.clone(),
-                client: None,
-            });
-        }
-        let now = Instant::now();
-        if let Some(left) = self.failed_logins.blocked_for(peer.ip(), now) {
-            debug!(%peer, "refused: the address is blocked after failed authentications");
-            return Err(TaskError::new(
-                ErrorKind::Unauthorized,
-                format!(
-                    "too many failed authentications from {}: this address is temporarily blocked for {} more seconds; check the token (--token or TCP_TASK_TOKEN), then retry",
-                    peer.ip(),
-                    left.as_secs().max(1)
-                ),
-            ));
-        }
-        let offered = hello.token.as_deref().unwrap_or("");
-        if let Some(index) = auth::matching_token(&self.tokens, offered) {
-            // Plain tokens come first in `tokens`, the named clients' after.
-            let client = index
-                .checked_sub(self.config.tokens.len())
-                .and_then(|i| self.config.clients.get(i).cloned());
-            return Ok(Login {
-                hello: hello.clone(),
-                client,
-            });
-        }
-        let (failures, blocks) = self.failed_logins.record(peer.ip(), now);
-        warn!(%peer, failures, "authentication failed");
-        if blocks {
-            warn!(
-                address = %peer.ip(),
-                window = ?self.config.auth_failure_window,
-                "blocking the address after {failures} failed authentications"
-            );
-        }
-        Err(TaskError::new(
-            ErrorKind::Unauthorized,
-            "authentication failed: the server requires a valid token (pass --token or set TCP_TASK_TOKEN)",
-        ))
-    }
-
-    pub fn record_end(&self, terminal: &ServerMessage) {
-        match terminal {
-            ServerMessage::Exited { .. } => self.finished.fetch_add(1, Ordering::Relaxed),
-            _ => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-
-    pub async fn status(&self) -> ServerStatus {
-        let mut status = self.executor.status().await;
-        status.server = server_name();
-        status.protocol_version = PROTOCOL_VERSION;
-        status.uptime_ms = self.started.elapsed().as_millis() as u64;
-        status.connections = self.connections.load(Ordering::Relaxed);
-        status.finished = self.finished.load(Ordering::Relaxed);
-        status.failed = self.failed.load(Ordering::Relaxed);
-        status
-    }
-}
+#[cfg(feature = "fuzzing")]
+pub(crate) use handshake::{check_hello, read_hello};
 
 /// A tcp-task server: an executor behind a listening socket.
 pub struct Server<E> {
@@ -274,17 +49,21 @@ pub struct Server<E> {
 }
 
 impl<E: Executor> Server<E> {
+    /// A server that runs tasks on `executor`, with the default policy and
+    /// no catalog until [`Server::with_policy`] and [`Server::with_catalog`]
+    /// say otherwise.
     pub fn new(config: ServerConfig, executor: E) -> Server<E> {
-        let task_slots = Arc::new(Semaphore::new(config.max_tasks.min(Semaphore::MAX_PERMITS)));
+        let tasks = Quota::new(config.max_tasks, Scope::Server);
         let failed_logins = FailedLogins::new(config.max_auth_failures, config.auth_failure_window);
         Server {
             shared: Arc::new(Shared {
                 tokens: all_tokens(&config),
                 config,
                 executor: Arc::new(executor),
+                admission: Admission::default(),
+                tasks,
                 tls: None,
                 failed_logins,
-                task_slots,
                 shutdown: CancellationToken::new(),
                 abort: CancellationToken::new(),
                 started: Instant::now(),
@@ -295,14 +74,37 @@ impl<E: Executor> Server<E> {
         }
     }
 
+    /// What clients may ask for (`[executor.policy]` in the config file).
+    pub fn with_policy(mut self, policy: Policy) -> Server<E> {
+        let admission = &mut self.unshared().admission;
+        *admission = Admission::new(policy, admission.catalog().clone());
+        self
+    }
+
+    /// The pre-compiled tasks that `Task::Named` requests can run.
+    pub fn with_catalog(mut self, catalog: Catalog) -> Server<E> {
+        let admission = &mut self.unshared().admission;
+        *admission = Admission::new(admission.policy().clone(), catalog);
+        self
+    }
+
+    /// Asks the executor to keep containers ready for the catalog entries
+    /// with `warm > 0`. Call once, inside the runtime.
+    pub fn warm_up(&self) {
+        for (plan, containers) in self.shared.admission.warm_plans() {
+            self.shared.executor.keep_warm(&plan, containers);
+        }
+    }
+
+    fn unshared(&mut self) -> &mut Shared<E> {
+        Arc::get_mut(&mut self.shared).expect("a server that is not running yet is not shared")
+    }
+
     /// Makes the server speak TLS only, with the certificate and key of
     /// `tls` (and, when it names a client CA, only to clients with a
     /// certificate it signed). Fails if the files cannot be read or used.
     pub fn with_tls(mut self, tls: &TlsConfig) -> Result<Server<E>, TlsError> {
-        let acceptor = tls.acceptor()?;
-        Arc::get_mut(&mut self.shared)
-            .expect("a server that is not running yet is not shared")
-            .tls = Some(acceptor);
+        self.unshared().tls = Some(tls.acceptor()?);
         Ok(self)
     }
 

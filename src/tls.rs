@@ -1,6 +1,6 @@
-//! TLS for both ends, through rustls: loading PEM files, building the
-//! server's acceptor and the client's connector, and turning TLS failures
-//! into messages that say what to do.
+//! TLS through rustls: loading PEM files, building the client's connector,
+//! and turning TLS failures into messages that say what to do. The server's
+//! acceptor is built from the same pieces in `server/tls.rs`.
 //!
 //! The protocol is the same inside TLS as outside it; TLS only wraps the
 //! byte stream. Mutual TLS (client certificates) is on when the server is
@@ -13,18 +13,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, AlertDescription, CertificateError, RootCertStore};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 pub use tokio_rustls::rustls::pki_types::CertificateDer;
-
-/// The first byte of every TLS connection: a handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Why TLS could not be set up or failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,68 +41,6 @@ pub enum TlsError {
     /// The TLS handshake itself failed; the message says why and what to do.
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
-}
-
-/// The server's TLS setting: its certificate chain and key, and optionally
-/// the CA whose certificates clients must present (mutual TLS).
-///
-/// All three are PEM files. `cert` may hold the whole chain, leaf first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, only clients with a certificate signed by this CA get past
-    /// the TLS handshake.
-    pub client_ca: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsConfig {
-        TlsConfig {
-            cert: cert.into(),
-            key: key.into(),
-            client_ca: None,
-        }
-    }
-
-    /// Requires client certificates signed by the CA in `client_ca`.
-    pub fn with_client_ca(mut self, client_ca: impl Into<PathBuf>) -> TlsConfig {
-        self.client_ca = Some(client_ca.into());
-        self
-    }
-
-    /// Reads the files and builds what accepts TLS connections.
-    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        let provider = provider();
-        let certs = load_certs(&self.cert, "certificate")?;
-        let key = load_key(&self.key)?;
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Invalid(e.to_string()))?;
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let roots = root_store(load_certs(ca, "client CA")?, ca)?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .map_err(|e| {
-                        TlsError::Invalid(format!(
-                            "cannot verify clients against the CA in {}: {e}",
-                            ca.display()
-                        ))
-                    })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let config = builder.with_single_cert(certs, key).map_err(|e| {
-            TlsError::Invalid(format!(
-                "the certificate {} and the key {} cannot be used together: {e}; check that the key is the certificate's",
-                self.cert.display(),
-                self.key.display()
-            ))
-        })?;
-        Ok(TlsAcceptor::from(Arc::new(config)))
-    }
 }
 
 /// The client's TLS setting.
@@ -237,7 +170,7 @@ fn host_of(addr: &str) -> &str {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -249,7 +182,10 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path, what)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -267,7 +203,7 @@ fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path, "key")?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| TlsError::Read {
@@ -280,7 +216,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-fn root_store(
+pub(crate) fn root_store(
     certs: Vec<CertificateDer<'static>>,
     source: &Path,
 ) -> Result<RootCertStore, TlsError> {
@@ -294,41 +230,6 @@ fn root_store(
         })?;
     }
     Ok(roots)
-}
-
-/// How the server side of a TLS handshake ended, short of success.
-pub(crate) enum Refused {
-    /// The client's first byte is not TLS: it speaks plaintext. The socket
-    /// comes back so that the client can be told so in its own language.
-    Plaintext(TcpStream),
-    /// The handshake failed; the reason, for the log.
-    Failed(String),
-}
-
-/// Runs the server side of the TLS handshake. The caller bounds the time.
-pub(crate) async fn accept(
-    acceptor: &TlsAcceptor,
-    socket: TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Refused> {
-    let mut first = [0u8; 1];
-    match socket.peek(&mut first).await {
-        Ok(0) => return Err(Refused::Failed("closed before the TLS handshake".into())),
-        Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => return Err(Refused::Plaintext(socket)),
-        Ok(_) => {}
-        Err(e) => return Err(Refused::Failed(e.to_string())),
-    }
-    match acceptor.accept(socket).into_fallible().await {
-        Ok(stream) => Ok(stream),
-        Err((error, mut socket)) => {
-            // rustls has sent its alert. Read what the client still sends
-            // (its first frame, typically) until it closes: closing with
-            // unread bytes would reset the connection, and a reset can
-            // destroy the alert before the client reads it.
-            let mut sink = [0u8; 4096];
-            while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
-            Err(Refused::Failed(error.to_string()))
-        }
-    }
 }
 
 /// Turns a TLS failure seen by the client into what happened and what to
@@ -396,14 +297,6 @@ mod tests {
         assert_eq!(host_of("[::1]:7070"), "::1");
         assert_eq!(host_of("::1"), "::1");
         assert_eq!(host_of("example.org"), "example.org");
-    }
-
-    #[test]
-    fn missing_files_are_named_in_the_error() {
-        let config = TlsConfig::new("/nonexistent/cert.pem", "/nonexistent/key.pem");
-        let err = config.acceptor().err().unwrap().to_string();
-        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
-        assert!(err.contains("certificate file"), "{err}");
     }
 
     #[test]

@@ -8,8 +8,9 @@ mod common;
 use common::{task, Event, Harness, EXAMPLES_IMAGE};
 use sha2::{Digest, Sha256};
 use tcp_task::catalog::Catalog;
-use tcp_task::executor::{DockerExecutor, ExecutorConfig};
-use tcp_task::protocol::{Ending, ErrorKind, OutputStream, ProgressEvent, TaskSpec};
+use tcp_task::executor::ExecutorConfig;
+use tcp_task::executor::Progress;
+use tcp_task::protocol::{Ending, ErrorKind, OutputStream, TaskSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_0_1_42_with_lifecycle_events() {
@@ -27,11 +28,8 @@ async fn exit_codes_0_1_42_with_lifecycle_events() {
         assert_eq!(outcome.exit_code, Some(code), "{command:?}");
         assert_eq!(outcome.exit_status(), code);
         let progress = run.progress();
-        assert!(matches!(
-            progress.first(),
-            Some(ProgressEvent::Created { .. })
-        ));
-        assert_eq!(progress.last(), Some(&ProgressEvent::Started));
+        assert!(matches!(progress.first(), Some(Progress::Created { .. })));
+        assert_eq!(progress.last(), Some(&Progress::Started));
     }
     h.assert_clean().await;
 }
@@ -297,15 +295,7 @@ async fn catalog_tasks_resolve_with_params_in_the_environment() {
         "#
     ))
     .expect("catalog parses");
-    let docker = tcp_task::docker::connect_docker().await.expect("engine");
-    tcp_task::images::ensure_examples_image(&docker)
-        .await
-        .expect("image");
-    let exec = DockerExecutor::new(docker.clone(), ExecutorConfig::default()).with_catalog(catalog);
-    let h = Harness {
-        docker,
-        exec: std::sync::Arc::new(exec),
-    };
+    let h = Harness::with_catalog(ExecutorConfig::default(), catalog).await;
     let mut spec = TaskSpec::named("show-env", Vec::<String>::new());
     if let tcp_task::protocol::Task::Named { params, .. } = &mut spec.task {
         *params = Some(r#"{"n":3}"#.into());
@@ -318,7 +308,6 @@ async fn catalog_tasks_resolve_with_params_in_the_environment() {
         .any(|l| l == r#"TASK_PARAMS={"n":3}"#));
     let unknown = h.run(TaskSpec::named("nope", Vec::<String>::new())).await;
     assert_eq!(unknown.error().kind, ErrorKind::UnknownTask);
-    use tcp_task::executor::Executor;
-    assert_eq!(h.exec.catalog().len(), 1);
+    assert_eq!(h.admission.catalog().len(), 1);
     h.assert_clean().await;
 }

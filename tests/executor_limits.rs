@@ -8,18 +8,19 @@ mod common;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use bollard::Docker;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use common::{task, Harness, EXAMPLES_IMAGE};
-use tcp_task::events::EventSink;
 use tcp_task::executor::{
-    label_filter, Executor, ExecutorConfig, Owner, TaskIo, LABEL_INSTANCE, LABEL_MANAGED,
+    label_filter, Delivery, Disconnected, Events, Executor, ExecutorConfig, Owner, Progress,
+    TaskIo, LABEL_INSTANCE, LABEL_MANAGED,
 };
-use tcp_task::protocol::{Ending, ErrorKind, ProgressEvent, TaskSpec};
+use tcp_task::protocol::{Ending, ErrorKind, OutputStream, TaskSpec};
 
 /// Waits until the engine runs a container of `instance`; returns its id.
 async fn running_container(docker: &Docker, instance: &str) -> String {
@@ -63,28 +64,34 @@ async fn cancel_kills_a_running_task() {
     running.cancel.cancel();
     let run = running.finish().await;
     assert_eq!(run.outcome().ending, Ending::Cancelled);
-    assert!(run.progress().contains(&ProgressEvent::Started));
+    assert!(run.progress().contains(&Progress::Started));
     h.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_is_gone_ends_the_task() {
     let h = Harness::standard().await;
-    // A sink whose connection writer is already gone.
-    let (tx, rx) = mpsc::channel(4);
-    drop(rx);
+    // Events for a client that is already gone.
+    struct Gone;
+    impl Events for Gone {
+        fn progress(&self, _: Progress) -> Delivery<'_> {
+            Box::pin(async { Err(Disconnected) })
+        }
+        fn output(&self, _: OutputStream, _: Bytes) -> Delivery<'_> {
+            Box::pin(async { Err(Disconnected) })
+        }
+    }
     let (_stdin_tx, stdin) = mpsc::channel(1);
     let io = TaskIo {
-        events: EventSink::new(1, tx, Arc::new(Semaphore::new(1 << 20))),
+        events: Arc::new(Gone),
         stdin,
         cancel: CancellationToken::new(),
-        client: None,
     };
-    let outcome = h
-        .exec
-        .run(task(["lines", "1000", "20"]), io)
-        .await
-        .expect("the task ran");
+    let plan = h
+        .admission
+        .plan(task(["lines", "1000", "20"]), None)
+        .unwrap();
+    let outcome = h.exec.run(plan, io).await.expect("the task ran");
     assert_eq!(outcome.ending, Ending::Cancelled);
     h.assert_clean().await;
 }
@@ -193,14 +200,14 @@ async fn fifty_concurrent_tasks_all_complete_through_the_queue() {
         if run
             .progress()
             .iter()
-            .any(|p| matches!(p, ProgressEvent::Queued { .. }))
+            .any(|p| matches!(p, Progress::Queued { .. }))
         {
             queued += 1;
         }
     }
     assert!(queued > 0, "with 4 slots some of 50 tasks must have queued");
-    let status = h.exec.status().await;
-    assert_eq!((status.finished, status.running, status.queued), (50, 0, 0));
+    let status = h.exec.stats().await;
+    assert_eq!((status.running, status.queued), (0, 0));
     h.assert_clean().await;
 }
 
@@ -232,15 +239,14 @@ async fn the_queue_is_fifo_reports_positions_and_refuses_when_full() {
         run.progress()
             .iter()
             .filter_map(|p| match p {
-                ProgressEvent::Queued { position } => Some(*position),
+                Progress::Queued { position } => Some(*position),
                 _ => None,
             })
             .collect()
     };
     assert_eq!(queued(&first), vec![1]);
     assert_eq!(queued(&second), vec![2, 1], "the second moved up");
-    let status = h.exec.status().await;
-    assert_eq!((status.finished, status.failed), (3, 1));
+    let status = h.exec.stats().await;
     assert!(status.engine.reachable);
     assert_eq!(status.engine.api_version.as_deref(), Some("1.41"));
     h.assert_clean().await;
@@ -248,7 +254,7 @@ async fn the_queue_is_fifo_reports_positions_and_refuses_when_full() {
 
 async fn wait_for_queued(h: &Harness, n: u64) {
     for _ in 0..600 {
-        if h.exec.status().await.queued == n {
+        if h.exec.stats().await.queued == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -67,14 +67,15 @@ impl Setup {
         tcp_task::images::ensure_examples_image(&docker)
             .await
             .map_err(|e| format!("no examples image: {e}"))?;
-        let executor = DockerExecutor::new(docker.clone(), config()).with_catalog(catalog()?);
+        let executor = DockerExecutor::new(docker.clone(), config());
         let instance = executor.instance_id().to_owned();
         executor
             .reap_orphans()
             .await
             .map_err(|e| format!("cannot sweep the engine: {e}"))?;
-        executor.warm_up();
-        let server = Server::new(ServerConfig::default(), executor)
+        let server = Server::new(ServerConfig::default(), executor).with_catalog(catalog()?);
+        server.warm_up();
+        let server = server
             .spawn("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot listen: {e}"))?;

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::engine::{engine_error, status_code};
-use crate::protocol::TaskError;
+use crate::task::TaskError;
 
 pub const LABEL_MANAGED: &str = "tcp-task.managed";
 pub const LABEL_INSTANCE: &str = "tcp-task.instance";

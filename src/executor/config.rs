@@ -1,26 +1,21 @@
-//! The Docker executor's configuration: the server policy (what a client may
-//! ask for), the bounds on output and logs, the concurrency limit, and
-//! registry credentials.
+//! The Docker executor's configuration: the bounds on output and logs, the
+//! concurrency limit, registry credentials and the warm pools. What clients
+//! may ask for is not here: that is admission's policy.
 //!
 //! Every field has a default, so an empty TOML table is a valid
-//! configuration; the server's config file embeds this as `[executor]`.
+//! configuration; the server's config file embeds this as `[executor]`
+//! (beside `[executor.policy]`, which admission reads).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use super::warm::WarmConfig;
-
 const MIB: u64 = 1024 * 1024;
-const GIB: u64 = 1024 * MIB;
-const ONE_CPU: u64 = 1_000_000_000;
 
 /// How the Docker executor runs tasks.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorConfig {
-    /// What clients may ask for, and what they get when they ask for nothing.
-    pub policy: Policy,
     /// Bytes of stdout plus stderr relayed per task; past it the task is
     /// killed and its outcome says `OutputLimit`. Default 64 MiB.
     pub output_limit_bytes: u64,
@@ -53,7 +48,6 @@ pub struct ExecutorConfig {
 impl Default for ExecutorConfig {
     fn default() -> ExecutorConfig {
         ExecutorConfig {
-            policy: Policy::default(),
             output_limit_bytes: 64 * MIB,
             log_max_size: "1m".to_owned(),
             log_max_file: 1,
@@ -63,60 +57,6 @@ impl Default for ExecutorConfig {
             instance_id: None,
             labels: BTreeMap::new(),
             warm: WarmConfig::default(),
-        }
-    }
-}
-
-/// The server's policy: maxima a request may not exceed, the defaults a
-/// request gets when it names no limit, and what a client may loosen.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Policy {
-    /// Default 256 MiB.
-    pub default_memory_bytes: u64,
-    /// Default 2 GiB.
-    pub max_memory_bytes: u64,
-    /// Default one CPU.
-    pub default_nano_cpus: u64,
-    /// Default two CPUs.
-    pub max_nano_cpus: u64,
-    /// Default 256 processes.
-    pub default_pids_limit: i64,
-    /// Default 1024 processes.
-    pub max_pids_limit: i64,
-    /// Applied when a request names no timeout. Default 10 minutes.
-    pub default_timeout_ms: u64,
-    /// Default one hour.
-    pub max_timeout_ms: u64,
-    /// Whether a request may name a network mode other than `none`.
-    /// Default false.
-    pub allow_network: bool,
-    /// The network modes a request may name when `allow_network` is set.
-    /// Default `["bridge"]`.
-    pub allowed_network_modes: Vec<String>,
-    /// Mount every task's root filesystem read-only, whatever the request
-    /// says. Default false: the request decides (`TaskSpec::read_only_root`).
-    pub force_read_only_root: bool,
-    /// Size of the tmpfs mounted on /tmp when the root is read-only, in
-    /// bytes. Default 64 MiB.
-    pub tmpfs_bytes: u64,
-}
-
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy {
-            default_memory_bytes: 256 * MIB,
-            max_memory_bytes: 2 * GIB,
-            default_nano_cpus: ONE_CPU,
-            max_nano_cpus: 2 * ONE_CPU,
-            default_pids_limit: 256,
-            max_pids_limit: 1024,
-            default_timeout_ms: 10 * 60 * 1000,
-            max_timeout_ms: 60 * 60 * 1000,
-            allow_network: false,
-            allowed_network_modes: vec!["bridge".to_owned()],
-            force_read_only_root: false,
-            tmpfs_bytes: 64 * MIB,
         }
     }
 }
@@ -139,6 +79,46 @@ impl fmt::Debug for RegistryCredentials {
     }
 }
 
+/// The warm pools' budget and on-demand rules. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmConfig {
+    /// Use warm containers at all. Default true.
+    pub enabled: bool,
+    /// Warm containers (idle or starting) across all pools. Default 16.
+    pub max_containers: u32,
+    /// The sum of the memory limits of those containers. Default 4 GiB.
+    pub max_memory_bytes: u64,
+    /// A generic image's pool warms up after this many requests for the
+    /// same key within `demand_window_ms`. 0: never on demand. Default 3.
+    pub demand_threshold: u32,
+    /// Default 10 s.
+    pub demand_window_ms: u64,
+    /// Containers an on-demand pool keeps warm. Default 2.
+    pub on_demand: u32,
+    /// An on-demand pool with no request for this long is emptied.
+    /// Default 60 s.
+    pub idle_ms: u64,
+    /// How long a new warm container may take to report ready before it is
+    /// given up (and removed). Default 30 s.
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for WarmConfig {
+    fn default() -> WarmConfig {
+        WarmConfig {
+            enabled: true,
+            max_containers: 16,
+            max_memory_bytes: 4096 * MIB,
+            demand_threshold: 3,
+            demand_window_ms: 10_000,
+            on_demand: 2,
+            idle_ms: 60_000,
+            ready_timeout_ms: 30_000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,19 +135,13 @@ mod tests {
             max_concurrent = 2
             [warm]
             max_containers = 4
-            [policy]
-            allow_network = true
-            max_memory_bytes = 1073741824
             [registry_auth."127.0.0.1:5000"]
             username = "u"
             password = "p"
         "#;
         let config: ExecutorConfig = toml::from_str(text).expect("config parses");
         assert_eq!(config.max_concurrent, 2);
-        assert!(config.policy.allow_network);
-        assert_eq!(config.policy.max_memory_bytes, GIB);
         assert_eq!(config.registry_auth["127.0.0.1:5000"].username, "u");
-        assert_eq!(config.policy.default_pids_limit, 256);
         assert_eq!(config.warm.max_containers, 4);
         assert_eq!(config.warm.on_demand, WarmConfig::default().on_demand);
     }

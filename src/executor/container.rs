@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::cleanup::{Owner, LABEL_TASK};
 use super::config::ExecutorConfig;
-use super::policy::Plan;
+use super::plan::Plan;
 
 /// The create request for `plan`'s container; `task` goes into the
 /// `tcp-task.task` label.
@@ -59,10 +59,7 @@ fn host_config(config: &ExecutorConfig, plan: &Plan) -> HostConfig {
         ("max-file".to_owned(), config.log_max_file.to_string()),
     ]);
     let tmpfs = plan.read_only_root.then(|| {
-        let options = format!(
-            "rw,nosuid,nodev,mode=1777,size={}",
-            config.policy.tmpfs_bytes
-        );
+        let options = format!("rw,nosuid,nodev,mode=1777,size={}", plan.tmpfs_bytes);
         HashMap::from([("/tmp".to_owned(), options)])
     });
     HostConfig {

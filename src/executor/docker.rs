@@ -1,56 +1,29 @@
-//! The cold path: every task is a fresh container.
-//!
-//! create → attach → start → stream → wait → inspect → remove, with the
-//! policy checked before anything touches the engine and the container
-//! removed in every ending (see [`super::cleanup`]).
+//! The Docker executor: tasks wait in line for a slot, then run on a warm
+//! container when one is ready and on a fresh one otherwise, under the
+//! same supervision either way.
 
-use bollard::query_parameters::AttachContainerOptions;
 use bollard::Docker;
-use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
-use super::cleanup::{self, ContainerGuard, Owner};
+use super::cleanup::{self, Owner};
+use super::cold::Cold;
 use super::config::ExecutorConfig;
-use super::container::container_body;
-use super::engine::{create_error, engine_error, init_exec_error, start_error};
-use super::outcome::{ended_outcome, killed_outcome, wait_exit};
-use super::policy::{self, Plan};
-use super::pull::{credentials_for, ensure_image, ImageRef};
-use super::queue::{Admission, Slot, Slots, Turn};
-use super::stream::{relay_output, relay_stdin, OutputEnd};
-use super::warm::{Attempt, Launcher, Warm};
+use super::events::Progress;
+use super::plan::Plan;
+use super::process::StartError;
+use super::queue::{Acquired, Slot, Slots, Turn};
+use super::stats::{EngineHealth, ExecutorStats};
+use super::supervise::{command_error, killed, supervise};
+use super::warm::{Launcher, Warm};
 use super::{Executor, TaskIo};
-use crate::catalog::Catalog;
-use crate::events::EventSink;
-use crate::protocol::{
-    CatalogEntryInfo, Ending, EngineStatus, ErrorKind, Outcome, OutputStream, ProgressEvent,
-    ServerStatus, TaskError, TaskSpec,
-};
+use crate::task::{Ending, ErrorKind, Outcome, TaskError};
 
-/// Runs each task as a new container on a Docker engine.
+/// Runs tasks as containers on a Docker engine.
 #[derive(Debug)]
 pub struct DockerExecutor {
-    docker: Docker,
-    config: ExecutorConfig,
-    catalog: Catalog,
-    owner: Owner,
-    slots: Slots,
-    next_task: AtomicU64,
-    finished: AtomicU64,
-    failed: AtomicU64,
+    cold: Cold,
     warm: Warm,
-}
-
-/// How the streaming phase ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Stop {
-    /// The container closed its output: collect its exit status. Holds
-    /// docker-init's exec-failure report, if that was the only output.
-    Ended(Option<Bytes>),
-    /// We end it: the container is killed and the outcome says why.
-    Killed(Ending),
+    slots: Slots,
 }
 
 impl DockerExecutor {
@@ -65,64 +38,33 @@ impl DockerExecutor {
             owner: owner.clone(),
         });
         DockerExecutor {
-            docker,
-            config,
-            catalog: Catalog::default(),
-            owner,
-            slots,
-            next_task: AtomicU64::new(1),
-            finished: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            cold: Cold::new(docker, config, owner),
             warm,
+            slots,
         }
-    }
-
-    /// Adds the pre-compiled tasks that `Task::Named` requests can run.
-    pub fn with_catalog(mut self, catalog: Catalog) -> DockerExecutor {
-        self.catalog = catalog;
-        self
     }
 
     /// The id in the `tcp-task.instance` label of this executor's containers.
     pub fn instance_id(&self) -> &str {
-        &self.owner.instance
+        &self.cold.owner.instance
     }
 
     pub fn owner(&self) -> &Owner {
-        &self.owner
+        &self.cold.owner
     }
 
     pub fn config(&self) -> &ExecutorConfig {
-        &self.config
+        &self.cold.config
     }
 
     pub fn docker(&self) -> &Docker {
-        &self.docker
+        &self.cold.docker
     }
 
     /// Removes containers left behind by server processes that are gone
     /// (the rule is in [`super::cleanup`]). Returns how many.
     pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
-        cleanup::reap_orphans(&self.docker, &self.owner).await
-    }
-
-    /// Starts the warm pools of the catalog entries with `warm > 0`. Call
-    /// once, inside the runtime, after [`DockerExecutor::reap_orphans`].
-    pub fn warm_up(&self) {
-        for (name, entry) in &self.catalog.entries {
-            if entry.warm == 0 {
-                continue;
-            }
-            let spec = TaskSpec::named(name.clone(), Vec::<String>::new());
-            match self
-                .catalog
-                .resolve(spec)
-                .and_then(|spec| policy::plan(spec, &self.config.policy))
-            {
-                Ok(plan) => self.warm.keep(&plan, name, entry.warm, entry.reuse),
-                Err(e) => tracing::warn!(task = %name, error = %e, "catalog entry not kept warm"),
-            }
-        }
+        cleanup::reap_orphans(self.docker(), self.owner()).await
     }
 
     /// Waits until the warm pools' background work (refills, removal of
@@ -137,48 +79,30 @@ impl DockerExecutor {
         self.warm.drain().await
     }
 
-    async fn run_task(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
-        let entry = self
-            .catalog
-            .entry_of(&spec)
-            .map(|(name, entry)| (name.to_owned(), entry.reuse));
-        let spec = self.catalog.resolve(spec)?;
-        let plan = policy::plan_for(spec, &self.config.policy, io.client.as_deref())?;
-        let Some(slot) = self.admit(&io).await? else {
-            return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
+    async fn run_task(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+        let Some(_slot) = self.wait_for_slot(&io).await? else {
+            return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
-        let entry = entry.as_ref().map(|(name, reuse)| (name.as_str(), *reuse));
-        let io = match self.warm.try_run(&plan, entry, io).await {
-            Attempt::Ran(result) => return result,
-            Attempt::Cold(io) => io,
+        let limit = self.config().output_limit_bytes;
+        let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
+            Ok(Some(warm)) => return supervise(warm, &plan.command, plan.timeout, io, limit).await,
+            Ok(None) => self.cold.start(&plan, &io.events, &io.cancel).await,
+            Err(e) => Err(e),
         };
-        let credentials = credentials_for(
-            &ImageRef::parse(&plan.image),
-            plan.registry_auth.as_ref(),
-            &self.config.registry_auth,
-        );
-        tokio::select! {
-            pulled = ensure_image(&self.docker, &plan.image, credentials, &io.events) => pulled?,
-            // Dropping the pull's connection makes the engine abandon it.
-            _ = io.cancel.cancelled() => {
-                return Ok(killed_outcome(Ending::Cancelled, Duration::ZERO));
-            }
+        match started {
+            Ok(cold) => supervise(cold, &plan.command, plan.timeout, io, limit).await,
+            Err(StartError::Command(failure)) => Err(command_error(&plan.command, failure)),
+            Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
+            Err(StartError::Failed(error)) => Err(error),
         }
-        let container = self.create(&plan).await?;
-        let result = self.run_container(&container, &plan, io).await;
-        if let Err(e) = container.remove().await {
-            tracing::error!(error = %e, "a task's container could not be removed");
-        }
-        drop(slot);
-        result
     }
 
     /// Takes a slot, waiting in line (and saying where) while none is free.
     /// `None` when the task was cancelled while waiting.
-    async fn admit(&self, io: &TaskIo) -> Result<Option<Slot>, TaskError> {
+    async fn wait_for_slot(&self, io: &TaskIo) -> Result<Option<Slot>, TaskError> {
         let mut place = match self.slots.try_acquire() {
-            Ok(Admission::Now(slot)) => return Ok(Some(slot)),
-            Ok(Admission::Queued(place)) => place,
+            Ok(Acquired::Now(slot)) => return Ok(Some(slot)),
+            Ok(Acquired::Queued(place)) => place,
             Err(full) => {
                 return Err(TaskError::new(
                     ErrorKind::Busy,
@@ -192,7 +116,7 @@ impl DockerExecutor {
         };
         let mut position = place.position();
         loop {
-            let _ = io.events.progress(ProgressEvent::Queued { position }).await;
+            let _ = io.events.progress(Progress::Queued { position }).await;
             tokio::select! {
                 turn = place.next_turn() => match turn {
                     Some(Turn::Granted(slot)) => return Ok(Some(slot)),
@@ -206,209 +130,30 @@ impl DockerExecutor {
             }
         }
     }
-
-    async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
-        let task = self.next_task.fetch_add(1, Ordering::Relaxed);
-        let body = container_body(&self.config, &self.owner, plan, &task.to_string());
-        let created = self
-            .docker
-            .create_container(None, body)
-            .await
-            .map_err(|e| create_error(&plan.image, &e))?;
-        for warning in &created.warnings {
-            tracing::warn!(container = %created.id, %warning, "engine warning on create");
-        }
-        Ok(ContainerGuard::new(self.docker.clone(), created.id))
-    }
-
-    /// attach → start → stream → wait → inspect. The caller removes.
-    async fn run_container(
-        &self,
-        container: &ContainerGuard,
-        plan: &Plan,
-        io: TaskIo,
-    ) -> Result<Outcome, TaskError> {
-        let id = container.id();
-        let TaskIo {
-            events,
-            stdin,
-            cancel,
-            ..
-        } = io;
-        let short = id.chars().take(12).collect();
-        let _ = events
-            .progress(ProgressEvent::Created { container: short })
-            .await;
-        // Attach before start, so not a byte of output is missed.
-        let options = AttachContainerOptions {
-            stream: true,
-            stdin: plan.stdin,
-            stdout: true,
-            stderr: true,
-            ..AttachContainerOptions::default()
-        };
-        let attach = self
-            .docker
-            .attach_container(id, Some(options))
-            .await
-            .map_err(|e| engine_error("attaching to the container", &e))?;
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| start_error(&plan.command, &e))?;
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + plan.timeout;
-        let _ = events.progress(ProgressEvent::Started).await;
-
-        let stdin_relay = async {
-            if plan.stdin {
-                relay_stdin(stdin, attach.input).await;
-            }
-        };
-        let output = relay_output(attach.output, &events, self.config.output_limit_bytes);
-        let stop = supervise(output, stdin_relay, &cancel, deadline).await;
-        match stop {
-            Stop::Killed(ending) => Ok(killed_outcome(ending, started.elapsed())),
-            Stop::Ended(init_failure) => {
-                let ended = Ended {
-                    cancel: &cancel,
-                    deadline,
-                    started,
-                    init_failure,
-                };
-                self.collect(id, plan, &events, ended).await
-            }
-        }
-    }
-
-    /// The container closed its output; wait for its exit status (still
-    /// honouring cancel and timeout, in case the stream broke early) and read
-    /// whether the kernel OOM-killed it.
-    async fn collect(
-        &self,
-        id: &str,
-        plan: &Plan,
-        events: &EventSink,
-        ended: Ended<'_>,
-    ) -> Result<Outcome, TaskError> {
-        let code = tokio::select! {
-            code = wait_exit(&self.docker, id) => code?,
-            _ = ended.cancel.cancelled() => {
-                return Ok(killed_outcome(Ending::Cancelled, ended.started.elapsed()))
-            }
-            _ = tokio::time::sleep_until(ended.deadline) => {
-                return Ok(killed_outcome(Ending::TimedOut, ended.started.elapsed()))
-            }
-        };
-        let duration = ended.started.elapsed();
-        if let Some(report) = ended.init_failure {
-            if let Some(error) = init_exec_error(code, &report, &plan.command) {
-                return Err(error);
-            }
-            // Not an exec failure: the bytes were the task's own stderr.
-            let _ = events.output(OutputStream::Stderr, report).await;
-        }
-        let oom_killed = self.oom_killed(id, code).await?;
-        Ok(ended_outcome(code, oom_killed, duration))
-    }
-}
-
-impl DockerExecutor {
-    /// Whether the kernel OOM-killed the container's process. The engine
-    /// learns of an OOM kill and of the exit by separate events that can
-    /// arrive in either order, so a SIGKILL exit (137) without the flag is
-    /// asked about again for a short while before it is believed.
-    async fn oom_killed(&self, id: &str, code: i64) -> Result<bool, TaskError> {
-        const SIGKILL_EXIT: i64 = 128 + 9;
-        const RECHECKS: u32 = 10;
-        for attempt in 0..=RECHECKS {
-            let inspected = self
-                .docker
-                .inspect_container(id, None)
-                .await
-                .map_err(|e| engine_error("inspecting the ended container", &e))?;
-            let oom = inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
-            if oom || code != SIGKILL_EXIT || attempt == RECHECKS {
-                return Ok(oom);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(false)
-    }
-}
-
-/// What `collect` needs to know about a container whose output ended.
-struct Ended<'a> {
-    cancel: &'a CancellationToken,
-    deadline: tokio::time::Instant,
-    started: Instant,
-    init_failure: Option<Bytes>,
-}
-
-/// Runs the output relay and the stdin relay until the output ends, the
-/// task is cancelled or its deadline passes.
-async fn supervise(
-    output: impl std::future::Future<Output = OutputEnd>,
-    stdin: impl std::future::Future<Output = ()>,
-    cancel: &CancellationToken,
-    deadline: tokio::time::Instant,
-) -> Stop {
-    tokio::pin!(output, stdin);
-    let mut stdin_done = false;
-    loop {
-        tokio::select! {
-            // Cancel first: a task that is cancelled and ends at once is
-            // reported cancelled, as the client asked.
-            biased;
-            _ = cancel.cancelled() => return Stop::Killed(Ending::Cancelled),
-            _ = tokio::time::sleep_until(deadline) => return Stop::Killed(Ending::TimedOut),
-            end = &mut output => return match end {
-                OutputEnd::Eof { init_failure } => Stop::Ended(init_failure),
-                OutputEnd::LimitReached => Stop::Killed(Ending::OutputLimit),
-                OutputEnd::ClientGone => Stop::Killed(Ending::Cancelled),
-                OutputEnd::Broken(e) => {
-                    tracing::warn!(error = %e, "attach stream broke; waiting for the exit status");
-                    Stop::Ended(None)
-                }
-            },
-            () = &mut stdin, if !stdin_done => stdin_done = true,
-        }
-    }
 }
 
 impl Executor for DockerExecutor {
-    async fn run(&self, spec: TaskSpec, io: TaskIo) -> Result<Outcome, TaskError> {
-        let result = self.run_task(spec, io).await;
-        let counter = if result.is_ok() {
-            &self.finished
-        } else {
-            &self.failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        result
+    async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+        self.run_task(plan, io).await
     }
 
-    async fn status(&self) -> ServerStatus {
+    async fn stats(&self) -> ExecutorStats {
         let (running, queued) = self.slots.counts();
-        ServerStatus {
+        ExecutorStats {
             running: running as u64,
             queued: queued as u64,
-            finished: self.finished.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            engine: engine_status(&self.docker).await,
-            catalog_size: self.catalog.len() as u64,
-            pools: self.warm.status(),
-            ..ServerStatus::default()
+            engine: engine_health(self.docker()).await,
+            pools: self.warm.stats(),
         }
     }
 
-    fn catalog(&self) -> Vec<CatalogEntryInfo> {
-        self.catalog.infos()
+    fn keep_warm(&self, plan: &Plan, containers: u32) {
+        self.warm.keep(plan, containers)
     }
 
     async fn shutdown(&self) {
         self.drain_warm().await;
-        match cleanup::remove_instance(&self.docker, &self.owner.instance).await {
+        match cleanup::remove_instance(self.docker(), self.instance_id()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),
             Err(e) => tracing::error!(error = %e, "could not clean up at shutdown"),
@@ -416,18 +161,18 @@ impl Executor for DockerExecutor {
     }
 }
 
-async fn engine_status(docker: &Docker) -> EngineStatus {
+async fn engine_health(docker: &Docker) -> EngineHealth {
     match docker.version().await {
-        Ok(version) => EngineStatus {
+        Ok(version) => EngineHealth {
             reachable: true,
             version: version.version,
             api_version: Some(docker.client_version().to_string()),
             error: None,
         },
-        Err(e) => EngineStatus {
+        Err(e) => EngineHealth {
             reachable: false,
             error: Some(e.to_string()),
-            ..EngineStatus::default()
+            ..EngineHealth::default()
         },
     }
 }

@@ -1,29 +1,38 @@
-//! How a task becomes a running process: the [`Executor`] trait the server
-//! calls, and its implementations.
+//! How an allowed task runs: the [`Executor`] trait the server calls, and
+//! the Docker implementation behind it.
 //!
-//! An executor knows nothing of sockets: it gets a [`TaskSpec`] and a
-//! [`TaskIo`] (where to report, where stdin comes from, when to stop) and
-//! returns how the task ended.
+//! An executor knows neither sockets, frames nor access rules. It gets a
+//! [`Plan`] that admission already allowed and a [`TaskIo`] (where to
+//! report, where stdin comes from, when to stop), and returns how the task
+//! ended. Inside, every way of running a task is a [`process::Process`]
+//! (a cold container, a warm one) under the same supervision.
 
 mod cleanup;
+mod cold;
 mod config;
 mod container;
 mod docker;
 mod engine;
-mod outcome;
-mod policy;
+mod events;
+mod exit;
+mod plan;
+mod process;
 mod pull;
 mod queue;
-mod stream;
+mod stats;
+mod supervise;
 mod warm;
 
 pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
 };
-pub use config::{ExecutorConfig, Policy, RegistryCredentials};
+pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
-pub use warm::{WarmConfig, AGENT_PATH, LABEL_WARM};
+pub use events::{Delivery, Disconnected, EventSink, Events, Progress};
+pub use plan::{EntryRef, Plan, PullAuth};
+pub use stats::{EngineHealth, ExecutorStats, PoolStats};
+pub use warm::{AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;
 use std::future::Future;
@@ -31,43 +40,38 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::ClientRules;
-use crate::events::EventSink;
-use crate::protocol::{CatalogEntryInfo, Outcome, ServerStatus, TaskError, TaskSpec};
+use crate::task::{Outcome, TaskError};
 
-/// One task's channels to and from its client.
-#[derive(Debug)]
+/// One task's channels to and from whoever submitted it.
 pub struct TaskIo {
     /// Progress and output go here.
     pub events: EventSink,
     /// Stdin chunks; the channel closing is end-of-file. Closed from the start
-    /// when the spec did not ask for stdin.
+    /// when the plan did not ask for stdin.
     pub stdin: mpsc::Receiver<Bytes>,
-    /// Fired when the client cancels, disconnects, or the server gives up on
-    /// the task during shutdown. The executor then kills the task and returns
-    /// an outcome with [`crate::protocol::Ending::Cancelled`].
+    /// Fired when the task must stop: the client cancelled or left, or the
+    /// server gives up on it during shutdown. The executor then ends the
+    /// task and returns an outcome with [`crate::task::Ending::Cancelled`].
     pub cancel: CancellationToken,
-    /// The rules of the named client that submitted the task, if any: they
-    /// narrow the server's policy for this task.
-    pub client: Option<Arc<ClientRules>>,
 }
 
-/// Runs tasks. The server holds one and calls it concurrently.
+/// Runs allowed tasks. The server holds one and calls it concurrently.
 pub trait Executor: Send + Sync + 'static {
     /// Runs one task to its end. `Ok` when the task ran (whatever its exit
     /// code); `Err` when it could not run. Must return promptly after
     /// `io.cancel` fires, having cleaned up.
     fn run(
         &self,
-        spec: TaskSpec,
+        plan: Plan,
         io: TaskIo,
     ) -> impl Future<Output = Result<Outcome, TaskError>> + Send;
 
-    /// Counts and engine health; the server fills in its own fields.
-    fn status(&self) -> impl Future<Output = ServerStatus> + Send;
+    /// Counts and engine health.
+    fn stats(&self) -> impl Future<Output = ExecutorStats> + Send;
 
-    /// The pre-compiled tasks this executor knows.
-    fn catalog(&self) -> Vec<CatalogEntryInfo>;
+    /// Keeps `containers` ready ahead of time for tasks like `plan` (a
+    /// catalog entry's `warm`), where the executor can. Called at start-up.
+    fn keep_warm(&self, _plan: &Plan, _containers: u32) {}
 
     /// Called once when the server stops, after every task has ended.
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
@@ -80,18 +84,18 @@ pub trait Executor: Send + Sync + 'static {
 impl<E: Executor> Executor for Arc<E> {
     fn run(
         &self,
-        spec: TaskSpec,
+        plan: Plan,
         io: TaskIo,
     ) -> impl Future<Output = Result<Outcome, TaskError>> + Send {
-        (**self).run(spec, io)
+        (**self).run(plan, io)
     }
 
-    fn status(&self) -> impl Future<Output = ServerStatus> + Send {
-        (**self).status()
+    fn stats(&self) -> impl Future<Output = ExecutorStats> + Send {
+        (**self).stats()
     }
 
-    fn catalog(&self) -> Vec<CatalogEntryInfo> {
-        (**self).catalog()
+    fn keep_warm(&self, plan: &Plan, containers: u32) {
+        (**self).keep_warm(plan, containers)
     }
 
     fn shutdown(&self) -> impl Future<Output = ()> + Send {

@@ -47,7 +47,7 @@ pub(crate) struct QueueFull {
 
 /// What `try_acquire` gives: a slot now, or a place in line.
 #[derive(Debug)]
-pub(crate) enum Admission {
+pub(crate) enum Acquired {
     Now(Slot),
     Queued(Place),
 }
@@ -99,11 +99,11 @@ impl Slots {
 
     /// Takes a free slot, or a place at the end of the line, or fails when
     /// the line is full.
-    pub(crate) fn try_acquire(&self) -> Result<Admission, QueueFull> {
+    pub(crate) fn try_acquire(&self) -> Result<Acquired, QueueFull> {
         let mut state = self.lock();
         if state.running < state.max_running && state.waiting.is_empty() {
             state.running += 1;
-            return Ok(Admission::Now(Slot {
+            return Ok(Acquired::Now(Slot {
                 slots: self.clone(),
             }));
         }
@@ -122,7 +122,7 @@ impl Slots {
             position: position_tx,
             grant: grant_tx,
         });
-        Ok(Admission::Queued(Place {
+        Ok(Acquired::Queued(Place {
             slots: self.clone(),
             ticket,
             position: position_rx,
@@ -209,10 +209,10 @@ impl Drop for Place {
 mod tests {
     use super::*;
 
-    fn queued(admission: Admission) -> Place {
+    fn queued(admission: Acquired) -> Place {
         match admission {
-            Admission::Queued(place) => place,
-            Admission::Now(_) => panic!("expected to queue"),
+            Acquired::Queued(place) => place,
+            Acquired::Now(_) => panic!("expected to queue"),
         }
     }
 
@@ -230,8 +230,8 @@ mod tests {
     async fn fifo_with_positions() {
         let slots = Slots::new(1, 2);
         let first = match slots.try_acquire().expect("free") {
-            Admission::Now(slot) => slot,
-            Admission::Queued(_) => panic!("expected a slot"),
+            Acquired::Now(slot) => slot,
+            Acquired::Queued(_) => panic!("expected a slot"),
         };
         let mut a = queued(slots.try_acquire().expect("room in line"));
         let mut b = queued(slots.try_acquire().expect("room in line"));

@@ -1,6 +1,7 @@
 //! Shared helpers for the executor tests: a real engine, the examples image,
-//! an executor with its own instance id, and a client-side collector that
-//! plays the connection writer (it takes frames and returns their budget).
+//! an executor with its own instance id, admission in front of it as the
+//! server has, and a collector that plays the connection (it takes the
+//! task's events as they come).
 
 #![allow(dead_code)]
 
@@ -11,27 +12,27 @@ use bollard::Docker;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use tcp_task::admission::{Admission, Policy};
 use tcp_task::catalog::Catalog;
-use tcp_task::events::{EventSink, Outgoing};
-use tcp_task::executor::{label_filter, DockerExecutor, Executor, ExecutorConfig, TaskIo};
-use tcp_task::protocol::{
-    Outcome, OutputStream, PoolStatus, ProgressEvent, ServerMessage, TaskError, TaskSpec,
+use tcp_task::executor::{
+    label_filter, Delivery, Disconnected, DockerExecutor, Events, Executor, ExecutorConfig,
+    PoolStats, Progress, TaskIo,
 };
+use tcp_task::protocol::{Outcome, OutputStream, TaskError, TaskSpec};
 
 pub use tcp_task::images::EXAMPLES_IMAGE;
-
-/// The connection's output budget in these tests, in bytes.
-const BUDGET: usize = 1024 * 1024;
 
 /// An engine, the examples image, and an executor whose containers carry
 /// this test's own instance id.
 pub struct Harness {
     pub docker: Docker,
     pub exec: Arc<DockerExecutor>,
+    /// The server's rules, with the default policy and the harness's catalog.
+    pub admission: Arc<Admission>,
 }
 
 impl Harness {
@@ -42,11 +43,19 @@ impl Harness {
         Harness::build(config, Catalog::default()).await
     }
 
+    /// A cold-path executor behind a server that serves `catalog`.
+    pub async fn with_catalog(mut config: ExecutorConfig, catalog: Catalog) -> Harness {
+        config.warm.enabled = false;
+        Harness::build(config, catalog).await
+    }
+
     /// An executor with warm pools as `config` says, serving `catalog`,
     /// whose `warm` entries start filling at once.
     pub async fn warm(config: ExecutorConfig, catalog: Catalog) -> Harness {
         let h = Harness::build(config, catalog).await;
-        h.exec.warm_up();
+        for (plan, containers) in h.admission.warm_plans() {
+            h.exec.keep_warm(&plan, containers);
+        }
         h
     }
 
@@ -57,16 +66,17 @@ impl Harness {
         tcp_task::images::ensure_examples_image(&docker)
             .await
             .expect("the examples image can be built");
-        let exec = DockerExecutor::new(docker.clone(), config).with_catalog(catalog);
+        let exec = DockerExecutor::new(docker.clone(), config);
         Harness {
             docker,
             exec: Arc::new(exec),
+            admission: Arc::new(Admission::new(Policy::default(), catalog)),
         }
     }
 
     /// The warm pools, as `tcp-task status` shows them.
-    pub async fn pools(&self) -> Vec<PoolStatus> {
-        self.exec.status().await.pools
+    pub async fn pools(&self) -> Vec<PoolStats> {
+        self.exec.stats().await.pools
     }
 
     /// Waits (up to 60 s) until the pools hold `n` ready containers in all.
@@ -108,9 +118,10 @@ impl Harness {
         self.start(spec).finish().await
     }
 
-    /// Starts `spec`; the caller may feed stdin, cancel, and then `finish`.
+    /// Starts `spec` (through admission, as the server would); the caller
+    /// may feed stdin, cancel, and then `finish`.
     pub fn start(&self, spec: TaskSpec) -> Running {
-        start(self.exec.clone(), spec)
+        start(self.exec.clone(), self.admission.clone(), spec)
     }
 
     /// Asserts that no container of this executor is left on the engine.
@@ -132,7 +143,7 @@ pub struct Running {
 /// What the client saw.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Progress(Instant, ProgressEvent),
+    Progress(Instant, Progress),
     Output(Instant, OutputStream, Bytes),
 }
 
@@ -175,13 +186,13 @@ impl Run {
         self.progress()
             .into_iter()
             .find_map(|p| match p {
-                ProgressEvent::Created { container } => Some(container),
+                Progress::Created { container } => Some(container),
                 _ => None,
             })
             .expect("a Created event")
     }
 
-    pub fn progress(&self) -> Vec<ProgressEvent> {
+    pub fn progress(&self) -> Vec<Progress> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -192,19 +203,19 @@ impl Run {
     }
 }
 
-pub fn start(exec: Arc<DockerExecutor>, spec: TaskSpec) -> Running {
-    let (tx, rx) = mpsc::channel::<Outgoing>(64);
-    let budget = Arc::new(Semaphore::new(BUDGET));
-    let events = EventSink::new(1, tx, budget);
+pub fn start(exec: Arc<DockerExecutor>, admission: Arc<Admission>, spec: TaskSpec) -> Running {
+    let (tx, rx) = mpsc::channel::<Event>(64);
     let (stdin_tx, stdin_rx) = mpsc::channel(16);
     let cancel = CancellationToken::new();
     let io = TaskIo {
-        events,
+        events: Arc::new(Collector(tx)),
         stdin: stdin_rx,
         cancel: cancel.clone(),
-        client: None,
     };
-    let task = tokio::spawn(async move { exec.run(spec, io).await });
+    let task = tokio::spawn(async move {
+        let plan = admission.plan(spec, None)?;
+        exec.run(plan, io).await
+    });
     Running {
         stdin: Some(stdin_tx),
         cancel,
@@ -214,19 +225,25 @@ pub fn start(exec: Arc<DockerExecutor>, spec: TaskSpec) -> Running {
     }
 }
 
-/// Plays the connection writer: takes every frame, notes when it came, and
-/// drops its budget permit as a real writer does after writing.
-async fn collect(mut rx: mpsc::Receiver<Outgoing>) -> Vec<Event> {
+/// Plays the connection: takes every event and notes when it came.
+struct Collector(mpsc::Sender<Event>);
+
+impl Events for Collector {
+    fn progress(&self, progress: Progress) -> Delivery<'_> {
+        let event = Event::Progress(Instant::now(), progress);
+        Box::pin(async move { self.0.send(event).await.map_err(|_| Disconnected) })
+    }
+
+    fn output(&self, stream: OutputStream, data: Bytes) -> Delivery<'_> {
+        let event = Event::Output(Instant::now(), stream, data);
+        Box::pin(async move { self.0.send(event).await.map_err(|_| Disconnected) })
+    }
+}
+
+async fn collect(mut rx: mpsc::Receiver<Event>) -> Vec<Event> {
     let mut events = Vec::new();
-    while let Some(outgoing) = rx.recv().await {
-        let now = Instant::now();
-        match outgoing.message {
-            ServerMessage::Progress { event, .. } => events.push(Event::Progress(now, event)),
-            ServerMessage::Output { stream, chunk, .. } => {
-                events.push(Event::Output(now, stream, chunk))
-            }
-            other => panic!("an executor sent {other:?}"),
-        }
+    while let Some(event) = rx.recv().await {
+        events.push(event);
     }
     events
 }

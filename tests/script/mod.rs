@@ -9,11 +9,8 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcp_task::executor::{Executor, TaskIo};
-use tcp_task::protocol::{
-    CatalogEntryInfo, Ending, ErrorKind, Outcome, OutputStream, ServerStatus, Task, TaskError,
-    TaskSpec,
-};
+use tcp_task::executor::{Executor, ExecutorStats, Plan, TaskIo};
+use tcp_task::protocol::{Ending, ErrorKind, Outcome, OutputStream, TaskError, TaskSpec};
 
 /// Counters the tests read to see what the executor went through.
 #[derive(Debug, Default)]
@@ -48,10 +45,8 @@ pub struct ScriptExecutor {
 /// - `exit CODE`
 /// - `fail`: an engine error
 impl Executor for ScriptExecutor {
-    async fn run(&self, spec: TaskSpec, mut io: TaskIo) -> Result<Outcome, TaskError> {
-        let Task::Image { command, .. } = spec.task else {
-            return Err(TaskError::new(ErrorKind::UnknownTask, "no catalog here"));
-        };
+    async fn run(&self, plan: Plan, mut io: TaskIo) -> Result<Outcome, TaskError> {
+        let command = plan.command;
         self.counters.started.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -141,12 +136,8 @@ impl Executor for ScriptExecutor {
         })
     }
 
-    async fn status(&self) -> ServerStatus {
-        ServerStatus::default()
-    }
-
-    fn catalog(&self) -> Vec<CatalogEntryInfo> {
-        Vec::new()
+    async fn stats(&self) -> ExecutorStats {
+        ExecutorStats::default()
     }
 }
 

@@ -30,11 +30,12 @@ pub async fn demo() -> Result<()> {
         entry.warm = 1;
     }
     let warm = catalog.len() as u64;
-    let executor = DockerExecutor::new(docker, config.executor.clone()).with_catalog(catalog);
-    executor.warm_up();
+    let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
     let server = Server::new(config.server, executor)
-        .spawn("127.0.0.1:0")
-        .await?;
+        .with_policy(config.executor.policy)
+        .with_catalog(catalog);
+    server.warm_up();
+    let server = server.spawn("127.0.0.1:0").await?;
     println!("Server listening on {}", server.local_addr());
     let client = Client::connect(server.local_addr()).await?;
     wait_for_warm_pools(&client, warm).await?;

@@ -46,7 +46,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         });
     let executor = start_executor(&config).await?;
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
-    let mut server = Server::new(server_config, executor);
+    let mut server = Server::new(server_config, executor)
+        .with_policy(config.executor.policy.clone())
+        .with_catalog(config.catalog());
+    // After the executor's sweep of what an earlier server left, so that
+    // the new warm containers are not mistaken for it.
+    server.warm_up();
     if let Some(tls) = &tls {
         server = server.with_tls(tls)?;
     }
@@ -66,8 +71,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let docker = connect_docker().await?;
-    let catalog = config.catalog();
-    let executor = DockerExecutor::new(docker, config.executor.clone()).with_catalog(catalog);
+    let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
     match executor.reap_orphans().await {
         Ok(0) => {}
         Ok(n) => info!(
@@ -78,9 +82,6 @@ async fn start_executor(config: &Config) -> Result<DockerExecutor> {
             warn!(error = %e, "could not look for containers left behind by an earlier server")
         }
     }
-    // After the sweep, so that the new warm containers are not mistaken
-    // for anything an earlier server left.
-    executor.warm_up();
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }

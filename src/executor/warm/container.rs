@@ -13,8 +13,10 @@ use bollard::query_parameters::{AttachContainerOptions, UploadToContainerOptions
 use bollard::Docker;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,9 +26,8 @@ use crate::executor::cleanup::{ContainerGuard, Owner};
 use crate::executor::config::ExecutorConfig;
 use crate::executor::container::container_body;
 use crate::executor::engine::{create_error, engine_error};
-use crate::executor::stream::{OutputFrames, StdinWriter};
 use crate::images::TOOLS_BINARY;
-use crate::protocol::{ErrorKind, TaskError};
+use crate::task::{ErrorKind, TaskError};
 
 /// The agent's directory in every warm container (an anonymous volume).
 pub const AGENT_DIR: &str = "/.tcp-task";
@@ -35,6 +36,18 @@ pub const AGENT_DIR: &str = "/.tcp-task";
 pub const AGENT_PATH: &str = "/.tcp-task/agent";
 /// Label carrying the pool key of a warm container.
 pub const LABEL_WARM: &str = "tcp-task.warm";
+
+/// The attach connection's write half: frames to the agent. Shared by the
+/// task's stdin and its signals, one frame at a time.
+pub(crate) type AgentInput = Arc<tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>>;
+
+/// The attach connection's demultiplexed output.
+type OutputFrames = Pin<
+    Box<
+        dyn futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>
+            + Send,
+    >,
+>;
 
 /// What the agent reported, decoded.
 #[derive(Debug)]
@@ -50,7 +63,7 @@ pub(crate) enum Record {
 pub(crate) struct WarmContainer {
     pub id: String,
     /// Frames to the agent.
-    pub input: StdinWriter,
+    pub input: AgentInput,
     /// The agent's records; closed when the attach stream ends.
     pub records: mpsc::Receiver<Record>,
     /// Fired when the attach stream ends: the container is dead or dying.
@@ -176,7 +189,7 @@ impl Launcher {
         ));
         Ok(WarmContainer {
             id: guard.id().to_owned(),
-            input: attach.input,
+            input: Arc::new(tokio::sync::Mutex::new(attach.input)),
             records,
             closed,
             uses: 0,

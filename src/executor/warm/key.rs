@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::executor::policy::Plan;
+use crate::executor::plan::Plan;
 
 /// Everything the engine fixes at container creation that a task can ask
 /// for: image, limits, network, user, read-only root. A task's command,
@@ -22,6 +22,7 @@ pub(crate) struct PoolKey {
     pub network: String,
     pub user: Option<String>,
     pub read_only_root: bool,
+    pub tmpfs_bytes: u64,
     pub entry: Option<String>,
     pub reuse: u32,
 }
@@ -35,11 +36,11 @@ pub(crate) fn eligible(plan: &Plan) -> bool {
 }
 
 impl PoolKey {
-    /// The key of `plan`; `reuse` is the catalog entry's name and reuse
-    /// count when the task is a named one.
-    pub fn of(plan: &Plan, reuse: Option<(&str, u32)>) -> PoolKey {
-        let (entry, reuse) = match reuse {
-            Some((name, n)) if n > 1 => (Some(name.to_owned()), n),
+    /// The key of `plan`. A catalog entry with `reuse > 1` has pools of
+    /// its own.
+    pub fn of(plan: &Plan) -> PoolKey {
+        let (entry, reuse) = match &plan.entry {
+            Some(e) if e.reuse > 1 => (Some(e.name.clone()), e.reuse),
             _ => (None, 1),
         };
         PoolKey {
@@ -50,6 +51,7 @@ impl PoolKey {
             network: plan.network.clone(),
             user: plan.user.clone(),
             read_only_root: plan.read_only_root,
+            tmpfs_bytes: plan.tmpfs_bytes,
             entry,
             reuse,
         }
@@ -70,9 +72,11 @@ impl PoolKey {
             pids_limit: self.pids_limit,
             network: self.network.clone(),
             read_only_root: self.read_only_root,
+            tmpfs_bytes: self.tmpfs_bytes,
             timeout: Duration::ZERO,
             labels: Vec::new(),
-            registry_auth: None,
+            pull_auth: None,
+            entry: None,
         }
     }
 }
@@ -102,39 +106,48 @@ impl fmt::Display for PoolKey {
 mod tests {
     use super::*;
 
+    use crate::executor::plan::EntryRef;
+
+    fn from_entry(plan: &Plan, name: &str, reuse: u32) -> PoolKey {
+        let mut plan = plan.clone();
+        plan.entry = Some(EntryRef {
+            name: name.into(),
+            reuse,
+        });
+        PoolKey::of(&plan)
+    }
+
     #[test]
     fn keys_ignore_per_task_settings_and_separate_reusing_entries() {
-        let a = PoolKey::of(&PoolKey::of_test_plan(), None).profile();
+        let a = test_key().profile();
         let mut b = a.clone();
         b.command = vec!["echo".into()];
         b.env = vec!["A=1".into()];
         b.workdir = Some("/tmp".into());
-        assert_eq!(PoolKey::of(&a, None), PoolKey::of(&b, None));
-        assert_eq!(PoolKey::of(&a, Some(("sum", 1))), PoolKey::of(&a, None));
-        let reusing = PoolKey::of(&a, Some(("sum", 3)));
-        assert_ne!(reusing, PoolKey::of(&a, None));
-        assert_ne!(reusing, PoolKey::of(&a, Some(("pi", 3))));
+        assert_eq!(PoolKey::of(&a), PoolKey::of(&b));
+        assert_eq!(from_entry(&a, "sum", 1), PoolKey::of(&a));
+        let reusing = from_entry(&a, "sum", 3);
+        assert_ne!(reusing, PoolKey::of(&a));
+        assert_ne!(reusing, from_entry(&a, "pi", 3));
         assert!(reusing.to_string().ends_with("entry=sum reuse=3"));
         b.memory_bytes *= 2;
-        assert_ne!(PoolKey::of(&a, None), PoolKey::of(&b, None));
+        assert_ne!(PoolKey::of(&a), PoolKey::of(&b));
         assert!(eligible(&b));
         assert!(!eligible(&a), "the image's default command goes cold");
     }
 
-    impl PoolKey {
-        fn of_test_plan() -> Plan {
-            PoolKey {
-                image: "img".into(),
-                memory_bytes: 64 << 20,
-                nano_cpus: 1_000_000_000,
-                pids_limit: 16,
-                network: "none".into(),
-                user: None,
-                read_only_root: false,
-                entry: None,
-                reuse: 1,
-            }
-            .profile()
+    fn test_key() -> PoolKey {
+        PoolKey {
+            image: "img".into(),
+            memory_bytes: 64 << 20,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 16,
+            network: "none".into(),
+            user: None,
+            read_only_root: false,
+            tmpfs_bytes: 64 << 20,
+            entry: None,
+            reuse: 1,
         }
     }
 }

@@ -22,8 +22,9 @@ use tokio::sync::watch;
 
 use super::container::{Launcher, WarmContainer};
 use super::key::PoolKey;
-use super::WarmConfig;
-use crate::protocol::PoolStatus;
+use crate::executor::config::WarmConfig;
+use crate::executor::stats::PoolStats;
+use crate::task::TaskError;
 
 /// How often the pools are checked for cooling down and failed refills.
 const TICK: Duration = Duration::from_millis(500);
@@ -268,11 +269,7 @@ impl Pool {
 
     /// A refill finished: the container joins the pool, unless the pool
     /// shrank or closed meanwhile.
-    fn filled(
-        self: &Arc<Self>,
-        key: &PoolKey,
-        launched: Result<WarmContainer, crate::protocol::TaskError>,
-    ) {
+    fn filled(self: &Arc<Self>, key: &PoolKey, launched: Result<WarmContainer, TaskError>) {
         let surplus = {
             let mut state = self.lock();
             let closed = state.closed;
@@ -379,12 +376,12 @@ impl Pool {
         true
     }
 
-    pub fn status(&self) -> Vec<PoolStatus> {
+    pub fn stats(&self) -> Vec<PoolStats> {
         let state = self.lock();
-        let mut pools: Vec<PoolStatus> = state
+        let mut pools: Vec<PoolStats> = state
             .pools
             .iter()
-            .map(|(key, pool)| PoolStatus {
+            .map(|(key, pool)| PoolStats {
                 key: key.to_string(),
                 warm: pool.idle.len() as u64,
                 in_use: u64::from(pool.in_use),

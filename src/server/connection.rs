@@ -1,33 +1,37 @@
-//! One client connection on the server side: the handshake, a reader that
-//! dispatches frames, a writer that batches them, and the table of tasks
-//! running for this client.
+//! One client connection on the server side: a reader that dispatches
+//! frames, a writer that batches them, and the table of tasks running for
+//! this client.
 //!
-//! Nothing here knows about Docker: tasks are handed to the [`Executor`].
+//! A Submit goes through admission (the connection's, the client's and the
+//! server's quotas, then the rules) and only an allowed plan reaches the
+//! [`Executor`]. Nothing here knows about Docker.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::handshake::{protocol_error, read_hello, refuse_plaintext, send_now};
+use super::outgoing::{Outgoing, TaskEvents};
+use super::shared::{server_name, Shared};
+use super::tls;
 use crate::access::Credential;
-use crate::codec::{self, CodecError, FrameCodec};
-use crate::events::{EventSink, Outgoing};
+use crate::admission::{Admitted, Quota, Scope};
+use crate::codec::{self, FrameCodec};
 use crate::executor::{Executor, TaskIo};
 use crate::protocol::{
-    ClientMessage, ErrorKind, Hello, RequestId, ServerMessage, TaskError, TaskSpec, Welcome, MAGIC,
+    ClientMessage, ErrorKind, RequestId, ServerMessage, TaskError, TaskSpec, Welcome,
     PROTOCOL_VERSION,
 };
-use crate::server::Shared;
-use crate::tls;
 
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
@@ -70,30 +74,6 @@ pub(crate) async fn serve_socket<E: Executor>(
             info!(%peer, timeout = ?shared.config.handshake_timeout, "no TLS handshake within the handshake timeout; closed")
         }
     }
-}
-
-/// A plaintext client at a TLS server: it cannot read TLS, so it is told in
-/// a plaintext frame, after its hello is read (closing with unread bytes
-/// could reset the connection before the frame is read).
-async fn refuse_plaintext<E: Executor>(
-    socket: TcpStream,
-    peer: SocketAddr,
-    shared: &Shared<E>,
-    deadline: Instant,
-) {
-    info!(%peer, "a plaintext client at the TLS server; refused");
-    let (mut reader, writer) = tokio::io::split(socket);
-    let max_frame_len = shared.config.max_frame_len;
-    let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
-    let mut buffer = BytesMut::new();
-    let read = read_hello(&mut reader, &mut buffer, max_frame_len as usize);
-    let _ = tokio::time::timeout_at(deadline, read).await;
-    let error = TaskError::new(
-        ErrorKind::Protocol,
-        "this server speaks TLS only: connect with TLS, trusting the CA that signed its certificate (--tls-ca FILE)",
-    );
-    let send = send_now(&mut writer, ServerMessage::Error { id: None, error });
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, sits
@@ -144,7 +124,7 @@ pub(crate) async fn serve<S, E>(
     debug!(%peer, client = ?login.hello.client, token = ?client_name, "handshake done");
     let welcome = ServerMessage::Welcome(Welcome {
         version: PROTOCOL_VERSION,
-        server: crate::server::server_name(),
+        server: server_name(),
         limits: shared.config.limits(),
     });
     if send_now(&mut writer, welcome).await.is_err() {
@@ -159,96 +139,6 @@ pub(crate) async fn serve<S, E>(
         .await;
 }
 
-/// Writes one frame right away; used before the batching writer exists.
-async fn send_now<W: AsyncWrite + Unpin>(
-    writer: &mut FramedWrite<W, FrameCodec<()>>,
-    message: ServerMessage,
-) -> Result<(), CodecError> {
-    use futures::SinkExt;
-    writer.send(message).await
-}
-
-/// Reads the client's hello: the first frame. Checks the magic and version
-/// before decoding the rest, so a peer of another version (or no tcp-task
-/// peer at all) gets an error that says so.
-pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buffer: &mut BytesMut,
-    max_frame_len: usize,
-) -> Result<Hello, TaskError> {
-    loop {
-        if let Some(reason) = foreign_protocol(buffer) {
-            return Err(TaskError::new(ErrorKind::Protocol, reason));
-        }
-        match codec::take_frame(buffer, max_frame_len) {
-            Ok(Some(body)) => return check_hello(&body),
-            Ok(None) => {}
-            Err(e) => return Err(protocol_error(&e)),
-        }
-        match reader.read_buf(buffer).await {
-            Ok(0) => {
-                return Err(TaskError::new(
-                    ErrorKind::Protocol,
-                    "connection closed during the handshake",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return Err(TaskError::new(
-                    ErrorKind::Protocol,
-                    format!("read failed during the handshake: {e}"),
-                ))
-            }
-        }
-    }
-}
-
-/// Recognises the first bytes of protocols people point at the wrong port.
-fn foreign_protocol(first_bytes: &[u8]) -> Option<String> {
-    if first_bytes.len() >= 3 && first_bytes[0] == 0x16 && first_bytes[1] == 0x03 {
-        return Some(
-            "the client started a TLS handshake, but this server speaks plaintext; connect without TLS or start the server with --tls-cert and --tls-key".into(),
-        );
-    }
-    const HTTP_METHODS: [&[u8]; 5] = [b"GET ", b"POST", b"PUT ", b"HEAD", b"CONN"];
-    if first_bytes.len() >= 4 && HTTP_METHODS.contains(&&first_bytes[..4]) {
-        return Some("this is a tcp-task server, not an HTTP server".into());
-    }
-    None
-}
-
-pub(crate) fn check_hello(body: &[u8]) -> Result<Hello, TaskError> {
-    if body.len() < MAGIC.len() || body[..MAGIC.len()] != MAGIC {
-        return Err(TaskError::new(
-            ErrorKind::Protocol,
-            "wrong magic bytes in the handshake: the peer is not a tcp-task client",
-        ));
-    }
-    let version: u16 = codec::decode_prefix(&body[MAGIC.len()..]).map_err(|_| {
-        TaskError::new(
-            ErrorKind::Protocol,
-            "handshake too short to hold a protocol version",
-        )
-    })?;
-    if version != PROTOCOL_VERSION {
-        return Err(TaskError::new(
-            ErrorKind::VersionMismatch,
-            format!(
-                "the client speaks protocol version {version}, this server speaks version {PROTOCOL_VERSION}; use a client and server of matching versions"
-            ),
-        ));
-    }
-    codec::decode_body(body).map_err(|e| protocol_error(&e))
-}
-
-fn protocol_error(error: &CodecError) -> TaskError {
-    let kind = match error {
-        CodecError::FrameTooLarge { .. } => ErrorKind::FrameTooLarge,
-        _ => ErrorKind::Protocol,
-    };
-    TaskError::new(kind, error.to_string())
-}
-
 /// The state of one connection after its handshake.
 struct Connection<E> {
     peer: SocketAddr,
@@ -258,6 +148,8 @@ struct Connection<E> {
     outgoing: mpsc::Sender<Outgoing>,
     outgoing_rx: Option<mpsc::Receiver<Outgoing>>,
     tasks: TaskTable,
+    /// Bounds the tasks running on this connection.
+    quota: Quota,
     /// Bytes of output that may wait for the writer, across all tasks.
     output_budget: Arc<Semaphore>,
     /// Woken whenever a task ends, so a draining connection notices when it
@@ -284,6 +176,7 @@ impl<E: Executor> Connection<E> {
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
         let gone = shared.abort.child_token();
         let output_budget = Arc::new(Semaphore::new(shared.config.output_budget()));
+        let quota = Quota::new(shared.config.max_tasks_per_connection, Scope::Connection);
         Connection {
             peer,
             client,
@@ -291,6 +184,7 @@ impl<E: Executor> Connection<E> {
             outgoing,
             outgoing_rx: Some(outgoing_rx),
             tasks: Arc::default(),
+            quota,
             output_budget,
             task_ended: Arc::default(),
             tracker: TaskTracker::new(),
@@ -423,7 +317,7 @@ impl<E: Executor> Connection<E> {
             }
             ClientMessage::Status { id } => self.status(id),
             ClientMessage::ListCatalog { id } => {
-                let entries = self.shared.executor.catalog();
+                let entries = self.shared.admission.catalog().infos();
                 self.send(ServerMessage::CatalogReply { id, entries }).await;
             }
         }
@@ -431,8 +325,8 @@ impl<E: Executor> Connection<E> {
     }
 
     async fn submit(&mut self, id: RequestId, spec: TaskSpec) {
-        match self.admit(id) {
-            Ok(permit) => self.start_task(id, spec, permit).await,
+        match self.admit(id, spec) {
+            Ok(admitted) => self.start_task(id, admitted).await,
             Err(Refusal::Duplicate(error)) => {
                 self.send(ServerMessage::Error {
                     id: Some(id),
@@ -444,58 +338,37 @@ impl<E: Executor> Connection<E> {
         }
     }
 
-    /// Checks the bounds before a task is accepted. A refusal is immediate:
-    /// the connection never waits for room.
-    fn admit(&self, id: RequestId) -> Result<Slots, Refusal> {
+    /// Decides whether the task may run, before it is accepted. A refusal
+    /// is immediate: the connection never waits for room.
+    fn admit(&self, id: RequestId, spec: TaskSpec) -> Result<Admitted, Refusal> {
         if self.draining {
             return Err(Refusal::Terminal(TaskError::new(
                 ErrorKind::ShuttingDown,
                 "the server is shutting down and takes no new tasks; retry against another server or after it restarts",
             )));
         }
-        let tasks = self.tasks.lock().unwrap();
-        if tasks.contains_key(&id) {
+        if self.tasks.lock().unwrap().contains_key(&id) {
             return Err(Refusal::Duplicate(TaskError::new(
                 ErrorKind::DuplicateId,
                 format!("request id {id} is already running on this connection; use a new id"),
             )));
         }
-        let max = self.shared.config.max_tasks_per_connection;
-        if tasks.len() >= max {
-            return Err(Refusal::Terminal(TaskError::new(
-                ErrorKind::Busy,
-                format!("this connection already runs {max} tasks, its maximum; wait for one to end or open another connection"),
-            )));
-        }
-        let server = self
-            .shared
-            .task_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Refusal::Terminal(TaskError::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "the server already runs {} tasks, its maximum; retry later",
-                        self.shared.config.max_tasks
-                    ),
-                ))
-            })?;
-        let client = match &self.client {
-            Some(client) => client.take_slot().map_err(Refusal::Terminal)?,
-            None => None,
-        };
-        Ok(Slots {
-            _server: server,
-            _client: client,
-        })
+        let client = self.client.as_deref();
+        let mut quotas = vec![&self.quota, &self.shared.tasks];
+        quotas.extend(client.and_then(Credential::quota));
+        let rules = client.map(|c| c.rules.as_ref());
+        self.shared
+            .admission
+            .admit(spec, rules, &quotas)
+            .map_err(Refusal::Terminal)
     }
 
-    async fn start_task(&mut self, id: RequestId, spec: TaskSpec, slots: Slots) {
+    async fn start_task(&mut self, id: RequestId, admitted: Admitted) {
+        let Admitted { plan, permits } = admitted;
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let cancel = self.gone.child_token();
         let entry = TaskEntry {
-            stdin: spec.stdin.then_some(stdin_tx),
+            stdin: plan.stdin.then_some(stdin_tx),
             cancel: cancel.clone(),
         };
         self.tasks.lock().unwrap().insert(id, entry);
@@ -503,18 +376,18 @@ impl<E: Executor> Connection<E> {
         // it is always the task's first frame.
         self.send(ServerMessage::Accepted { id }).await;
 
+        let events = TaskEvents::new(id, self.outgoing.clone(), self.output_budget.clone());
         let io = TaskIo {
-            events: EventSink::new(id, self.outgoing.clone(), self.output_budget.clone()),
+            events: Arc::new(events),
             stdin: stdin_rx,
             cancel,
-            client: self.client.as_ref().map(|c| c.rules.clone()),
         };
         let shared = self.shared.clone();
         let outgoing = self.outgoing.clone();
         let tasks = self.tasks.clone();
         let task_ended = self.task_ended.clone();
         self.tracker.spawn(async move {
-            let terminal = match shared.executor.run(spec, io).await {
+            let terminal = match shared.executor.run(plan, io).await {
                 Ok(outcome) => ServerMessage::Exited { id, outcome },
                 Err(error) => ServerMessage::Failed { id, error },
             };
@@ -522,7 +395,7 @@ impl<E: Executor> Connection<E> {
             // Out of the table before the terminal frame is sent, so that the
             // client may reuse the id as soon as it sees the frame.
             tasks.lock().unwrap().remove(&id);
-            drop(slots);
+            drop(permits);
             let _ = outgoing.send(terminal.into()).await;
             task_ended.notify_one();
         });
@@ -597,13 +470,6 @@ impl<E: Executor> Connection<E> {
     }
 }
 
-/// The places a running task holds: one of the server's, and one of its
-/// client's quota when it has one. Dropped when the task ends.
-struct Slots {
-    _server: OwnedSemaphorePermit,
-    _client: Option<OwnedSemaphorePermit>,
-}
-
 enum Refusal {
     /// The id is in use: answering with a terminal frame would end the task
     /// that owns it, so the answer is a plain error.
@@ -611,6 +477,3 @@ enum Refusal {
     /// Refused: the request's only frame is this `Failed`.
     Terminal(TaskError),
 }
-
-#[cfg(test)]
-mod handshake_tests;

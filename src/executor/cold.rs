@@ -1,0 +1,370 @@
+//! The cold runtime: every task is a fresh container.
+//!
+//! pull (when missing) → create → attach → start, then a [`ColdProcess`]:
+//! output from the attach stream, stdin into it, the end from the engine,
+//! and the container removed when the process is finished.
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::AttachContainerOptions;
+use bollard::Docker;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::cleanup::{ContainerGuard, Owner};
+use super::config::ExecutorConfig;
+use super::container::container_body;
+use super::engine::{create_error, engine_error, init_exec_failure, start_error};
+use super::events::{EventSink, Progress};
+use super::exit::{container_end, wait_exit};
+use super::plan::Plan;
+use super::process::{Process, ProcessEnd, StartError, Stdin};
+use super::pull::{credentials_for, ensure_image, ImageRef};
+use crate::task::{OutputStream, TaskError};
+
+/// Starts tasks in new containers.
+#[derive(Debug)]
+pub(crate) struct Cold {
+    pub docker: Docker,
+    pub config: ExecutorConfig,
+    pub owner: Owner,
+    next_task: AtomicU64,
+}
+
+impl Cold {
+    pub fn new(docker: Docker, config: ExecutorConfig, owner: Owner) -> Cold {
+        Cold {
+            docker,
+            config,
+            owner,
+            next_task: AtomicU64::new(1),
+        }
+    }
+
+    /// Pulls the image if need be (the only step a cancel interrupts: the
+    /// others are short, and a container half made is removed before this
+    /// returns), then creates, attaches and starts the task's container.
+    pub async fn start(
+        &self,
+        plan: &Plan,
+        events: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<ColdProcess, StartError> {
+        let credentials = credentials_for(
+            &ImageRef::parse(&plan.image),
+            plan.pull_auth.as_ref(),
+            &self.config.registry_auth,
+        );
+        tokio::select! {
+            pulled = ensure_image(&self.docker, &plan.image, credentials, events) => pulled?,
+            // Dropping the pull's connection makes the engine abandon it.
+            _ = cancel.cancelled() => return Err(StartError::Cancelled),
+        }
+        let container = self.create(plan).await?;
+        let short = container.id().chars().take(12).collect();
+        let _ = events
+            .progress(Progress::Created { container: short })
+            .await;
+        match self.attach_and_start(&container, plan).await {
+            Ok(attached) => {
+                let _ = events.progress(Progress::Started).await;
+                Ok(ColdProcess::new(self.docker.clone(), container, attached))
+            }
+            Err(e) => {
+                if let Err(removal) = container.remove().await {
+                    tracing::error!(error = %removal, "a task's container could not be removed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
+        let task = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let body = container_body(&self.config, &self.owner, plan, &task.to_string());
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(|e| create_error(&plan.image, &e))?;
+        for warning in &created.warnings {
+            tracing::warn!(container = %created.id, %warning, "engine warning on create");
+        }
+        Ok(ContainerGuard::new(self.docker.clone(), created.id))
+    }
+
+    /// Attaches before starting, so not a byte of output is missed.
+    async fn attach_and_start(
+        &self,
+        container: &ContainerGuard,
+        plan: &Plan,
+    ) -> Result<Attached, StartError> {
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: plan.stdin,
+            stdout: true,
+            stderr: true,
+            ..AttachContainerOptions::default()
+        };
+        let attach = self
+            .docker
+            .attach_container(container.id(), Some(options))
+            .await
+            .map_err(|e| engine_error("attaching to the container", &e))?;
+        self.docker
+            .start_container(container.id(), None)
+            .await
+            .map_err(|e| start_error(&e))?;
+        Ok(Attached {
+            output: attach.output,
+            stdin: plan.stdin.then(|| ColdStdin(attach.input)),
+        })
+    }
+}
+
+/// The attach connection's demultiplexed output.
+type OutputFrames = Pin<Box<dyn Stream<Item = Result<LogOutput, BollardError>> + Send>>;
+
+struct Attached {
+    output: OutputFrames,
+    stdin: Option<ColdStdin>,
+}
+
+/// A task's container, running.
+pub(crate) struct ColdProcess {
+    docker: Docker,
+    container: ContainerGuard,
+    frames: OutputFrames,
+    stdin: Option<ColdStdin>,
+    report: InitReport,
+    /// Chunks read but not yet handed out.
+    ready: VecDeque<(OutputStream, Bytes)>,
+    /// The exit code, once read early (to judge a held init report).
+    code: Option<i64>,
+    /// What ended the process before it ran, or why reading its end failed.
+    early_end: Option<Result<ProcessEnd, TaskError>>,
+}
+
+impl ColdProcess {
+    fn new(docker: Docker, container: ContainerGuard, attached: Attached) -> ColdProcess {
+        ColdProcess {
+            docker,
+            container,
+            frames: attached.output,
+            stdin: attached.stdin,
+            report: InitReport::default(),
+            ready: VecDeque::new(),
+            code: None,
+            early_end: None,
+        }
+    }
+
+    /// The output closed. If docker-init's report was held, the exit code
+    /// tells whether it was an exec failure (the command never ran) or the
+    /// task's own stderr after all.
+    async fn closed(&mut self) {
+        let Some(report) = self.report.take_held() else {
+            return;
+        };
+        match wait_exit(&self.docker, self.container.id()).await {
+            Ok(code) => {
+                self.code = Some(code);
+                match init_exec_failure(code, &report) {
+                    Some(failure) => {
+                        self.early_end = Some(Ok(ProcessEnd::NotStarted(failure)));
+                    }
+                    None => self.ready.push_back((OutputStream::Stderr, report)),
+                }
+            }
+            Err(e) => self.early_end = Some(Err(e)),
+        }
+    }
+}
+
+impl Process for ColdProcess {
+    type Stdin = ColdStdin;
+
+    fn take_stdin(&mut self) -> Option<ColdStdin> {
+        self.stdin.take()
+    }
+
+    async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                return Some(chunk);
+            }
+            if self.early_end.is_some() {
+                return None;
+            }
+            let (stream, chunk) = match self.frames.next().await {
+                Some(Ok(LogOutput::StdOut { message })) => (OutputStream::Stdout, message),
+                Some(Ok(LogOutput::StdErr { message })) => (OutputStream::Stderr, message),
+                // Only a TTY gives raw console frames, and tasks never get
+                // one; if it happens anyway, the bytes are the task's output.
+                Some(Ok(LogOutput::Console { message })) => (OutputStream::Stdout, message),
+                Some(Ok(LogOutput::StdIn { .. })) => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "attach stream broke; waiting for the exit status");
+                    self.report = InitReport::default();
+                    return None;
+                }
+                None => {
+                    self.closed().await;
+                    return self.ready.pop_front();
+                }
+            };
+            self.report.offer(stream, chunk, &mut self.ready);
+        }
+    }
+
+    async fn end(&mut self) -> Result<ProcessEnd, TaskError> {
+        if let Some(end) = self.early_end.take() {
+            return end;
+        }
+        container_end(&self.docker, self.container.id(), self.code).await
+    }
+
+    async fn finish(self) {
+        // Close the attach connection first: the engine does not finish
+        // removing a container while it still copies output to a reader
+        // that has stopped reading.
+        let ColdProcess {
+            container,
+            frames,
+            stdin,
+            ..
+        } = self;
+        drop((frames, stdin));
+        if let Err(e) = container.remove().await {
+            tracing::error!(error = %e, "a task's container could not be removed");
+        }
+    }
+}
+
+/// The attach connection's write half: the container's stdin. Closing it
+/// is end-of-file for the process (the container is created `StdinOnce`).
+pub(crate) struct ColdStdin(Pin<Box<dyn AsyncWrite + Send>>);
+
+impl Stdin for ColdStdin {
+    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.0.write_all(&chunk).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// How docker-init (tini, PID 1 in every cold task) starts its report that
+/// it could not exec the task's command, which it then exits 127 or 126
+/// for. `docker run` without an init refuses such a start instead; to
+/// report the same error, a first stderr chunk that starts with this is
+/// held until the exit code tells whether it was that failure.
+const INIT_FAILURE_PREFIX: &[u8] = b"[FATAL tini (";
+
+/// The most of a would-be docker-init report held back: its line is short
+/// (a command name and an error), so a longer one is the task's own output.
+const MAX_HELD: usize = 4096;
+
+/// Holds back what may be docker-init's exec-failure report.
+#[derive(Debug, Default)]
+struct InitReport {
+    seen_output: bool,
+    held: Option<Bytes>,
+}
+
+impl InitReport {
+    /// Takes one chunk of output; whatever is no longer held goes to
+    /// `ready`, in order.
+    fn offer(
+        &mut self,
+        stream: OutputStream,
+        chunk: Bytes,
+        ready: &mut VecDeque<(OutputStream, Bytes)>,
+    ) {
+        let first = !std::mem::replace(&mut self.seen_output, true);
+        if first && stream == OutputStream::Stderr && chunk.starts_with(INIT_FAILURE_PREFIX) {
+            self.held = Some(chunk);
+            return;
+        }
+        // docker-init writes its report in three writes to an unbuffered
+        // stderr (prefix, message, newline), which the engine relays as one
+        // frame or several, depending on timing: keep holding until the
+        // line is complete.
+        if let Some(line) = self.held.as_mut() {
+            if stream == OutputStream::Stderr
+                && !line.ends_with(b"\n")
+                && line.len() + chunk.len() <= MAX_HELD
+            {
+                let mut joined = BytesMut::with_capacity(line.len() + chunk.len());
+                joined.extend_from_slice(line);
+                joined.extend_from_slice(&chunk);
+                *line = joined.freeze();
+                return;
+            }
+        }
+        // More output: the held chunk was the task's own after all.
+        if let Some(earlier) = self.held.take() {
+            ready.push_back((OutputStream::Stderr, earlier));
+        }
+        ready.push_back((stream, chunk));
+    }
+
+    fn take_held(&mut self) -> Option<Bytes> {
+        self.held.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stderr(text: &str) -> (OutputStream, Bytes) {
+        (
+            OutputStream::Stderr,
+            Bytes::copy_from_slice(text.as_bytes()),
+        )
+    }
+
+    /// Offers `chunks`; returns what was released and what is still held.
+    fn offer_all(chunks: Vec<(OutputStream, Bytes)>) -> (Vec<u8>, Option<Bytes>) {
+        let mut report = InitReport::default();
+        let mut ready = VecDeque::new();
+        for (stream, chunk) in chunks {
+            report.offer(stream, chunk, &mut ready);
+        }
+        let released = ready.into_iter().flat_map(|(_, c)| c.to_vec()).collect();
+        (released, report.take_held())
+    }
+
+    #[test]
+    fn an_init_report_in_pieces_is_held_whole() {
+        let (released, held) = offer_all(vec![
+            stderr("[FATAL tini (7)] "),
+            stderr("exec /etc/passwd failed: Permission denied"),
+            stderr("\n"),
+        ]);
+        assert!(released.is_empty(), "nothing released: {released:?}");
+        assert_eq!(
+            &held.expect("the held report")[..],
+            b"[FATAL tini (7)] exec /etc/passwd failed: Permission denied\n"
+        );
+    }
+
+    #[test]
+    fn a_task_line_that_looks_like_one_is_relayed_with_what_follows() {
+        let (released, held) = offer_all(vec![
+            stderr("[FATAL tini (7)] "),
+            stderr("not really\n"),
+            stderr("more\n"),
+        ]);
+        assert!(held.is_none());
+        assert_eq!(released, b"[FATAL tini (7)] not really\nmore\n");
+    }
+}

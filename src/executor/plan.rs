@@ -1,0 +1,61 @@
+//! What a runtime is given: a task that admission allowed, with every
+//! setting decided. A runtime applies a plan as it is; it never sees the
+//! rules that shaped it, so it cannot skip or weaken one.
+
+use std::fmt;
+use std::time::Duration;
+
+/// An allowed task, defaults filled in and limits decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub image: String,
+    /// The argv; empty means the image's default command.
+    pub command: Vec<String>,
+    /// `KEY=VALUE`, as the engine takes them.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: bool,
+    pub memory_bytes: u64,
+    pub nano_cpus: u64,
+    pub pids_limit: i64,
+    pub network: String,
+    pub read_only_root: bool,
+    /// Size of the tmpfs on /tmp when the root is read-only, in bytes.
+    pub tmpfs_bytes: u64,
+    pub timeout: Duration,
+    /// The task's own container labels (the server adds its own).
+    pub labels: Vec<(String, String)>,
+    /// Credentials the request brought for pulling its image.
+    pub pull_auth: Option<PullAuth>,
+    /// The catalog entry the task came from, when it is a named task.
+    pub entry: Option<EntryRef>,
+}
+
+/// A pre-compiled task's name and how many of its tasks one warm container
+/// may serve in turn (1: a fresh container per task).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRef {
+    pub name: String,
+    pub reuse: u32,
+}
+
+/// A registry login for one pull.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullAuth {
+    pub username: String,
+    pub password: String,
+    /// e.g. `registry.example.com:5000`; `None`: the image's registry.
+    pub server: Option<String>,
+}
+
+// Never print a password, not even in debug logs.
+impl fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
+}

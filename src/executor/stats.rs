@@ -1,0 +1,33 @@
+//! What an executor reports about itself, for the server's status answer.
+
+/// Counts and health, as of the moment they were asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    /// Tasks whose process is running.
+    pub running: u64,
+    /// Tasks waiting for a free slot.
+    pub queued: u64,
+    pub engine: EngineHealth,
+    pub pools: Vec<PoolStats>,
+}
+
+/// Whether the container engine answers, and what it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineHealth {
+    pub reachable: bool,
+    pub version: Option<String>,
+    /// The negotiated Engine API version.
+    pub api_version: Option<String>,
+    /// Why it is not reachable.
+    pub error: Option<String>,
+}
+
+/// One warm-container pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub key: String,
+    pub warm: u64,
+    pub in_use: u64,
+    pub hits: u64,
+    pub misses: u64,
+}

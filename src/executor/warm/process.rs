@@ -1,0 +1,269 @@
+//! One task on a warm container: hand the agent the task, then a
+//! [`WarmProcess`] whose output, stdin and end travel as the
+//! agent's frames. Its end is given in the same terms as a cold
+//! container's, so supervision cannot tell them apart.
+
+use bollard::Docker;
+use bytes::Bytes;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::container::{diagnostics_of, short, AgentInput, Record, WarmContainer};
+use super::pool::Lease;
+use super::proto::{self, ExitReport, TaskHeader};
+use crate::executor::events::{EventSink, Progress};
+use crate::executor::exit::container_end;
+use crate::executor::plan::Plan;
+use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
+use crate::task::{ErrorKind, OutputStream, TaskError};
+
+/// What handing a task to a warm container gave.
+pub(crate) enum Handed {
+    Started(Box<WarmProcess>),
+    /// The container was gone before the task started: nothing of the task
+    /// was used, so it can run elsewhere.
+    Gone,
+    Failed(StartError),
+}
+
+/// Hands `plan`'s task to the agent of `lease`'s container and waits for
+/// it to say the process started.
+pub(crate) async fn hand(
+    mut lease: Lease,
+    docker: &Docker,
+    plan: &Plan,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Handed {
+    let Some(container) = lease.container() else {
+        return Handed::Gone;
+    };
+    let header = TaskHeader {
+        argv: plan.command.clone(),
+        env: plan.env.clone(),
+        workdir: plan.workdir.clone(),
+        stdin: plan.stdin,
+    };
+    let clean = Arc::new(AtomicBool::new(true));
+    let input = container.input.clone();
+    if write_frame(&input, proto::TASK, &header.encode(), &clean)
+        .await
+        .is_err()
+    {
+        return Handed::Gone;
+    }
+    let first = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Handed::Failed(StartError::Cancelled),
+        record = container.records.recv() => record,
+    };
+    let program = plan.command.first().cloned().unwrap_or_default();
+    match first {
+        Some(Record::Started) => {}
+        None => return Handed::Gone,
+        Some(Record::Exit(report)) => {
+            let refused = refusal(report, &program, plan.workdir.as_deref(), container);
+            // The agent is fine and waits for the next task.
+            lease.finish(true);
+            return Handed::Failed(refused);
+        }
+        Some(_) => {
+            let error = TaskError::new(
+                ErrorKind::Engine,
+                format!(
+                    "the agent in warm container {} broke the protocol",
+                    short(&container.id)
+                ),
+            );
+            return Handed::Failed(error.into());
+        }
+    }
+    let container = short(&container.id);
+    let _ = events.progress(Progress::Created { container }).await;
+    let _ = events.progress(Progress::Started).await;
+    Handed::Started(Box::new(WarmProcess {
+        docker: docker.clone(),
+        stdin: plan.stdin.then(|| WarmStdin {
+            input: input.clone(),
+            clean: clean.clone(),
+        }),
+        lease,
+        clean,
+        program,
+        workdir: plan.workdir.clone(),
+        report: None,
+    }))
+}
+
+/// A task running on a warm container.
+pub(crate) struct WarmProcess {
+    docker: Docker,
+    lease: Lease,
+    /// False while a frame to the agent is half-written.
+    clean: Arc<AtomicBool>,
+    stdin: Option<WarmStdin>,
+    program: String,
+    workdir: Option<String>,
+    /// The agent's exit report; `None` until it comes (or if the container
+    /// died without one).
+    report: Option<ExitReport>,
+}
+
+impl Process for WarmProcess {
+    type Stdin = WarmStdin;
+
+    fn take_stdin(&mut self) -> Option<WarmStdin> {
+        self.stdin.take()
+    }
+
+    async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
+        let container = self.lease.container()?;
+        while let Some(record) = container.records.recv().await {
+            match record {
+                Record::Stdout(chunk) => return Some((OutputStream::Stdout, chunk)),
+                Record::Stderr(chunk) => return Some((OutputStream::Stderr, chunk)),
+                Record::Exit(report) => {
+                    self.report = Some(report);
+                    return None;
+                }
+                Record::Ready | Record::Started => {}
+            }
+        }
+        // The attach stream ended mid-task: the container died under it.
+        None
+    }
+
+    async fn end(&mut self) -> Result<ProcessEnd, TaskError> {
+        match self.report {
+            Some(ExitReport::Exited { code, oom }) => Ok(ProcessEnd::Exited {
+                code: i64::from(code),
+                oom_killed: oom,
+            }),
+            // The code the container would have had: 128+N for signal N.
+            Some(ExitReport::Signaled { signal, oom }) => Ok(ProcessEnd::Exited {
+                code: 128 + i64::from(signal),
+                oom_killed: oom,
+            }),
+            Some(report) => {
+                let container = self.lease.container().ok_or_else(gone)?;
+                match refusal(report, &self.program, self.workdir.as_deref(), container) {
+                    StartError::Command(failure) => Ok(ProcessEnd::NotStarted(failure)),
+                    StartError::Failed(error) => Err(error),
+                    StartError::Cancelled => Err(gone()),
+                }
+            }
+            None => {
+                // The engine knows how the container ended.
+                let id = self.lease.container().ok_or_else(gone)?.id.clone();
+                container_end(&self.docker, &id, None).await
+            }
+        }
+    }
+
+    async fn finish(self) {
+        // Fit for another task only when the agent reported the end and no
+        // frame to it was left half-written.
+        let ended = matches!(
+            self.report,
+            Some(ExitReport::Exited { .. } | ExitReport::Signaled { .. })
+        );
+        let reusable = ended && self.clean.load(Ordering::Acquire);
+        self.lease.finish(reusable);
+    }
+}
+
+/// The task's stdin, as frames to the agent.
+pub(crate) struct WarmStdin {
+    input: AgentInput,
+    clean: Arc<AtomicBool>,
+}
+
+impl Stdin for WarmStdin {
+    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        write_frame(&self.input, proto::STDIN, &chunk, &self.clean).await
+    }
+
+    async fn close(&mut self) {
+        let _ = write_frame(&self.input, proto::CLOSE, &[], &self.clean).await;
+    }
+}
+
+/// Writes one frame to the agent; `clean` is false while a frame is
+/// half-written, which makes the container unfit for reuse.
+async fn write_frame(
+    input: &AgentInput,
+    kind: u8,
+    payload: &[u8],
+    clean: &AtomicBool,
+) -> io::Result<()> {
+    let mut input = input.lock().await;
+    clean.store(false, Ordering::Release);
+    input.write_all(&proto::header(kind, payload.len())).await?;
+    input.write_all(payload).await?;
+    input.flush().await?;
+    clean.store(true, Ordering::Release);
+    Ok(())
+}
+
+fn gone() -> TaskError {
+    TaskError::new(
+        ErrorKind::Engine,
+        "a warm container was given back while its task still used it; this is a bug",
+    )
+}
+
+/// Why the agent did not start the process, in the cold path's terms
+/// (`docker run` gives 127 for a missing command, 126 for one that cannot
+/// be run).
+fn refusal(
+    report: ExitReport,
+    program: &str,
+    workdir: Option<&str>,
+    container: &WarmContainer,
+) -> StartError {
+    match report {
+        ExitReport::SpawnFailed { errno } => spawn_failure(program, errno),
+        ExitReport::WorkdirFailed { errno } => StartError::Failed(TaskError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "the working directory `{}` cannot be used in the container ({}); choose one \
+                 that exists or that the task's user may create",
+                workdir.unwrap_or(""),
+                io::Error::from_raw_os_error(errno)
+            ),
+        )),
+        ExitReport::Exited { .. } | ExitReport::Signaled { .. } => {
+            StartError::Failed(TaskError::new(
+                ErrorKind::Engine,
+                format!(
+                    "the agent in warm container {} reported an end before a start: {}",
+                    short(&container.id),
+                    diagnostics_of(container)
+                ),
+            ))
+        }
+    }
+}
+
+fn spawn_failure(program: &str, errno: i32) -> StartError {
+    const ENOENT: i32 = 2;
+    const ENOEXEC: i32 = 8;
+    const EACCES: i32 = 13;
+    const ENOTDIR: i32 = 20;
+    const EISDIR: i32 = 21;
+    let text = io::Error::from_raw_os_error(errno);
+    let detail = format!("exec: {text}");
+    match errno {
+        ENOENT => StartError::Command(CommandFailure::NotFound { detail }),
+        ENOEXEC | EACCES | ENOTDIR | EISDIR => {
+            StartError::Command(CommandFailure::NotInvokable { detail })
+        }
+        _ => StartError::Failed(TaskError::new(
+            ErrorKind::Engine,
+            format!("command `{program}` could not be started: {text}"),
+        )),
+    }
+}

@@ -1,0 +1,149 @@
+//! What every connection of a server shares: its settings, its rules, its
+//! executor, the tokens it accepts, and its counters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::config::ServerConfig;
+use crate::access::Credential;
+use crate::admission::{Admission, Quota};
+use crate::auth::{self, FailedLogins};
+use crate::executor::{Executor, PoolStats};
+use crate::protocol::{
+    EngineStatus, ErrorKind, Hello, PoolStatus, ServerMessage, ServerStatus, TaskError,
+    PROTOCOL_VERSION,
+};
+
+/// `tcp-task 0.1.0`: how the server names itself to clients.
+pub fn server_name() -> String {
+    format!("tcp-task {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Who a connection's client is, once its hello is accepted.
+pub(crate) struct Login {
+    pub hello: Hello,
+    /// The named client whose token it gave, if any.
+    pub client: Option<Arc<Credential>>,
+}
+
+pub(crate) fn all_tokens(config: &ServerConfig) -> Vec<String> {
+    let named = config.clients.iter().map(|c| c.token.clone());
+    config.tokens.iter().cloned().chain(named).collect()
+}
+
+/// What every connection of a server shares.
+pub(crate) struct Shared<E> {
+    pub config: ServerConfig,
+    /// Every accepted token: the plain ones, then the named clients'.
+    pub tokens: Vec<String>,
+    pub executor: Arc<E>,
+    /// What may run: the catalog and the policy.
+    pub admission: Admission,
+    /// Bounds tasks across all connections (`max_tasks`).
+    pub tasks: Quota,
+    /// Set when the server speaks TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub failed_logins: FailedLogins,
+    /// Fired when shutdown starts: connections stop taking new tasks.
+    pub shutdown: CancellationToken,
+    /// Fired when the shutdown grace runs out: every task is cancelled.
+    pub abort: CancellationToken,
+    pub started: Instant,
+    pub connections: AtomicU64,
+    pub finished: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl<E: Executor> Shared<E> {
+    /// Checks the hello's token against the configured ones, in constant
+    /// time, so that timing does not reveal how much of a guess was right.
+    /// An address that failed too often recently is refused without its
+    /// token being looked at. Nothing here logs or returns the token.
+    pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Login, TaskError> {
+        if self.tokens.is_empty() {
+            return Ok(Login {
+                hello: hello.clone(),
+                client: None,
+            });
+        }
+        let now = Instant::now();
+        if let Some(left) = self.failed_logins.blocked_for(peer.ip(), now) {
+            debug!(%peer, "refused: the address is blocked after failed authentications");
+            return Err(TaskError::new(
+                ErrorKind::Unauthorized,
+                format!(
+                    "too many failed authentications from {}: this address is temporarily blocked for {} more seconds; check the token (--token or TCP_TASK_TOKEN), then retry",
+                    peer.ip(),
+                    left.as_secs().max(1)
+                ),
+            ));
+        }
+        let offered = hello.token.as_deref().unwrap_or("");
+        if let Some(index) = auth::matching_token(&self.tokens, offered) {
+            // Plain tokens come first in `tokens`, the named clients' after.
+            let client = index
+                .checked_sub(self.config.tokens.len())
+                .and_then(|i| self.config.clients.get(i).cloned());
+            return Ok(Login {
+                hello: hello.clone(),
+                client,
+            });
+        }
+        let (failures, blocks) = self.failed_logins.record(peer.ip(), now);
+        warn!(%peer, failures, "authentication failed");
+        if blocks {
+            warn!(
+                address = %peer.ip(),
+                window = ?self.config.auth_failure_window,
+                "blocking the address after {failures} failed authentications"
+            );
+        }
+        Err(TaskError::new(
+            ErrorKind::Unauthorized,
+            "authentication failed: the server requires a valid token (pass --token or set TCP_TASK_TOKEN)",
+        ))
+    }
+
+    pub fn record_end(&self, terminal: &ServerMessage) {
+        match terminal {
+            ServerMessage::Exited { .. } => self.finished.fetch_add(1, Ordering::Relaxed),
+            _ => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    pub async fn status(&self) -> ServerStatus {
+        let stats = self.executor.stats().await;
+        ServerStatus {
+            server: server_name(),
+            protocol_version: PROTOCOL_VERSION,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            connections: self.connections.load(Ordering::Relaxed),
+            running: stats.running,
+            queued: stats.queued,
+            finished: self.finished.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            engine: EngineStatus {
+                reachable: stats.engine.reachable,
+                version: stats.engine.version,
+                api_version: stats.engine.api_version,
+                error: stats.engine.error,
+            },
+            catalog_size: self.admission.catalog().len() as u64,
+            pools: stats.pools.into_iter().map(pool_status).collect(),
+        }
+    }
+}
+
+fn pool_status(pool: PoolStats) -> PoolStatus {
+    PoolStatus {
+        key: pool.key,
+        warm: pool.warm,
+        in_use: pool.in_use,
+        hits: pool.hits,
+        misses: pool.misses,
+    }
+}

@@ -16,8 +16,12 @@
 //! reaches an executor, and no container runs here.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
 use futures::{StreamExt, TryStreamExt};
+use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::FrameCodec;
@@ -62,6 +66,27 @@ where
 
 fn payload() -> Bytes {
     Bytes::from(vec![0xA5; PAYLOAD_LEN])
+}
+
+/// What the measured loops need of every peer.
+trait Peer: Send {
+    /// One request, one answer.
+    fn round_trip(&mut self) -> impl Future<Output = ()> + Send;
+    /// `n` requests on one connection, at most `WINDOW` of them unanswered.
+    fn pipelined(&mut self, n: usize) -> impl Future<Output = ()> + Send;
+}
+
+/// A peer behind a lock is used by one measurement at a time, which holds
+/// the lock from before its clock starts until after it stops. (The
+/// peer's own futures, not wrapped in another.)
+impl<P: Peer> Peer for OwnedMutexGuard<P> {
+    fn round_trip(&mut self) -> impl Future<Output = ()> + Send {
+        (**self).round_trip()
+    }
+
+    fn pipelined(&mut self, n: usize) -> impl Future<Output = ()> + Send {
+        (**self).pipelined(n)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -129,7 +154,9 @@ impl RawConn {
             read_buf: BytesMut::with_capacity(64 * 1024),
         }
     }
+}
 
+impl Peer for RawConn {
     async fn round_trip(&mut self) {
         self.stream.write_all(&self.frame).await.unwrap();
         let mut answer = [0u8; 4 + PAYLOAD_LEN];
@@ -209,22 +236,51 @@ async fn tcp_task_pair() -> (RunningServer, Client) {
     (server, client)
 }
 
-async fn tcp_task_round_trip(client: &Client, payload: &Bytes) {
-    let (_, echoed) = client.ping_with(payload.clone()).await.unwrap();
-    debug_assert_eq!(&echoed, payload);
-    black_box(echoed);
+/// An RPC client (tcp-task's or tarpc's) with the payload it sends.
+struct Rpc<C> {
+    client: C,
+    payload: Bytes,
 }
 
-async fn tcp_task_pipelined(client: &Client, payload: &Bytes, n: usize) {
+/// A clone of `client`, made ready to measure once awaited.
+fn rpc<C: Clone + Send + 'static>(client: &C) -> impl Future<Output = Rpc<C>> + Send + 'static {
+    let client = client.clone();
+    async move {
+        Rpc {
+            client,
+            payload: payload(),
+        }
+    }
+}
+
+/// How an RPC client pipelines: `n` calls, at most `WINDOW` in flight, each
+/// answer taken as it comes.
+async fn pipelined_calls<F, T, E>(n: usize, mut call: impl FnMut() -> F)
+where
+    F: Future<Output = Result<T, E>>,
+    E: Debug,
+{
     futures::stream::iter(0..n)
-        .map(|_| client.ping_with(payload.clone()))
+        .map(|_| call())
         .buffer_unordered(WINDOW)
-        .try_for_each(|(_, echoed)| {
-            black_box(echoed);
+        .try_for_each(|answer| {
+            black_box(answer);
             futures::future::ready(Ok(()))
         })
         .await
         .unwrap();
+}
+
+impl Peer for Rpc<Client> {
+    async fn round_trip(&mut self) {
+        let (_, echoed) = self.client.ping_with(self.payload.clone()).await.unwrap();
+        debug_assert_eq!(echoed, self.payload);
+        black_box(echoed);
+    }
+
+    async fn pipelined(&mut self, n: usize) {
+        pipelined_calls(n, || self.client.ping_with(self.payload.clone())).await
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -278,25 +334,24 @@ async fn tarpc_pair() -> EchoClient {
     EchoClient::new(tarpc::client::Config::default(), transport).spawn()
 }
 
-async fn tarpc_round_trip(client: &EchoClient, payload: &Bytes) {
-    let echoed = client
-        .echo(tarpc::context::current(), payload.clone())
-        .await
-        .unwrap();
-    debug_assert_eq!(&echoed, payload);
-    black_box(echoed);
-}
+impl Peer for Rpc<EchoClient> {
+    async fn round_trip(&mut self) {
+        let echoed = self
+            .client
+            .echo(tarpc::context::current(), self.payload.clone())
+            .await
+            .unwrap();
+        debug_assert_eq!(echoed, self.payload);
+        black_box(echoed);
+    }
 
-async fn tarpc_pipelined(client: &EchoClient, payload: &Bytes, n: usize) {
-    futures::stream::iter(0..n)
-        .map(|_| client.echo(tarpc::context::current(), payload.clone()))
-        .buffer_unordered(WINDOW)
-        .try_for_each(|echoed| {
-            black_box(echoed);
-            futures::future::ready(Ok(()))
+    async fn pipelined(&mut self, n: usize) {
+        pipelined_calls(n, || {
+            self.client
+                .echo(tarpc::context::current(), self.payload.clone())
         })
         .await
-        .unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -318,8 +373,8 @@ fn peers(rt: &Runtime) -> Peers {
         let tarpc = tarpc_pair().await;
         // One exchange each, so every connection is up before measuring.
         raw.lock().await.round_trip().await;
-        tcp_task_round_trip(&tcp_task, &payload()).await;
-        tarpc_round_trip(&tarpc, &payload()).await;
+        rpc(&tcp_task).await.round_trip().await;
+        rpc(&tarpc).await.round_trip().await;
         Peers {
             raw,
             _server: server,
@@ -329,54 +384,71 @@ fn peers(rt: &Runtime) -> Peers {
     })
 }
 
+/// The exchange a benchmark group repeats.
+#[derive(Clone, Copy)]
+enum Exchange {
+    RoundTrip,
+    Pipelined(usize),
+}
+
+/// The measured loop every peer shares. For each sample, on a runtime
+/// worker: `open` yields the peer (untimed: for raw TCP this waits for the
+/// connection's lock), then `iters` exchanges in a row are timed.
+fn bench_peer<P, F>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    exchange: Exchange,
+    open: impl Fn() -> F,
+) where
+    P: Peer + 'static,
+    F: Future<Output = P> + Send + 'static,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let opening = open();
+            timed_on(rt, iters, |iters| async move {
+                let mut peer = opening.await;
+                let start = Instant::now();
+                match exchange {
+                    Exchange::RoundTrip => {
+                        for _ in 0..iters {
+                            peer.round_trip().await;
+                        }
+                    }
+                    Exchange::Pipelined(n) => {
+                        for _ in 0..iters {
+                            peer.pipelined(n).await;
+                        }
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// `exchange` against each peer in turn, the floor first.
+fn bench_peers(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    peers: &Peers,
+    exchange: Exchange,
+) {
+    bench_peer(group, rt, "raw_tcp", exchange, || {
+        peers.raw.clone().lock_owned()
+    });
+    bench_peer(group, rt, "tcp_task", exchange, || rpc(&peers.tcp_task));
+    bench_peer(group, rt, "tarpc", exchange, || rpc(&peers.tarpc));
+}
+
 fn rtt(c: &mut Criterion, rt: &Runtime, peers: &Peers) {
     let mut group = c.benchmark_group("rtt");
     group
         .sample_size(50)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-
-    group.bench_function("raw_tcp", |b| {
-        b.iter_custom(|iters| {
-            let raw = peers.raw.clone();
-            timed_on(rt, iters, |iters| async move {
-                let mut raw = raw.lock().await;
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw.round_trip().await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    group.bench_function("tcp_task", |b| {
-        b.iter_custom(|iters| {
-            let client = peers.tcp_task.clone();
-            timed_on(rt, iters, |iters| async move {
-                let payload = payload();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tcp_task_round_trip(&client, &payload).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    group.bench_function("tarpc", |b| {
-        b.iter_custom(|iters| {
-            let client = peers.tarpc.clone();
-            timed_on(rt, iters, |iters| async move {
-                let payload = payload();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tarpc_round_trip(&client, &payload).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    bench_peers(&mut group, rt, peers, Exchange::RoundTrip);
     group.finish();
 }
 
@@ -388,48 +460,12 @@ fn pipelined(c: &mut Criterion, rt: &Runtime, peers: &Peers) {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-
-    group.bench_function("raw_tcp", |b| {
-        b.iter_custom(|iters| {
-            let raw = peers.raw.clone();
-            timed_on(rt, iters, |iters| async move {
-                let mut raw = raw.lock().await;
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw.pipelined(PIPELINED_REQUESTS).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    group.bench_function("tcp_task", |b| {
-        b.iter_custom(|iters| {
-            let client = peers.tcp_task.clone();
-            timed_on(rt, iters, |iters| async move {
-                let payload = payload();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tcp_task_pipelined(&client, &payload, PIPELINED_REQUESTS).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
-
-    group.bench_function("tarpc", |b| {
-        b.iter_custom(|iters| {
-            let client = peers.tarpc.clone();
-            timed_on(rt, iters, |iters| async move {
-                let payload = payload();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    tarpc_pipelined(&client, &payload, PIPELINED_REQUESTS).await;
-                }
-                start.elapsed()
-            })
-        })
-    });
+    bench_peers(
+        &mut group,
+        rt,
+        peers,
+        Exchange::Pipelined(PIPELINED_REQUESTS),
+    );
     group.finish();
 }
 

@@ -12,17 +12,15 @@
 
 mod script;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::join_all;
+use script::raw::{frame, RawPeer};
 use script::{script, Counters, ScriptExecutor};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcp_task::codec::{decode_body, encode_body, take_frame};
-use tcp_task::protocol::{ClientMessage, ErrorKind, Hello, ServerMessage, DEFAULT_MAX_FRAME_LEN};
+use tcp_task::protocol::{ClientMessage, ErrorKind, Hello, ServerMessage};
 use tcp_task::{Client, RunningServer, Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 async fn start(config: ServerConfig) -> (RunningServer, Arc<Counters>) {
     let executor = ScriptExecutor::default();
@@ -34,36 +32,9 @@ async fn start(config: ServerConfig) -> (RunningServer, Arc<Counters>) {
     (server, counters)
 }
 
-fn frame(message: &impl serde::Serialize) -> Vec<u8> {
-    let body = encode_body(message).unwrap();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
-/// Reads frames from `stream` until the server closes it, handing each to
-/// `each`; gives up (failing the test) after 30 s.
-async fn read_until_closed(
-    stream: &mut (impl AsyncReadExt + Unpin),
-    mut each: impl FnMut(ServerMessage),
-) {
-    let mut buffer = BytesMut::new();
-    let read = async {
-        loop {
-            while let Some(body) = take_frame(&mut buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap()
-            {
-                each(decode_body(&body).unwrap());
-            }
-            match stream.read_buf(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("the server neither answered nor closed");
-}
+/// How long the tests below wait for each answer: they load the machine
+/// more than most.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The soft limit on open files of this process, from /proc (Linux), or a
 /// conservative guess elsewhere.
@@ -122,20 +93,23 @@ async fn five_hundred_silent_connections_are_closed_at_the_handshake_timeout_whi
         // Timed from before the connection exists, so that the server's
         // clock for it can only have started later.
         let opened = Instant::now();
-        silent.push((TcpStream::connect(addr).await.unwrap(), opened));
+        let peer = RawPeer::connect(addr).await.with_patience(PATIENCE);
+        silent.push((peer, opened));
     }
     let pongs_when_all_open = pongs.load(Ordering::SeqCst);
     // A newcomer is served while the silent ones hold their connections.
     let newcomer = Client::connect(addr).await.unwrap();
     newcomer.ping().await.unwrap();
 
-    let closings = silent.into_iter().map(|(mut stream, opened)| async move {
-        let mut kinds = Vec::new();
-        read_until_closed(&mut stream, |message| match message {
-            ServerMessage::Error { error, .. } => kinds.push(error.kind),
-            other => panic!("a silent connection got {other:?}"),
-        })
-        .await;
+    let closings = silent.into_iter().map(|(mut peer, opened)| async move {
+        let frames = peer.frames_until_closed().await;
+        let kinds: Vec<ErrorKind> = frames
+            .into_iter()
+            .map(|message| match message {
+                ServerMessage::Error { error, .. } => error.kind,
+                other => panic!("a silent connection got {other:?}"),
+            })
+            .collect();
         (kinds, opened.elapsed())
     });
     let closings = join_all(closings).await;
@@ -196,12 +170,9 @@ async fn a_submission_flood_gets_busy_refusals_and_the_server_keeps_nothing_of_i
     let resident_before = resident_bytes();
 
     let floods = (0..CLIENTS).map(|_| async move {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut reader, mut writer) = stream.into_split();
-        writer
-            .write_all(&frame(&Hello::new("flood", None)))
-            .await
-            .unwrap();
+        let peer = RawPeer::connect(addr).await.with_patience(PATIENCE);
+        let (mut reader, mut writer) = peer.into_split();
+        writer.send(&Hello::new("flood", None)).await;
         let sender = tokio::spawn(async move {
             let mut spec = script(["sleep", "60000"]);
             spec.env = vec![("PADDING".into(), "x".repeat(SPEC_PADDING))];
@@ -211,32 +182,25 @@ async fn a_submission_flood_gets_busy_refusals_and_the_server_keeps_nothing_of_i
                     id,
                     spec: spec.clone(),
                 };
-                writer.write_all(&frame(&submit)).await.unwrap();
+                writer.send(&submit).await;
             }
             writer // kept open until the answers are in
         });
         let (mut accepted, mut busy) = (0u64, 0u64);
-        let mut buffer = BytesMut::new();
         while accepted + busy < SUBMITS {
-            match take_frame(&mut buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap() {
-                Some(body) => match decode_body(&body).unwrap() {
-                    ServerMessage::Welcome(_) => {}
-                    ServerMessage::Accepted { .. } => accepted += 1,
-                    ServerMessage::Failed { error, .. } => {
-                        assert_eq!(error.kind, ErrorKind::Busy, "{error}");
-                        assert!(error.message.contains("its maximum"), "{error}");
-                        busy += 1;
-                    }
-                    other => panic!("unexpected answer to a submission: {other:?}"),
-                },
-                None => {
-                    let read = reader.read_buf(&mut buffer);
-                    let n = tokio::time::timeout(Duration::from_secs(30), read)
-                        .await
-                        .expect("the server stopped answering")
-                        .unwrap();
-                    assert!(n > 0, "the server closed the connection");
+            match reader
+                .read()
+                .await
+                .expect("the server closed the connection")
+            {
+                ServerMessage::Welcome(_) => {}
+                ServerMessage::Accepted { .. } => accepted += 1,
+                ServerMessage::Failed { error, .. } => {
+                    assert_eq!(error.kind, ErrorKind::Busy, "{error}");
+                    assert!(error.message.contains("its maximum"), "{error}");
+                    busy += 1;
                 }
+                other => panic!("unexpected answer to a submission: {other:?}"),
             }
         }
         let writer = sender.await.unwrap();
@@ -279,7 +243,7 @@ async fn requests_behind_a_refused_submission_are_answered_in_order() {
         ..ServerConfig::default()
     };
     let (server, _) = start(config).await;
-    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut peer = RawPeer::connect(server.local_addr()).await;
     let mut bytes = frame(&Hello::new("raw", None));
     for id in 1..=3 {
         bytes.extend(frame(&ClientMessage::Submit {
@@ -292,23 +256,13 @@ async fn requests_behind_a_refused_submission_are_answered_in_order() {
         payload: Bytes::from_static(b"still here"),
     }));
     bytes.extend(frame(&ClientMessage::Cancel { id: 1 }));
-    stream.write_all(&bytes).await.unwrap();
+    peer.send_raw(&bytes).await;
     let mut answers = Vec::new();
-    let mut buffer = BytesMut::new();
     while answers.len() < 5 {
-        if let Some(body) = take_frame(&mut buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap() {
-            match decode_body(&body).unwrap() {
-                ServerMessage::Welcome(_) => {}
-                message => answers.push(message),
-            }
-            continue;
+        match peer.read().await.expect("the server closed the connection") {
+            ServerMessage::Welcome(_) => {}
+            message => answers.push(message),
         }
-        let read = stream.read_buf(&mut buffer);
-        let n = tokio::time::timeout(Duration::from_secs(10), read)
-            .await
-            .expect("the server stopped answering")
-            .unwrap();
-        assert!(n > 0);
     }
     assert_eq!(answers[0], ServerMessage::Accepted { id: 1 });
     for (answer, id) in answers[1..3].iter().zip([2, 3]) {

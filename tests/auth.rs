@@ -5,18 +5,17 @@
 
 mod script;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use script::raw::{frame, RawPeer};
 use script::{script, ScriptExecutor};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tcp_task::codec::{decode_body, encode_body, take_frame};
-use tcp_task::protocol::{ClientMessage, ErrorKind, Hello, ServerMessage, DEFAULT_MAX_FRAME_LEN};
+use tcp_task::protocol::{ClientMessage, ErrorKind, Hello, ServerMessage};
 use tcp_task::{
     Client, ClientTlsConfig, ConnectOptions, Error, RunningServer, Server, ServerConfig,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 async fn start(config: ServerConfig) -> RunningServer {
     Server::new(config, ScriptExecutor::default())
@@ -77,35 +76,6 @@ async fn every_token_of_a_token_file_is_valid_so_tokens_can_be_rotated() {
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
 
-/// Reads frames until the server closes the connection.
-async fn frames_until_closed(stream: &mut TcpStream) -> Vec<ServerMessage> {
-    let mut buffer = BytesMut::new();
-    let mut frames = Vec::new();
-    let read_all = async {
-        loop {
-            while let Some(body) = take_frame(&mut buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap()
-            {
-                frames.push(decode_body(&body).unwrap());
-            }
-            match stream.read_buf(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read_all)
-        .await
-        .expect("the server neither answered nor closed");
-    frames
-}
-
-fn frame(message: &impl serde::Serialize) -> Vec<u8> {
-    let body = encode_body(message).unwrap();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
 /// A wrong token gets one error frame and a close: a ping, a status request
 /// and a task sent right behind the hello are never answered.
 #[tokio::test]
@@ -116,7 +86,7 @@ async fn a_connection_without_a_valid_token_gets_one_error_and_nothing_else() {
     };
     let server = start(config).await;
     for token in [None, Some("wrong".to_string())] {
-        let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+        let mut peer = RawPeer::connect(server.local_addr()).await;
         let mut bytes = frame(&Hello::new("raw", token));
         bytes.extend(frame(&ClientMessage::Ping {
             id: 1,
@@ -127,9 +97,8 @@ async fn a_connection_without_a_valid_token_gets_one_error_and_nothing_else() {
             id: 3,
             spec: Box::new(script(["echo", "x"])),
         }));
-        stream.write_all(&bytes).await.unwrap();
-        let frames = frames_until_closed(&mut stream).await;
-        match frames.as_slice() {
+        peer.send_raw(&bytes).await;
+        match peer.frames_until_closed().await.as_slice() {
             [ServerMessage::Error { id: None, error }] => {
                 assert_eq!(error.kind, ErrorKind::Unauthorized)
             }

@@ -4,18 +4,15 @@
 
 mod script;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::join_all;
+use script::raw::{frame, framed, RawPeer};
 use script::{chunk_bytes, script, Counters, ScriptExecutor};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcp_task::codec::{decode_body, encode_body, take_frame};
-use tcp_task::protocol::{
-    ClientMessage, Ending, ErrorKind, Hello, ServerMessage, DEFAULT_MAX_FRAME_LEN,
-};
+use tcp_task::protocol::{ClientMessage, Ending, ErrorKind, Hello, ServerMessage};
 use tcp_task::{Client, Error, RunningServer, Server, ServerConfig, TaskEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(config: ServerConfig) -> (RunningServer, Arc<Counters>) {
@@ -34,75 +31,6 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A client that speaks the protocol by hand, to send what the library
-/// never would.
-struct RawPeer {
-    stream: TcpStream,
-    buffer: BytesMut,
-}
-
-impl RawPeer {
-    async fn connect(addr: SocketAddr) -> RawPeer {
-        RawPeer {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buffer: BytesMut::new(),
-        }
-    }
-
-    async fn handshaken(addr: SocketAddr) -> RawPeer {
-        let mut peer = RawPeer::connect(addr).await;
-        peer.send_body(&encode_body(&Hello::new("raw", None)).unwrap())
-            .await;
-        assert!(matches!(peer.read().await, Some(ServerMessage::Welcome(_))));
-        peer
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn send_body(&mut self, body: &[u8]) {
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(body);
-        self.send_raw(&frame).await;
-    }
-
-    async fn send(&mut self, message: &ClientMessage) {
-        self.send_body(&encode_body(message).unwrap()).await;
-    }
-
-    /// The next frame, or `None` once the server closed the connection.
-    async fn read(&mut self) -> Option<ServerMessage> {
-        let read = async {
-            loop {
-                if let Some(body) =
-                    take_frame(&mut self.buffer, DEFAULT_MAX_FRAME_LEN as usize).unwrap()
-                {
-                    return Some(decode_body(&body).unwrap());
-                }
-                match self.stream.read_buf(&mut self.buffer).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), read)
-            .await
-            .expect("the server neither answered nor closed")
-    }
-
-    /// Reads until the server closes; returns the error frames seen.
-    async fn errors_until_closed(&mut self) -> Vec<ErrorKind> {
-        let mut kinds = Vec::new();
-        while let Some(message) = self.read().await {
-            if let ServerMessage::Error { error, .. } = message {
-                kinds.push(error.kind);
-            }
-        }
-        kinds
     }
 }
 
@@ -396,63 +324,70 @@ async fn bad_input_is_answered_with_an_error_and_other_connections_keep_working(
     let addr = server.local_addr();
     let bystander = Client::connect(addr).await.unwrap();
 
-    let mut huge = RawPeer::connect(addr).await;
-    huge.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
-    assert_eq!(
-        huge.errors_until_closed().await,
-        vec![ErrorKind::FrameTooLarge]
-    );
-
-    let mut huge_later = RawPeer::handshaken(addr).await;
-    huge_later.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF]).await;
-    assert_eq!(
-        huge_later.errors_until_closed().await,
-        vec![ErrorKind::FrameTooLarge]
-    );
-
-    let mut garbage = RawPeer::handshaken(addr).await;
-    garbage
-        .send_body(&[0xC3, 0x28, 0xA0, 0xA1, 0x00, 0xFF, 0x13])
-        .await;
-    assert_eq!(
-        garbage.errors_until_closed().await,
-        vec![ErrorKind::Protocol]
-    );
-
-    let mut unknown_tag = RawPeer::handshaken(addr).await;
-    unknown_tag.send_body(&[200]).await;
-    assert_eq!(
-        unknown_tag.errors_until_closed().await,
-        vec![ErrorKind::Protocol]
-    );
-
-    let mut wrong_magic = RawPeer::connect(addr).await;
-    let mut hello = Hello::new("raw", None);
-    hello.magic = *b"HTTP";
-    wrong_magic.send_body(&encode_body(&hello).unwrap()).await;
-    assert_eq!(
-        wrong_magic.errors_until_closed().await,
-        vec![ErrorKind::Protocol]
-    );
-
-    let mut future_version = RawPeer::connect(addr).await;
-    let mut hello = Hello::new("raw", None);
-    hello.version = 99;
-    future_version
-        .send_body(&encode_body(&hello).unwrap())
-        .await;
-    assert_eq!(
-        future_version.errors_until_closed().await,
-        vec![ErrorKind::VersionMismatch]
-    );
-
-    let mut http = RawPeer::connect(addr).await;
-    http.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(http.errors_until_closed().await, vec![ErrorKind::Protocol]);
-
-    let mut cut_off = RawPeer::handshaken(addr).await;
-    cut_off.send_raw(&[0, 0, 0, 100, 1, 2, 3]).await;
-    drop(cut_off);
+    let hello_with = |change: fn(&mut Hello)| {
+        let mut hello = Hello::new("raw", None);
+        change(&mut hello);
+        frame(&hello)
+    };
+    // (what, sent after a good handshake?, bytes sent, the one error frame
+    // expected before the close, or `None` for a peer that hangs up
+    // mid-frame without reading)
+    let cases = [
+        (
+            "a 4 GiB frame header instead of a hello",
+            false,
+            vec![0xFF, 0xFF, 0xFF, 0xFF],
+            Some(ErrorKind::FrameTooLarge),
+        ),
+        (
+            "a 4 GiB frame header after the handshake",
+            true,
+            vec![0xFF, 0xFF, 0xFF, 0xFF],
+            Some(ErrorKind::FrameTooLarge),
+        ),
+        (
+            "a garbage body",
+            true,
+            framed(&[0xC3, 0x28, 0xA0, 0xA1, 0x00, 0xFF, 0x13]),
+            Some(ErrorKind::Protocol),
+        ),
+        (
+            "an unknown message tag",
+            true,
+            framed(&[200]),
+            Some(ErrorKind::Protocol),
+        ),
+        (
+            "a hello with the wrong magic",
+            false,
+            hello_with(|hello| hello.magic = *b"HTTP"),
+            Some(ErrorKind::Protocol),
+        ),
+        (
+            "a hello from a future version",
+            false,
+            hello_with(|hello| hello.version = 99),
+            Some(ErrorKind::VersionMismatch),
+        ),
+        (
+            "an HTTP request",
+            false,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(ErrorKind::Protocol),
+        ),
+        ("a frame cut off", true, vec![0, 0, 0, 100, 1, 2, 3], None),
+    ];
+    for (what, after_handshake, bytes, answer) in cases {
+        let mut peer = if after_handshake {
+            RawPeer::handshaken(addr).await
+        } else {
+            RawPeer::connect(addr).await
+        };
+        peer.send_raw(&bytes).await;
+        if let Some(kind) = answer {
+            assert_eq!(peer.errors_until_closed().await, vec![kind], "{what}");
+        }
+    }
 
     // Stdin for a request that does not exist: an error, and the connection
     // stays usable.

@@ -1,9 +1,11 @@
 //! A test-only executor for the protocol tests: it runs no container, it
 //! follows a small script named by the task's command, so the tests of the
 //! connection layer can produce exact output, stalls and endings. The shipped
-//! server never uses it.
+//! server never uses it. [`raw`] is their hand-driven client.
 
 #![allow(dead_code)]
+
+pub mod raw;
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod engine;
 
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;

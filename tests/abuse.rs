@@ -63,6 +63,14 @@ async fn five_hundred_silent_connections_are_closed_at_the_handshake_timeout_whi
         "the open-files limit ({}) is too low for this test; raise it with `ulimit -n`",
         open_files_limit()
     );
+    if silent_count < 500 {
+        // Not a skip, but less than the name says: say so.
+        eprintln!(
+            "reduced: {silent_count} silent connections, not 500: the open-files limit is {}; \
+             raise it with `ulimit -n` for the full test",
+            open_files_limit()
+        );
+    }
     let config = ServerConfig {
         handshake_timeout: HANDSHAKE_TIMEOUT,
         ..ServerConfig::default()

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod engine;
 
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;

@@ -134,6 +134,12 @@ const APPLETS: &[Applet] = &[
     Applet::new("alloc", testing::alloc, "MB", "allocate and touch MB MiB"),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(
+        "counter",
+        testing::counter,
+        "N FILE",
+        "write N numbered lines; the count so far in FILE",
+    ),
+    Applet::new(
         "writefile",
         testing::writefile,
         "PATH",

@@ -21,6 +21,7 @@
 //! | `forkbomb`              | spawns `/proc/self/exe forkbomb-child` until that fails, then prints `fork failed: <err>` on stderr, waits 1 s, exits 3 |
 //! | `alloc MB`              | allocates MB MiB, writes every page, prints `allocated MB MiB` |
 //! | `flood`                 | 64 KiB blocks of `x` on stdout, forever                     |
+//! | `counter N FILE`        | `i` as 15 digits plus `\n` (16 bytes) on stdout for i in 0..N, 256 lines (4 KiB) per write; after each write, FILE holds the lines written so far (20 digits plus `\n`, rewritten in place) |
 //! | `writefile PATH`        | creates PATH and writes `tcp-task\n`: prints `wrote PATH`, or the error on stderr and exit 1 |
 //! | `netcheck HOST:PORT`    | TCP connect, 2 s timeout: prints `connected` (exit 0) or `no network: <err>` (exit 1), both on stdout |
 //! | `ifaces`                | the network interfaces the task can see, one per line, sorted (from `/proc/net/dev`; no traffic sent) |
@@ -30,6 +31,7 @@ use crate::rng::XorShift64Star;
 use crate::sys;
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -315,6 +317,46 @@ pub fn flood(args: &[String]) -> Result<(), Fail> {
         out.write_all(&block)
             .map_err(|e| Fail::io("cannot write to stdout", e))?;
     }
+}
+
+/// Lines per `counter` write: 4 KiB, no more than `PIPE_BUF`, so each
+/// write to a pipe is atomic (all of it or, blocked, none of it).
+const COUNTER_BATCH: u64 = 256;
+
+/// Writes a known stream without pause and tells, outside that stream, how
+/// far it got: a test reads FILE from the container (the Engine API's
+/// archive download) to see whether the task is blocked on its stdout.
+pub fn counter(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 2)?;
+    let n: u64 = parse("N", &args[0])?;
+    if n > 999_999_999_999_999 {
+        return Err(Fail::usage(format!("N must fit in 15 digits, not {n}")));
+    }
+    let path = &args[1];
+    let file = std::fs::File::create(path)
+        .map_err(|e| Fail::Exit(1, format!("cannot create {path}: {e}")))?;
+    let record = |count: u64| {
+        // Fixed width, in place: a reader never sees a shorter, stale tail.
+        file.write_all_at(format!("{count:020}\n").as_bytes(), 0)
+            .map_err(|e| Fail::io(&format!("cannot write {path}"), e))
+    };
+    record(0)?;
+    let mut out = raw_stdout()?;
+    let mut batch = Vec::with_capacity(COUNTER_BATCH as usize * 16);
+    let mut written = 0;
+    while written < n {
+        let end = n.min(written + COUNTER_BATCH);
+        batch.clear();
+        for i in written..end {
+            // Into a Vec: cannot fail.
+            let _ = writeln!(batch, "{i:015}");
+        }
+        out.write_all(&batch)
+            .map_err(|e| Fail::io("cannot write to stdout", e))?;
+        written = end;
+        record(written)?;
+    }
+    Ok(())
 }
 
 pub fn writefile(args: &[String]) -> Result<(), Fail> {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::access::{ClientPolicy, ClientRules};
+use super::client::{ClientPolicy, ClientRules};
 use crate::executor::{EntryRef, Plan, PullAuth};
 use crate::protocol::{RegistryAuth, Task, TaskSpec};
 use crate::task::{ErrorKind, TaskError};

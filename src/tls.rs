@@ -145,7 +145,7 @@ impl ClientTlsConfig {
 
     /// Runs the client side of the TLS handshake over `stream`, connected to
     /// `addr`. The caller bounds the time.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         stream: TcpStream,
         addr: &str,

@@ -172,6 +172,9 @@ Exit status: as for `tcp-task run`.")]
   tcp-task tasks
   tcp-task tasks --json | jq -r '.[].name'")]
     Tasks(InfoArgs),
+    /// Measure a server: load, throughput, latency, and its promises kept.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show the server's version, uptime, engine, and task counts.
     #[command(after_help = "Examples:
   tcp-task status
@@ -209,6 +212,63 @@ pub enum ImageCommand {
     /// Build the examples image (example tasks and test helpers, FROM scratch).
     #[command(after_help = "Example:\n  tcp-task image build-examples")]
     BuildExamples,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Run one task many times over many connections; report tasks/s,
+    /// latency percentiles, errors by kind, and whether every task ended
+    /// exactly once with the same output.
+    #[command(after_help = "Examples:
+  tcp-task bench load --server 10.0.0.5:7070 --connections 64 --tasks 10000 --task sum 1 2 3
+  tcp-task bench load --tasks 500 --json tcp-task-examples:0.1.0 echo hello | jq .p99_ms
+
+Flags go before the task: everything after --task NAME (or after IMAGE) is
+the task's arguments. Each connection keeps up to --window tasks in flight
+(at most the server's per-connection limit). A task counts as lost when its
+connection broke before its terminal frame, duplicated when a second
+terminal frame came for it, wrong when its stdout, stderr or exit differ
+from the first completed task's, stray when a frame came for no task in
+flight. The progress bar shows on a terminal only.
+
+Exit status: 0 when every task completed once with the same output; 1 when
+any was lost, duplicated or wrong (or a frame was stray); 2 when that held
+but some tasks failed (see errors) or could not be submitted; 125 when the
+command line was wrong.")]
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Connections to open, each with its own share of the tasks.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = parse_positive)]
+    pub connections: usize,
+    /// Tasks to run in all.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub tasks: u64,
+    /// Tasks in flight per connection at most.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = parse_positive)]
+    pub window: usize,
+    /// Run this pre-compiled task (what follows are its arguments) instead
+    /// of IMAGE CMD.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
+    /// Kill each task after this long (the server reports it as timed out).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print one JSON object (for programs) instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// IMAGE [CMD…], or the task's ARGS… with --task.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE CMD… | ARGS…"
+    )]
+    pub command: Vec<String>,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -294,6 +354,14 @@ pub struct NamedArgs {
     // Last: its help heading applies to what follows it.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+}
+
+/// A count of at least 1.
+pub fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds (`1.5`).

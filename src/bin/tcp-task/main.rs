@@ -5,6 +5,7 @@
 //! work is in the library.
 
 mod args;
+mod bench;
 mod demo;
 mod info;
 mod run;
@@ -14,7 +15,7 @@ mod signals;
 use clap::Parser;
 use std::process::ExitCode;
 
-use args::{Cli, Command, ImageCommand};
+use args::{BenchCommand, Cli, Command, ImageCommand};
 
 /// Exit status when the server, the engine or the command line failed, as
 /// `docker run` uses it. A usage error exits with it too (not clap's 2): the
@@ -58,6 +59,10 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Task(args) => {
             let connection = args.connection.resolve(outer);
             return run::run_named(&connection, args).await;
+        }
+        Command::Bench(BenchCommand::Load(args)) => {
+            let connection = args.connection.resolve(outer);
+            return bench::load(&connection, args).await;
         }
         Command::Tasks(args) => info::tasks(&args.connection.resolve(outer), args.json).await,
         Command::Status(args) => info::status(&args.connection.resolve(outer), args.json).await,

@@ -226,7 +226,7 @@ fn error_kind_name(error: &Error) -> String {
 }
 
 /// `OomKilled` → `oom_killed`.
-fn snake_case(name: &str) -> String {
+pub fn snake_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for (i, c) in name.chars().enumerate() {
         if c.is_ascii_uppercase() {

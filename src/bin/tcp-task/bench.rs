@@ -1,0 +1,575 @@
+//! `tcp-task bench load`: many tasks over many connections against a
+//! running server, for an operator checking their own deployment.
+//!
+//! It reports throughput, latency percentiles and errors by kind, and it
+//! checks the server's promises on the wire: every submitted task gets
+//! exactly one terminal frame (`Exited` or `Failed`), and the same task
+//! prints the same bytes every time.
+//!
+//! Why not the client library: [`tcp_task::Client`] removes a request's
+//! waiter when its terminal frame arrives and drops any later frame for that
+//! id without a word, so a duplicated terminal frame can never be seen
+//! through it. The load tool therefore speaks the protocol itself, with the
+//! library's codec and message types, and counts terminal frames per
+//! request id. A frame for an id that is not in flight is counted too
+//! (`stray`). At the end of its share each connection sends a `Ping` and
+//! reads up to the `Pong`, so a duplicate the server queued before it is
+//! still seen.
+
+use futures::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tcp_task::codec::FrameCodec;
+use tcp_task::protocol::{
+    ClientMessage, Hello, OutputStream, RequestId, ServerMessage, Task, DEFAULT_MAX_FRAME_LEN,
+};
+use tcp_task::{Ending, Outcome, TaskSpec};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::args::{ConnectionArgs, LoadArgs};
+use crate::run::snake_case;
+use crate::EXIT_SERVER_ERROR;
+
+/// Exit status when a task was lost, duplicated or wrong, or a frame
+/// arrived for no task in flight: the server broke a promise.
+pub const EXIT_BROKEN: u8 = 1;
+/// Exit status when the promises held but some tasks failed (errors by
+/// kind) or were never submitted.
+pub const EXIT_ERRORS: u8 = 2;
+
+/// Time allowed for the TCP connection, TLS and the handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the final Ping's answer.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one task printed and how it ended: what must be the same every time.
+#[derive(PartialEq, Eq, Debug)]
+struct Signature {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    ending: Ending,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    output_truncated: bool,
+}
+
+/// Counts of one connection, or of the whole run once merged.
+#[derive(Default, Debug)]
+struct Tally {
+    submitted: u64,
+    completed: u64,
+    lost: u64,
+    duplicated: u64,
+    wrong: u64,
+    stray: u64,
+    /// Failed tasks by error kind, and connections that broke or never
+    /// opened by what went wrong (`connect`, `handshake`, `disconnected`…).
+    errors: BTreeMap<String, u64>,
+    /// Submit to terminal frame, per completed task.
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.submitted += other.submitted;
+        self.completed += other.completed;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.wrong += other.wrong;
+        self.stray += other.stray;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_default() += 1;
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    spec: TaskSpec,
+    /// Tasks not yet taken by a connection.
+    left: AtomicU64,
+    /// The first completed task's output: the one every other must match.
+    reference: Mutex<Option<Signature>>,
+    progress: ProgressBar,
+}
+
+impl Shared {
+    /// Takes one task to submit, if any is left.
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// True when `signature` matches the reference (the first one becomes it).
+    fn matches(&self, signature: Signature) -> bool {
+        let mut reference = self.reference.lock().unwrap();
+        match reference.as_ref() {
+            Some(first) => *first == signature,
+            None => {
+                *reference = Some(signature);
+                true
+            }
+        }
+    }
+}
+
+/// The `--json` report.
+#[derive(Serialize)]
+struct Report {
+    tasks: u64,
+    connections: usize,
+    window: usize,
+    submitted: u64,
+    not_submitted: u64,
+    completed: u64,
+    lost: u64,
+    duplicated: u64,
+    wrong: u64,
+    stray: u64,
+    errors: BTreeMap<String, u64>,
+    elapsed_s: f64,
+    tasks_per_second: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    exit_status: u8,
+}
+
+pub async fn load(connection: &ConnectionArgs, args: LoadArgs) -> u8 {
+    let spec = match spec_of(&args) {
+        Ok(spec) => spec,
+        Err(message) => {
+            eprintln!("tcp-task: {message}");
+            return EXIT_SERVER_ERROR;
+        }
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(args.tasks);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} tasks, {per_sec}, {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let shared = Arc::new(Shared {
+        spec,
+        left: AtomicU64::new(args.tasks),
+        reference: Mutex::new(None),
+        progress,
+    });
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.connections)
+        .map(|_| {
+            let shared = shared.clone();
+            let connection = connection.clone();
+            let window = args.window;
+            tokio::spawn(async move { drive(&connection, window, &shared).await })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for worker in workers {
+        match worker.await {
+            Ok(part) => tally.merge(part),
+            Err(e) => tally.error(format!("worker: {e}")),
+        }
+    }
+    let elapsed = started.elapsed();
+    shared.progress.finish_and_clear();
+    let report = report(&args, tally, elapsed);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print_report(&report);
+    }
+    report.exit_status
+}
+
+fn spec_of(args: &LoadArgs) -> Result<TaskSpec, String> {
+    let mut spec = match &args.task {
+        Some(name) => TaskSpec {
+            task: Task::Named {
+                name: name.clone(),
+                args: args.command.clone(),
+                params: None,
+            },
+            ..TaskSpec::default()
+        },
+        None => match args.command.split_first() {
+            Some((image, command)) => TaskSpec::image(image, command),
+            None => {
+                return Err(
+                    "say what to run: --task NAME [ARGS…] or IMAGE [CMD…] (see --help)".into(),
+                )
+            }
+        },
+    };
+    spec.timeout_ms = args.timeout.map(|t| t.as_millis() as u64);
+    Ok(spec)
+}
+
+/// One connection: takes tasks from the shared count, keeps up to `window`
+/// of them in flight, and checks every frame that comes back.
+async fn drive(connection: &ConnectionArgs, window: usize, shared: &Shared) -> Tally {
+    let mut tally = Tally::default();
+    let opened = tokio::time::timeout(CONNECT_TIMEOUT, open(connection)).await;
+    let result = match opened {
+        Ok(Ok((stream, limits_window))) => {
+            let window = match limits_window {
+                0 => window,
+                max => window.min(max),
+            };
+            exchange(stream, window, shared, &mut tally).await
+        }
+        Ok(Err(kind)) => Err(kind),
+        Err(_) => Err("connect_timeout".to_string()),
+    };
+    if let Err(kind) = result {
+        tally.error(kind);
+        shared
+            .progress
+            .set_message(format!("errors: {:?}", tally.errors));
+    }
+    tally
+}
+
+type Stream = Box<dyn AsyncReadWrite>;
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
+
+/// Connects (with TLS when asked) and performs the handshake. Returns the
+/// stream and the server's per-connection task limit, or what went wrong.
+async fn open(connection: &ConnectionArgs) -> Result<(Framed, usize), String> {
+    let address = connection.address();
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|_| "connect".to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Stream = match connection.tls() {
+        Some(tls) => Box::new(
+            tls.connect(tcp, address)
+                .await
+                .map_err(|_| "tls".to_string())?,
+        ),
+        None => Box::new(tcp),
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(DEFAULT_MAX_FRAME_LEN));
+    let mut reader = FramedRead::new(
+        reader,
+        FrameCodec::<ServerMessage>::new(DEFAULT_MAX_FRAME_LEN),
+    );
+    let hello = Hello::new(
+        format!("tcp-task bench {}", env!("CARGO_PKG_VERSION")),
+        connection.token.clone(),
+    );
+    writer
+        .send(hello)
+        .await
+        .map_err(|_| "handshake".to_string())?;
+    match reader.next().await {
+        Some(Ok(ServerMessage::Welcome(welcome))) => Ok((
+            Framed { reader, writer },
+            welcome.limits.max_tasks_per_connection as usize,
+        )),
+        Some(Ok(ServerMessage::Error { error, .. })) => {
+            Err(snake_case(&format!("{:?}", error.kind)))
+        }
+        _ => Err("handshake".to_string()),
+    }
+}
+
+struct Framed {
+    reader: FramedRead<tokio::io::ReadHalf<Stream>, FrameCodec<ServerMessage>>,
+    writer: FramedWrite<tokio::io::WriteHalf<Stream>, FrameCodec<()>>,
+}
+
+/// A task in flight on one connection.
+struct InFlight {
+    submitted: Instant,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+async fn exchange(
+    mut framed: Framed,
+    window: usize,
+    shared: &Shared,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    let mut next_id: RequestId = 1;
+    let mut in_flight: HashMap<RequestId, InFlight> = HashMap::new();
+    // Ids whose terminal frame has come: a second one is a duplicate.
+    let mut ended: std::collections::HashSet<RequestId> = Default::default();
+    let mut ping: Option<RequestId> = None;
+    loop {
+        // Fill the window.
+        let mut sent = false;
+        while ping.is_none() && in_flight.len() < window.max(1) && shared.take() {
+            let id = next_id;
+            next_id += 1;
+            let submit = ClientMessage::Submit {
+                id,
+                spec: Box::new(shared.spec.clone()),
+            };
+            if framed.writer.feed(submit).await.is_err() {
+                // The task was taken but never reached the server: it
+                // counts as not submitted.
+                return Err(disconnected(tally, &mut in_flight, shared));
+            }
+            tally.submitted += 1;
+            in_flight.insert(
+                id,
+                InFlight {
+                    submitted: Instant::now(),
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                },
+            );
+            sent = true;
+        }
+        if in_flight.is_empty() && ping.is_none() {
+            // Our share is done: a Ping flushes out anything the server
+            // queued before it, a duplicate terminal frame included.
+            let id = next_id;
+            next_id += 1;
+            if framed
+                .writer
+                .feed(ClientMessage::Ping {
+                    id,
+                    payload: Default::default(),
+                })
+                .await
+                .is_err()
+            {
+                return Err("disconnected".into());
+            }
+            ping = Some(id);
+            sent = true;
+        }
+        if sent
+            && SinkExt::<ClientMessage>::flush(&mut framed.writer)
+                .await
+                .is_err()
+        {
+            return Err(disconnected(tally, &mut in_flight, shared));
+        }
+        let frame = if ping.is_some() {
+            match tokio::time::timeout(DRAIN_TIMEOUT, framed.reader.next()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err("no_pong".into()),
+            }
+        } else {
+            framed.reader.next().await
+        };
+        let message = match frame {
+            Some(Ok(message)) => message,
+            Some(Err(_)) => {
+                tally.error("bad_frame");
+                return Err(disconnected(tally, &mut in_flight, shared));
+            }
+            None => return Err(disconnected(tally, &mut in_flight, shared)),
+        };
+        match message {
+            ServerMessage::Pong { id, .. } if Some(id) == ping => return Ok(()),
+            ServerMessage::Accepted { id } | ServerMessage::Progress { id, .. } => {
+                if !in_flight.contains_key(&id) {
+                    tally.stray += 1;
+                }
+            }
+            ServerMessage::Output { id, stream, chunk } => match in_flight.get_mut(&id) {
+                Some(task) => match stream {
+                    OutputStream::Stdout => task.stdout.extend_from_slice(&chunk),
+                    OutputStream::Stderr => task.stderr.extend_from_slice(&chunk),
+                },
+                None => tally.stray += 1,
+            },
+            ServerMessage::Exited { id, outcome } => {
+                if let Some(task) = end(id, &mut in_flight, &mut ended, tally) {
+                    let signature = signature(task.stdout, task.stderr, &outcome);
+                    if !shared.matches(signature) {
+                        tally.wrong += 1;
+                    }
+                    finished(tally, shared, task.submitted);
+                }
+            }
+            ServerMessage::Failed { id, error } => {
+                if let Some(task) = end(id, &mut in_flight, &mut ended, tally) {
+                    tally.error(snake_case(&format!("{:?}", error.kind)));
+                    finished(tally, shared, task.submitted);
+                }
+            }
+            ServerMessage::Error { id: None, error } => {
+                tally.error(snake_case(&format!("{:?}", error.kind)));
+            }
+            // A note about one request (stdin after its end, say): not an end.
+            ServerMessage::Error { id: Some(_), .. } => {}
+            ServerMessage::Welcome(_)
+            | ServerMessage::Pong { .. }
+            | ServerMessage::StatusReply { .. }
+            | ServerMessage::CatalogReply { .. } => tally.stray += 1,
+        }
+    }
+}
+
+/// The task of a terminal frame, when it is the first for a task in flight;
+/// otherwise counts a duplicate (a second terminal frame) or a stray.
+fn end(
+    id: RequestId,
+    in_flight: &mut HashMap<RequestId, InFlight>,
+    ended: &mut std::collections::HashSet<RequestId>,
+    tally: &mut Tally,
+) -> Option<InFlight> {
+    match in_flight.remove(&id) {
+        Some(task) => {
+            ended.insert(id);
+            Some(task)
+        }
+        None if ended.contains(&id) => {
+            tally.duplicated += 1;
+            None
+        }
+        None => {
+            tally.stray += 1;
+            None
+        }
+    }
+}
+
+fn finished(tally: &mut Tally, shared: &Shared, submitted: Instant) {
+    tally.completed += 1;
+    tally.latencies.push(submitted.elapsed());
+    shared.progress.inc(1);
+}
+
+/// The connection broke: every task in flight on it is lost.
+fn disconnected(
+    tally: &mut Tally,
+    in_flight: &mut HashMap<RequestId, InFlight>,
+    shared: &Shared,
+) -> String {
+    let lost = in_flight.len() as u64;
+    tally.lost += lost;
+    in_flight.clear();
+    if lost > 0 {
+        shared.progress.inc(lost);
+    }
+    "disconnected".into()
+}
+
+fn signature(stdout: Vec<u8>, stderr: Vec<u8>, outcome: &Outcome) -> Signature {
+    Signature {
+        stdout,
+        stderr,
+        ending: outcome.ending,
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        output_truncated: outcome.output_truncated,
+    }
+}
+
+/// The value below which `q` of the sorted `values` lie (nearest rank).
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn report(args: &LoadArgs, mut tally: Tally, elapsed: Duration) -> Report {
+    tally.latencies.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let broken = tally.lost + tally.duplicated + tally.wrong + tally.stray > 0;
+    let not_submitted = args.tasks - tally.submitted;
+    let failed = !tally.errors.is_empty() || not_submitted > 0;
+    let exit_status = if broken {
+        EXIT_BROKEN
+    } else if failed {
+        EXIT_ERRORS
+    } else {
+        0
+    };
+    Report {
+        tasks: args.tasks,
+        connections: args.connections,
+        window: args.window,
+        submitted: tally.submitted,
+        not_submitted,
+        completed: tally.completed,
+        lost: tally.lost,
+        duplicated: tally.duplicated,
+        wrong: tally.wrong,
+        stray: tally.stray,
+        elapsed_s: elapsed.as_secs_f64(),
+        tasks_per_second: tally.completed as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: ms(percentile(&tally.latencies, 0.50)),
+        p90_ms: ms(percentile(&tally.latencies, 0.90)),
+        p99_ms: ms(percentile(&tally.latencies, 0.99)),
+        max_ms: ms(tally.latencies.last().copied().unwrap_or_default()),
+        errors: tally.errors,
+        exit_status,
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} tasks over {} connections (window {}) in {:.2}s: {:.1} tasks/s",
+        r.tasks, r.connections, r.window, r.elapsed_s, r.tasks_per_second
+    );
+    println!(
+        "latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+    );
+    println!(
+        "submitted {}  completed {}  not submitted {}",
+        r.submitted, r.completed, r.not_submitted
+    );
+    println!(
+        "lost {}  duplicated {}  wrong {}  stray {}",
+        r.lost, r.duplicated, r.wrong, r.stray
+    );
+    if r.errors.is_empty() {
+        println!("errors: none");
+    } else {
+        let list: Vec<String> = r.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("errors: {}", list.join(", "));
+    }
+    match r.exit_status {
+        0 => println!("ok: every task ended once, with the same output"),
+        EXIT_BROKEN => println!("FAILED: tasks were lost, duplicated or wrong"),
+        _ => println!("some tasks failed or were never submitted (see errors)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let values: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&values, 0.5), Duration::from_millis(50));
+        assert_eq!(percentile(&values, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&values, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+}

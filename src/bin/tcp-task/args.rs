@@ -256,6 +256,10 @@ pub struct LoadArgs {
     /// Kill each task after this long (the server reports it as timed out).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Give up the tasks of a connection that gets no frame for this long
+    /// while tasks are in flight: they count as lost.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub stall: Duration,
     /// Print one JSON object (for programs) instead of a summary.
     #[arg(long)]
     pub json: bool,

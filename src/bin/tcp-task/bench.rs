@@ -72,6 +72,8 @@ struct Tally {
     /// Failed tasks by error kind, and connections that broke or never
     /// opened by what went wrong (`connect`, `handshake`, `disconnected`…).
     errors: BTreeMap<String, u64>,
+    /// The first message of each error kind, for the person reading.
+    messages: BTreeMap<String, String>,
     /// Submit to terminal frame, per completed task.
     latencies: Vec<Duration>,
 }
@@ -87,12 +89,28 @@ impl Tally {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
+        for (kind, message) in other.messages {
+            self.messages.entry(kind).or_insert(message);
+        }
         self.latencies.extend(other.latencies);
     }
 
-    fn error(&mut self, kind: impl Into<String>) {
-        *self.errors.entry(kind.into()).or_default() += 1;
+    fn error(&mut self, (kind, message): Failure) {
+        *self.errors.entry(kind.clone()).or_default() += 1;
+        self.messages.entry(kind).or_insert(message);
     }
+}
+
+/// An error's kind (snake_case, the key in `errors`) and what it said.
+type Failure = (String, String);
+
+fn failure(kind: &str, message: impl std::fmt::Display) -> Failure {
+    (kind.to_string(), message.to_string())
+}
+
+/// A server's error, by its kind.
+fn remote(error: &tcp_task::TaskError) -> Failure {
+    (snake_case(&format!("{:?}", error.kind)), error.to_string())
 }
 
 /// What every connection shares.
@@ -140,6 +158,8 @@ struct Report {
     wrong: u64,
     stray: u64,
     errors: BTreeMap<String, u64>,
+    /// The first message of each error kind.
+    error_messages: BTreeMap<String, String>,
     elapsed_s: f64,
     tasks_per_second: f64,
     p50_ms: f64,
@@ -181,15 +201,15 @@ pub async fn load(connection: &ConnectionArgs, args: LoadArgs) -> u8 {
         .map(|_| {
             let shared = shared.clone();
             let connection = connection.clone();
-            let window = args.window;
-            tokio::spawn(async move { drive(&connection, window, &shared).await })
+            let (window, stall) = (args.window, args.stall);
+            tokio::spawn(async move { drive(&connection, window, stall, &shared).await })
         })
         .collect();
     let mut tally = Tally::default();
     for worker in workers {
         match worker.await {
             Ok(part) => tally.merge(part),
-            Err(e) => tally.error(format!("worker: {e}")),
+            Err(e) => tally.error(failure("worker", e)),
         }
     }
     let elapsed = started.elapsed();
@@ -228,7 +248,12 @@ fn spec_of(args: &LoadArgs) -> Result<TaskSpec, String> {
 
 /// One connection: takes tasks from the shared count, keeps up to `window`
 /// of them in flight, and checks every frame that comes back.
-async fn drive(connection: &ConnectionArgs, window: usize, shared: &Shared) -> Tally {
+async fn drive(
+    connection: &ConnectionArgs,
+    window: usize,
+    stall: Duration,
+    shared: &Shared,
+) -> Tally {
     let mut tally = Tally::default();
     let opened = tokio::time::timeout(CONNECT_TIMEOUT, open(connection)).await;
     let result = match opened {
@@ -237,13 +262,16 @@ async fn drive(connection: &ConnectionArgs, window: usize, shared: &Shared) -> T
                 0 => window,
                 max => window.min(max),
             };
-            exchange(stream, window, shared, &mut tally).await
+            exchange(stream, window, stall, shared, &mut tally).await
         }
-        Ok(Err(kind)) => Err(kind),
-        Err(_) => Err("connect_timeout".to_string()),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(failure(
+            "connect_timeout",
+            format!("no connection and handshake within {CONNECT_TIMEOUT:?}"),
+        )),
     };
-    if let Err(kind) = result {
-        tally.error(kind);
+    if let Err(failure) = result {
+        tally.error(failure);
         shared
             .progress
             .set_message(format!("errors: {:?}", tally.errors));
@@ -257,17 +285,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
 
 /// Connects (with TLS when asked) and performs the handshake. Returns the
 /// stream and the server's per-connection task limit, or what went wrong.
-async fn open(connection: &ConnectionArgs) -> Result<(Framed, usize), String> {
+async fn open(connection: &ConnectionArgs) -> Result<(Framed, usize), Failure> {
     let address = connection.address();
     let tcp = TcpStream::connect(address)
         .await
-        .map_err(|_| "connect".to_string())?;
+        .map_err(|e| failure("connect", format!("cannot connect to {address}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let stream: Stream = match connection.tls() {
         Some(tls) => Box::new(
             tls.connect(tcp, address)
                 .await
-                .map_err(|_| "tls".to_string())?,
+                .map_err(|e| failure("tls", e))?,
         ),
         None => Box::new(tcp),
     };
@@ -284,16 +312,19 @@ async fn open(connection: &ConnectionArgs) -> Result<(Framed, usize), String> {
     writer
         .send(hello)
         .await
-        .map_err(|_| "handshake".to_string())?;
+        .map_err(|e| failure("handshake", e))?;
     match reader.next().await {
         Some(Ok(ServerMessage::Welcome(welcome))) => Ok((
             Framed { reader, writer },
             welcome.limits.max_tasks_per_connection as usize,
         )),
-        Some(Ok(ServerMessage::Error { error, .. })) => {
-            Err(snake_case(&format!("{:?}", error.kind)))
-        }
-        _ => Err("handshake".to_string()),
+        Some(Ok(ServerMessage::Error { error, .. })) => Err(remote(&error)),
+        Some(Ok(other)) => Err(failure(
+            "handshake",
+            format!("unexpected first frame {other:?}"),
+        )),
+        Some(Err(e)) => Err(failure("handshake", e)),
+        None => Err(failure("handshake", "the server closed the connection")),
     }
 }
 
@@ -312,9 +343,10 @@ struct InFlight {
 async fn exchange(
     mut framed: Framed,
     window: usize,
+    stall: Duration,
     shared: &Shared,
     tally: &mut Tally,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut next_id: RequestId = 1;
     let mut in_flight: HashMap<RequestId, InFlight> = HashMap::new();
     // Ids whose terminal frame has come: a second one is a duplicate.
@@ -330,10 +362,10 @@ async fn exchange(
                 id,
                 spec: Box::new(shared.spec.clone()),
             };
-            if framed.writer.feed(submit).await.is_err() {
+            if let Err(e) = framed.writer.feed(submit).await {
                 // The task was taken but never reached the server: it
                 // counts as not submitted.
-                return Err(disconnected(tally, &mut in_flight, shared));
+                return Err(give_up(tally, &mut in_flight, shared, broken(e)));
             }
             tally.submitted += 1;
             in_flight.insert(
@@ -351,42 +383,44 @@ async fn exchange(
             // queued before it, a duplicate terminal frame included.
             let id = next_id;
             next_id += 1;
-            if framed
-                .writer
-                .feed(ClientMessage::Ping {
-                    id,
-                    payload: Default::default(),
-                })
-                .await
-                .is_err()
-            {
-                return Err("disconnected".into());
+            let ping_frame = ClientMessage::Ping {
+                id,
+                payload: Default::default(),
+            };
+            if let Err(e) = framed.writer.feed(ping_frame).await {
+                return Err(broken(e));
             }
             ping = Some(id);
             sent = true;
         }
-        if sent
-            && SinkExt::<ClientMessage>::flush(&mut framed.writer)
-                .await
-                .is_err()
-        {
-            return Err(disconnected(tally, &mut in_flight, shared));
-        }
-        let frame = if ping.is_some() {
-            match tokio::time::timeout(DRAIN_TIMEOUT, framed.reader.next()).await {
-                Ok(frame) => frame,
-                Err(_) => return Err("no_pong".into()),
+        if sent {
+            if let Err(e) = SinkExt::<ClientMessage>::flush(&mut framed.writer).await {
+                return Err(give_up(tally, &mut in_flight, shared, broken(e)));
             }
-        } else {
-            framed.reader.next().await
+        }
+        let (wait, silence) = match ping {
+            Some(_) => (DRAIN_TIMEOUT, "no_pong"),
+            None => (stall, "stalled"),
+        };
+        let frame = match tokio::time::timeout(wait, framed.reader.next()).await {
+            Ok(frame) => frame,
+            // Tasks that got no frame at all for this long are given up:
+            // a server that forgets a task must not hang the run.
+            Err(_) => {
+                let silence = failure(silence, format!("no frame from the server for {wait:?}"));
+                return Err(give_up(tally, &mut in_flight, shared, silence));
+            }
         };
         let message = match frame {
             Some(Ok(message)) => message,
-            Some(Err(_)) => {
-                tally.error("bad_frame");
-                return Err(disconnected(tally, &mut in_flight, shared));
+            Some(Err(e)) => {
+                let bad = failure("bad_frame", format!("bad frame from the server: {e}"));
+                return Err(give_up(tally, &mut in_flight, shared, bad));
             }
-            None => return Err(disconnected(tally, &mut in_flight, shared)),
+            None => {
+                let closed = failure("disconnected", "the server closed the connection");
+                return Err(give_up(tally, &mut in_flight, shared, closed));
+            }
         };
         match message {
             ServerMessage::Pong { id, .. } if Some(id) == ping => return Ok(()),
@@ -413,12 +447,12 @@ async fn exchange(
             }
             ServerMessage::Failed { id, error } => {
                 if let Some(task) = end(id, &mut in_flight, &mut ended, tally) {
-                    tally.error(snake_case(&format!("{:?}", error.kind)));
+                    tally.error(remote(&error));
                     finished(tally, shared, task.submitted);
                 }
             }
             ServerMessage::Error { id: None, error } => {
-                tally.error(snake_case(&format!("{:?}", error.kind)));
+                tally.error(remote(&error));
             }
             // A note about one request (stdin after its end, say): not an end.
             ServerMessage::Error { id: Some(_), .. } => {}
@@ -461,18 +495,27 @@ fn finished(tally: &mut Tally, shared: &Shared, submitted: Instant) {
 }
 
 /// The connection broke: every task in flight on it is lost.
-fn disconnected(
+fn give_up(
     tally: &mut Tally,
     in_flight: &mut HashMap<RequestId, InFlight>,
     shared: &Shared,
-) -> String {
+    why: Failure,
+) -> Failure {
     let lost = in_flight.len() as u64;
     tally.lost += lost;
     in_flight.clear();
     if lost > 0 {
         shared.progress.inc(lost);
     }
-    "disconnected".into()
+    why
+}
+
+/// A write to the server failed.
+fn broken(error: impl std::fmt::Display) -> Failure {
+    failure(
+        "disconnected",
+        format!("writing to the server failed: {error}"),
+    )
 }
 
 fn signature(stdout: Vec<u8>, stderr: Vec<u8>, outcome: &Outcome) -> Signature {
@@ -526,6 +569,7 @@ fn report(args: &LoadArgs, mut tally: Tally, elapsed: Duration) -> Report {
         p99_ms: ms(percentile(&tally.latencies, 0.99)),
         max_ms: ms(tally.latencies.last().copied().unwrap_or_default()),
         errors: tally.errors,
+        error_messages: tally.messages,
         exit_status,
     }
 }
@@ -552,6 +596,9 @@ fn print_report(r: &Report) {
     } else {
         let list: Vec<String> = r.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("errors: {}", list.join(", "));
+        for (kind, message) in &r.error_messages {
+            println!("  first {kind}: {message}");
+        }
     }
     match r.exit_status {
         0 => println!("ok: every task ended once, with the same output"),

@@ -15,6 +15,9 @@
 //! applet names, for the image's symlinks), `TOOLS_DIGEST` and
 //! `TOOLS_TARGET`.
 //!
+//! Nothing is built without the `server` feature: a client-only build
+//! needs no tools.
+//!
 //! Escape hatch: `TCP_TASK_TOOLS_BINARY=/path/to/tcp-task-tools` embeds that
 //! prebuilt binary instead (for cross builds or packagers). On a non-Linux
 //! target nothing is built and the library reports, at run time, that images
@@ -34,6 +37,12 @@ fn main() {
     println!("cargo:rerun-if-changed=tools/Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
     println!("cargo:rerun-if-env-changed=TCP_TASK_TOOLS_BINARY");
+
+    // Only the server packs the tools into images; a client-only build
+    // (`default-features = false`) neither builds nor embeds them.
+    if env::var_os("CARGO_FEATURE_SERVER").is_none() {
+        return;
+    }
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir =

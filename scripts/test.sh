@@ -19,6 +19,15 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# A program that links only the client builds without the server's
+# dependencies (README: "The library by example").
+cargo build --lib --no-default-features
+if cargo tree -p tcp-task --no-default-features -e normal --prefix none |
+    grep -E '^(bollard|clap|indicatif|tar|toml) '; then
+    echo "test: the client-only build pulls in server dependencies (above)" >&2
+    exit 1
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
     # nextest does not run doctests (the README's examples among them).

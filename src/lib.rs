@@ -4,29 +4,43 @@
 //! streams back their progress and output. See `README.md` for the command
 //! line and `docs/PROTOCOL.md` for the wire format.
 
-pub mod access;
-pub mod admission;
-pub mod auth;
-pub mod catalog;
+// The client side: all that a client-only build (`default-features =
+// false`) compiles.
 pub mod client;
 pub mod codec;
-pub mod config;
-pub mod docker;
-pub mod executor;
-pub mod images;
 pub mod protocol;
-pub mod server;
 pub mod task;
 pub mod tls;
 
+// The server side (feature `server`, on by default).
+#[cfg(feature = "server")]
+pub mod access;
+#[cfg(feature = "server")]
+pub mod admission;
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod catalog;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod docker;
+#[cfg(feature = "server")]
+pub mod executor;
+#[cfg(feature = "server")]
+pub mod images;
+#[cfg(feature = "server")]
+pub mod server;
+
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};
 pub use protocol::{ProgressEvent, TaskSpec};
+#[cfg(feature = "server")]
 pub use server::{RunningServer, Server, ServerConfig, TlsConfig};
 pub use task::{Ending, ErrorKind, Outcome, OutputStream, TaskError};
 
 // The README's Rust examples are compiled as doctests, so they stay true.
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "server"))]
 pub struct ReadmeDoctests;
 
 pub use tls::ClientTlsConfig;

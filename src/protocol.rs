@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
-pub use crate::task::{Ending, ErrorKind, Outcome, OutputStream, TaskError};
+pub use crate::task::{
+    Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, RegistryAuth, TaskError,
+};
 
 /// The first four bytes of every handshake body.
 pub const MAGIC: [u8; 4] = *b"TCPT";
@@ -252,45 +254,6 @@ impl TaskSpec {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
     }
-}
-
-/// Registry credentials, as `docker login` takes them.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: String,
-    /// e.g. `registry.example.com:5000`; defaults to the image's registry.
-    pub server: Option<String>,
-}
-
-// Never print a password, not even in debug logs.
-impl fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryAuth")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .field("server", &self.server)
-            .finish()
-    }
-}
-
-/// Lifecycle news about a task before it ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ProgressEvent {
-    /// Waiting for a free slot; `position` 1 is next.
-    Queued { position: u32 },
-    /// The engine is pulling the image; one event per layer update, as the
-    /// engine reports it.
-    Pulling {
-        layer: String,
-        status: String,
-        current: Option<u64>,
-        total: Option<u64>,
-    },
-    /// The container exists (short id).
-    Created { container: String },
-    /// The container's process is running.
-    Started,
 }
 
 /// What `tcp-task status` shows.

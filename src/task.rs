@@ -1,12 +1,53 @@
-//! The words every part of a task's life shares: which output stream a
-//! chunk belongs to, how a task that ran ended, and why one could not run.
+//! The words every part of a task's life shares: the credentials to pull
+//! its image with, its progress, which output stream a chunk belongs to,
+//! how a task that ran ended, and why one could not run.
 //!
 //! Plain data. The runtimes report in these terms, the connection sends them
 //! to clients as they are (the wire carries them verbatim, see
 //! [`crate::protocol`]), and the client library hands them to programs.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::time::Duration;
+
+/// Registry credentials, as `docker login` takes them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// e.g. `registry.example.com:5000`; defaults to the image's registry.
+    pub server: Option<String>,
+}
+
+// Never print a password, not even in debug logs.
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Lifecycle news about a task before it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProgressEvent {
+    /// Waiting for a free slot; `position` 1 is next.
+    Queued { position: u32 },
+    /// The engine is pulling the image; one event per layer update, as the
+    /// engine reports it.
+    Pulling {
+        layer: String,
+        status: String,
+        current: Option<u64>,
+        total: Option<u64>,
+    },
+    /// The container exists (short id).
+    Created { container: String },
+    /// The container's process is running.
+    Started,
+}
 
 /// Which of the task's output streams a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

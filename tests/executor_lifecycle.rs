@@ -9,8 +9,8 @@ use common::{task, Event, Harness, EXAMPLES_IMAGE};
 use sha2::{Digest, Sha256};
 use tcp_task::catalog::Catalog;
 use tcp_task::executor::ExecutorConfig;
-use tcp_task::executor::Progress;
 use tcp_task::protocol::{Ending, ErrorKind, OutputStream, TaskSpec};
+use tcp_task::ProgressEvent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_0_1_42_with_lifecycle_events() {
@@ -28,8 +28,11 @@ async fn exit_codes_0_1_42_with_lifecycle_events() {
         assert_eq!(outcome.exit_code, Some(code), "{command:?}");
         assert_eq!(outcome.exit_status(), code);
         let progress = run.progress();
-        assert!(matches!(progress.first(), Some(Progress::Created { .. })));
-        assert_eq!(progress.last(), Some(&Progress::Started));
+        assert!(matches!(
+            progress.first(),
+            Some(ProgressEvent::Created { .. })
+        ));
+        assert_eq!(progress.last(), Some(&ProgressEvent::Started));
     }
     h.assert_clean().await;
 }

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use common::{task, Harness, EXAMPLES_IMAGE};
 use tcp_task::executor::{
-    label_filter, Delivery, Disconnected, Events, Executor, ExecutorConfig, Owner, Progress,
-    TaskIo, LABEL_INSTANCE, LABEL_MANAGED,
+    label_filter, Delivery, Disconnected, Events, Executor, ExecutorConfig, Owner, TaskIo,
+    LABEL_INSTANCE, LABEL_MANAGED,
 };
-use tcp_task::protocol::{Ending, ErrorKind, OutputStream, TaskSpec};
+use tcp_task::protocol::{Ending, ErrorKind, OutputStream, ProgressEvent, TaskSpec};
 
 /// Waits until the engine runs a container of `instance`; returns its id.
 async fn running_container(docker: &Docker, instance: &str) -> String {
@@ -64,7 +64,7 @@ async fn cancel_kills_a_running_task() {
     running.cancel.cancel();
     let run = running.finish().await;
     assert_eq!(run.outcome().ending, Ending::Cancelled);
-    assert!(run.progress().contains(&Progress::Started));
+    assert!(run.progress().contains(&ProgressEvent::Started));
     h.assert_clean().await;
 }
 
@@ -74,7 +74,7 @@ async fn a_client_that_is_gone_ends_the_task() {
     // Events for a client that is already gone.
     struct Gone;
     impl Events for Gone {
-        fn progress(&self, _: Progress) -> Delivery<'_> {
+        fn progress(&self, _: ProgressEvent) -> Delivery<'_> {
             Box::pin(async { Err(Disconnected) })
         }
         fn output(&self, _: OutputStream, _: Bytes) -> Delivery<'_> {
@@ -200,7 +200,7 @@ async fn fifty_concurrent_tasks_all_complete_through_the_queue() {
         if run
             .progress()
             .iter()
-            .any(|p| matches!(p, Progress::Queued { .. }))
+            .any(|p| matches!(p, ProgressEvent::Queued { .. }))
         {
             queued += 1;
         }
@@ -239,7 +239,7 @@ async fn the_queue_is_fifo_reports_positions_and_refuses_when_full() {
         run.progress()
             .iter()
             .filter_map(|p| match p {
-                Progress::Queued { position } => Some(*position),
+                ProgressEvent::Queued { position } => Some(*position),
                 _ => None,
             })
             .collect()

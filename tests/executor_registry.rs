@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Harness, EXAMPLES_IMAGE};
-use tcp_task::executor::Progress;
 use tcp_task::executor::{ExecutorConfig, RegistryCredentials};
 use tcp_task::protocol::{ErrorKind, RegistryAuth, TaskSpec};
+use tcp_task::ProgressEvent;
 
 const USER: &str = "tester";
 const PASSWORD: &str = "s3cret-pass";
@@ -231,7 +231,7 @@ async fn valid_credentials_from_the_request_or_the_config_pull_and_run() {
     let pulling = run
         .progress()
         .iter()
-        .filter(|p| matches!(p, Progress::Pulling { .. }))
+        .filter(|p| matches!(p, ProgressEvent::Pulling { .. }))
         .count();
     assert!(pulling > 0, "no pull progress was reported");
     untag(&h.docker, &image).await;

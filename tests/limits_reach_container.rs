@@ -10,8 +10,8 @@ mod common;
 use bollard::models::{ContainerInspectResponse, HostConfig};
 use common::engine::{container_running, RemoveOnPanic};
 use common::{task, Harness, Run, EXAMPLES_IMAGE};
-use tcp_task::catalog::Catalog;
 use tcp_task::admission::Policy;
+use tcp_task::catalog::Catalog;
 use tcp_task::executor::{ExecutorConfig, WarmConfig, LABEL_INSTANCE, LABEL_WARM};
 use tcp_task::protocol::{Ending, TaskSpec};
 

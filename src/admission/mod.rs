@@ -7,15 +7,16 @@
 //! only the plan, so no runtime can skip or weaken a rule: it never sees
 //! one.
 
+mod client;
 mod policy;
 mod quota;
 
+pub use client::{glob_matches, ClientPolicy, ClientRules};
 pub use policy::Policy;
 pub use quota::{Quota, Scope};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::access::ClientRules;
 use crate::catalog::Catalog;
 use crate::executor::{EntryRef, Plan};
 use crate::protocol::TaskSpec;

@@ -6,9 +6,9 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::access::{ClientPolicy, ClientRules};
-use crate::executor::{EntryRef, Plan, PullAuth};
-use crate::protocol::{RegistryAuth, Task, TaskSpec};
+use super::client::{ClientPolicy, ClientRules};
+use crate::executor::{EntryRef, Plan};
+use crate::protocol::{Task, TaskSpec};
 use crate::task::{ErrorKind, TaskError};
 
 /// The label namespace the server keeps for itself.
@@ -218,17 +218,9 @@ pub(crate) fn plan(
         tmpfs_bytes: policy.tmpfs_bytes,
         timeout: timeout(spec.timeout_ms, policy, &maxima)?,
         labels: labels(spec.labels)?,
-        pull_auth: spec.registry_auth.map(pull_auth),
+        pull_auth: spec.registry_auth,
         entry,
     })
-}
-
-fn pull_auth(auth: RegistryAuth) -> PullAuth {
-    PullAuth {
-        username: auth.username,
-        password: auth.password,
-        server: auth.server,
-    }
 }
 
 fn env_pairs(env: Vec<(String, String)>) -> Result<Vec<String>, TaskError> {

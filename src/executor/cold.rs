@@ -21,11 +21,12 @@ use super::cleanup::{ContainerGuard, Owner};
 use super::config::ExecutorConfig;
 use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_failure, start_error};
-use super::events::{EventSink, Progress};
+use super::events::EventSink;
 use super::exit::{container_end, wait_exit};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
+use crate::task::ProgressEvent;
 use crate::task::{OutputStream, TaskError};
 
 /// Starts tasks in new containers.
@@ -69,11 +70,11 @@ impl Cold {
         let container = self.create(plan).await?;
         let short = container.id().chars().take(12).collect();
         let _ = events
-            .progress(Progress::Created { container: short })
+            .progress(ProgressEvent::Created { container: short })
             .await;
         match self.attach_and_start(&container, plan).await {
             Ok(attached) => {
-                let _ = events.progress(Progress::Started).await;
+                let _ = events.progress(ProgressEvent::Started).await;
                 Ok(ColdProcess::new(self.docker.clone(), container, attached))
             }
             Err(e) => {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::cleanup::{self, Owner};
 use super::cold::Cold;
 use super::config::ExecutorConfig;
-use super::events::Progress;
 use super::plan::Plan;
 use super::process::StartError;
 use super::queue::{Acquired, Slot, Slots, Turn};
@@ -16,7 +15,7 @@ use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
 use super::warm::{Launcher, Warm};
 use super::{Executor, TaskIo};
-use crate::task::{Ending, ErrorKind, Outcome, TaskError};
+use crate::task::{Ending, ErrorKind, Outcome, ProgressEvent, TaskError};
 
 /// Runs tasks as containers on a Docker engine.
 #[derive(Debug)]
@@ -116,7 +115,7 @@ impl DockerExecutor {
         };
         let mut position = place.position();
         loop {
-            let _ = io.events.progress(Progress::Queued { position }).await;
+            let _ = io.events.progress(ProgressEvent::Queued { position }).await;
             tokio::select! {
                 turn = place.next_turn() => match turn {
                     Some(Turn::Granted(slot)) => return Ok(Some(slot)),

@@ -1,31 +1,14 @@
-//! What a running task tells its client, in the executor's own terms, and
-//! the port it tells it through. The server's connection implements the
-//! port and turns each event into a frame; nothing here knows of frames.
+//! The port through which a running task tells its client of its progress
+//! and output (in the shared words of [`crate::task`]). The server's
+//! connection implements it and turns each event into a frame; nothing
+//! here knows of frames.
 
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::task::OutputStream;
-
-/// Lifecycle news about a task before it ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// Waiting for a free slot; `position` 1 is next.
-    Queued { position: u32 },
-    /// The engine is pulling the image; one event per layer update.
-    Pulling {
-        layer: String,
-        status: String,
-        current: Option<u64>,
-        total: Option<u64>,
-    },
-    /// The container exists (short id).
-    Created { container: String },
-    /// The task's process is running.
-    Started,
-}
+use crate::task::{OutputStream, ProgressEvent};
 
 /// The task's client is gone: its events have nowhere to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +24,7 @@ pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), Disconnected>> + 
 /// runtime then stops reading the process's output, and the process blocks
 /// on its own writes. That is how backpressure reaches a task.
 pub trait Events: Send + Sync {
-    fn progress(&self, progress: Progress) -> Delivery<'_>;
+    fn progress(&self, progress: ProgressEvent) -> Delivery<'_>;
     fn output(&self, stream: OutputStream, data: Bytes) -> Delivery<'_>;
 }
 

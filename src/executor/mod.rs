@@ -29,8 +29,8 @@ pub use cleanup::{
 };
 pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
-pub use events::{Delivery, Disconnected, EventSink, Events, Progress};
-pub use plan::{EntryRef, Plan, PullAuth};
+pub use events::{Delivery, Disconnected, EventSink, Events};
+pub use plan::{EntryRef, Plan};
 pub use stats::{EngineHealth, ExecutorStats, PoolStats};
 pub use warm::{AGENT_PATH, LABEL_WARM};
 

@@ -2,8 +2,9 @@
 //! setting decided. A runtime applies a plan as it is; it never sees the
 //! rules that shaped it, so it cannot skip or weaken one.
 
-use std::fmt;
 use std::time::Duration;
+
+use crate::task::RegistryAuth;
 
 /// An allowed task, defaults filled in and limits decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Plan {
     /// The task's own container labels (the server adds its own).
     pub labels: Vec<(String, String)>,
     /// Credentials the request brought for pulling its image.
-    pub pull_auth: Option<PullAuth>,
+    pub pull_auth: Option<RegistryAuth>,
     /// The catalog entry the task came from, when it is a named task.
     pub entry: Option<EntryRef>,
 }
@@ -38,24 +39,4 @@ pub struct Plan {
 pub struct EntryRef {
     pub name: String,
     pub reuse: u32,
-}
-
-/// A registry login for one pull.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PullAuth {
-    pub username: String,
-    pub password: String,
-    /// e.g. `registry.example.com:5000`; `None`: the image's registry.
-    pub server: Option<String>,
-}
-
-// Never print a password, not even in debug logs.
-impl fmt::Debug for PullAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PullAuth")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .field("server", &self.server)
-            .finish()
-    }
 }

@@ -1,6 +1,6 @@
 //! Making sure a task's image is on the engine: pulled when missing, with
 //! the request's credentials or the server's, and the engine's per-layer
-//! progress relayed as [`Progress::Pulling`].
+//! progress relayed as [`ProgressEvent::Pulling`].
 
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 
 use super::config::RegistryCredentials;
 use super::engine::engine_error;
-use super::events::{EventSink, Progress};
-use super::plan::PullAuth;
-use crate::task::{ErrorKind, TaskError};
+use super::events::EventSink;
+use crate::task::{ErrorKind, ProgressEvent, RegistryAuth, TaskError};
 
 /// The registry host Docker assumes for names without one.
 const DEFAULT_REGISTRY: &str = "docker.io";
@@ -69,7 +68,7 @@ fn registry_of(repository: &str) -> String {
 /// for that registry, else none.
 pub(crate) fn credentials_for(
     image: &ImageRef,
-    request: Option<&PullAuth>,
+    request: Option<&RegistryAuth>,
     configured: &BTreeMap<String, RegistryCredentials>,
 ) -> Option<DockerCredentials> {
     if let Some(auth) = request {
@@ -126,7 +125,7 @@ async fn pull(
     while let Some(item) = progress.next().await {
         let info = item.map_err(|e| pull_error(image, &reference, had_credentials, &e))?;
         let detail = info.progress_detail.unwrap_or_default();
-        let event = Progress::Pulling {
+        let event = ProgressEvent::Pulling {
             layer: info.id.unwrap_or_default(),
             status: info.status.unwrap_or_default(),
             current: detail.current.and_then(|n| u64::try_from(n).ok()),
@@ -253,7 +252,7 @@ mod tests {
         );
         let from_config = credentials_for(&image, None, &configured).expect("configured");
         assert_eq!(from_config.username.as_deref(), Some("server"));
-        let request = PullAuth {
+        let request = RegistryAuth {
             username: "client".into(),
             password: "q".into(),
             server: None,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::executor::{Delivery, Disconnected, Events, Progress};
+use crate::executor::{Delivery, Disconnected, Events};
 use crate::protocol::{OutputStream, ProgressEvent, RequestId, ServerMessage, MAX_CHUNK_LEN};
 
 /// A frame on its way to the connection writer, with the share of the
@@ -77,34 +77,12 @@ impl TaskEvents {
 }
 
 impl Events for TaskEvents {
-    fn progress(&self, progress: Progress) -> Delivery<'_> {
-        let message = ServerMessage::Progress {
-            id: self.id,
-            event: progress_event(progress),
-        };
+    fn progress(&self, event: ProgressEvent) -> Delivery<'_> {
+        let message = ServerMessage::Progress { id: self.id, event };
         Box::pin(async move { self.tx.send(message.into()).await.map_err(|_| Disconnected) })
     }
 
     fn output(&self, stream: OutputStream, data: Bytes) -> Delivery<'_> {
         Box::pin(self.send_output(stream, data))
-    }
-}
-
-fn progress_event(progress: Progress) -> ProgressEvent {
-    match progress {
-        Progress::Queued { position } => ProgressEvent::Queued { position },
-        Progress::Pulling {
-            layer,
-            status,
-            current,
-            total,
-        } => ProgressEvent::Pulling {
-            layer,
-            status,
-            current,
-            total,
-        },
-        Progress::Created { container } => ProgressEvent::Created { container },
-        Progress::Started => ProgressEvent::Started,
     }
 }

@@ -21,9 +21,9 @@ use tcp_task::admission::{Admission, Policy};
 use tcp_task::catalog::Catalog;
 use tcp_task::executor::{
     label_filter, Delivery, Disconnected, DockerExecutor, Events, Executor, ExecutorConfig,
-    PoolStats, Progress, TaskIo,
+    PoolStats, TaskIo,
 };
-use tcp_task::protocol::{Outcome, OutputStream, TaskError, TaskSpec};
+use tcp_task::protocol::{Outcome, OutputStream, ProgressEvent, TaskError, TaskSpec};
 
 pub use tcp_task::images::EXAMPLES_IMAGE;
 
@@ -144,7 +144,7 @@ pub struct Running {
 /// What the client saw.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Progress(Instant, Progress),
+    Progress(Instant, ProgressEvent),
     Output(Instant, OutputStream, Bytes),
 }
 
@@ -187,13 +187,13 @@ impl Run {
         self.progress()
             .into_iter()
             .find_map(|p| match p {
-                Progress::Created { container } => Some(container),
+                ProgressEvent::Created { container } => Some(container),
                 _ => None,
             })
             .expect("a Created event")
     }
 
-    pub fn progress(&self) -> Vec<Progress> {
+    pub fn progress(&self) -> Vec<ProgressEvent> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -230,7 +230,7 @@ pub fn start(exec: Arc<DockerExecutor>, admission: Arc<Admission>, spec: TaskSpe
 struct Collector(mpsc::Sender<Event>);
 
 impl Events for Collector {
-    fn progress(&self, progress: Progress) -> Delivery<'_> {
+    fn progress(&self, progress: ProgressEvent) -> Delivery<'_> {
         let event = Event::Progress(Instant::now(), progress);
         Box::pin(async move { self.0.send(event).await.map_err(|_| Disconnected) })
     }

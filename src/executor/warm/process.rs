@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::container::{diagnostics_of, short, AgentInput, Record, WarmContainer};
 use super::pool::Lease;
 use super::proto::{self, ExitReport, TaskHeader};
-use crate::executor::events::{EventSink, Progress};
+use crate::executor::events::EventSink;
 use crate::executor::exit::container_end;
 use crate::executor::plan::Plan;
 use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
-use crate::task::{ErrorKind, OutputStream, TaskError};
+use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError};
 
 /// What handing a task to a warm container gave.
 pub(crate) enum Handed {
@@ -82,8 +82,8 @@ pub(crate) async fn hand(
         }
     }
     let container = short(&container.id);
-    let _ = events.progress(Progress::Created { container }).await;
-    let _ = events.progress(Progress::Started).await;
+    let _ = events.progress(ProgressEvent::Created { container }).await;
+    let _ = events.progress(ProgressEvent::Started).await;
     Handed::Started(Box::new(WarmProcess {
         docker: docker.clone(),
         stdin: plan.stdin.then(|| WarmStdin {

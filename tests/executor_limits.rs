@@ -173,7 +173,10 @@ async fn containers_get_the_hardening_defaults() {
     let log_options = log.config.expect("log options");
     assert_eq!(log_options.get("max-size").map(String::as_str), Some("1m"));
     assert_eq!(log_options.get("max-file").map(String::as_str), Some("1"));
-    assert_eq!(log_options.get("compress").map(String::as_str), Some("false"));
+    assert_eq!(
+        log_options.get("compress").map(String::as_str),
+        Some("false")
+    );
     let labels = inspected.config.and_then(|c| c.labels).expect("labels");
     assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
     assert_eq!(

@@ -77,7 +77,12 @@ impl Cold {
         match self.attach_and_start(&container, plan).await {
             Ok(attached) => {
                 let _ = events.progress(ProgressEvent::Started).await;
-                Ok(ColdProcess::new(self.docker.clone(), container, watch, attached))
+                Ok(ColdProcess::new(
+                    self.docker.clone(),
+                    container,
+                    watch,
+                    attached,
+                ))
             }
             Err(e) => {
                 if let Err(removal) = container.remove().await {

@@ -197,7 +197,7 @@ async fn docker_cli_true() {
 /// The container the executor would create for `true` with the default
 /// policy: the same hardening `HostConfig` (no network, no capabilities,
 /// no-new-privileges, pids, memory = swap, CPU quota, docker-init, bounded
-/// json-file log), attached streams, no TTY. Written out here because the
+/// `local` log, uncompressed), attached streams, no TTY. Written out here because the
 /// executor's is private; `containers_get_the_hardening_defaults` in
 /// tests/executor_limits.rs pins the same values.
 fn engine_api_body() -> ContainerCreateBody {
@@ -207,6 +207,7 @@ fn engine_api_body() -> ContainerCreateBody {
     let log_options = HashMap::from([
         ("max-size".to_owned(), config.log_max_size.clone()),
         ("max-file".to_owned(), config.log_max_file.to_string()),
+        ("compress".to_owned(), "false".to_owned()),
     ]);
     ContainerCreateBody {
         image: Some(EXAMPLES_IMAGE.to_owned()),
@@ -228,7 +229,7 @@ fn engine_api_body() -> ContainerCreateBody {
             nano_cpus: Some(policy.default_nano_cpus as i64),
             init: Some(true),
             log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_owned()),
+                typ: Some("local".to_owned()),
                 config: Some(log_options),
             }),
             readonly_rootfs: Some(false),

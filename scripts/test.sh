@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's: starts
 # what the tests need (a Docker engine; Debian's docker-registry and htpasswd
-# for the private-registry tests), then runs every test. .ci/run calls this.
+# for the private-registry tests; python3 for the Python client's tests),
+# then runs every test. .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ bash scripts/start-docker.sh
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+# The Python client's tests (tests/python_client.rs) run it with python3.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ((${#missing[@]})); then
     echo "test: installing ${missing[*]}" >&2
     apt-get update -qq

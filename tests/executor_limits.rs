@@ -169,9 +169,14 @@ async fn containers_get_the_hardening_defaults() {
     assert_eq!(host.init, Some(true));
     assert_eq!(host.auto_remove, Some(false));
     let log = host.log_config.expect("log config");
-    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    assert_eq!(log.typ.as_deref(), Some("local"));
     let log_options = log.config.expect("log options");
     assert_eq!(log_options.get("max-size").map(String::as_str), Some("1m"));
+    assert_eq!(log_options.get("max-file").map(String::as_str), Some("1"));
+    assert_eq!(
+        log_options.get("compress").map(String::as_str),
+        Some("false")
+    );
     let labels = inspected.config.and_then(|c| c.labels).expect("labels");
     assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
     assert_eq!(
@@ -206,6 +211,8 @@ async fn fifty_concurrent_tasks_all_complete_through_the_queue() {
         }
     }
     assert!(queued > 0, "with 4 slots some of 50 tasks must have queued");
+    // A slot is held until its container is removed, after the outcome.
+    h.exec.settle().await;
     let status = h.exec.stats().await;
     assert_eq!((status.running, status.queued), (0, 0));
     h.assert_clean().await;

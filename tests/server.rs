@@ -239,6 +239,45 @@ async fn graceful_shutdown_lets_short_tasks_finish_and_cancels_the_rest_after_th
 }
 
 #[tokio::test]
+async fn a_duplicate_id_during_shutdown_is_a_duplicate_not_the_running_tasks_end() {
+    let config = ServerConfig {
+        shutdown_grace: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let mut peer = RawPeer::handshaken(server.local_addr()).await;
+    let submit = |id| ClientMessage::Submit {
+        id,
+        spec: Box::new(script(["sleep", "60000"])),
+    };
+    peer.send(&submit(1)).await;
+    assert_eq!(peer.read().await, Some(ServerMessage::Accepted { id: 1 }));
+    let shutdown = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining now: a new id is refused as shutting down, the running id
+    // as a duplicate (a Failed under id 1 would read as task 1's end).
+    peer.send(&submit(1)).await;
+    match peer.read().await {
+        Some(ServerMessage::Error { id: Some(1), error }) => {
+            assert_eq!(error.kind, ErrorKind::DuplicateId)
+        }
+        other => panic!("expected Error(DuplicateId) for id 1, got {other:?}"),
+    }
+    peer.send(&submit(2)).await;
+    match peer.read().await {
+        Some(ServerMessage::Failed { id: 2, error }) => {
+            assert_eq!(error.kind, ErrorKind::ShuttingDown)
+        }
+        other => panic!("expected Failed(ShuttingDown) for id 2, got {other:?}"),
+    }
+    peer.send(&ClientMessage::Cancel { id: 1 }).await;
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn per_connection_and_global_bounds_refuse_at_once_and_the_connection_keeps_serving() {
     let config = ServerConfig {
         max_tasks_per_connection: 2,

@@ -22,7 +22,7 @@ use super::config::ExecutorConfig;
 use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_failure, start_error};
 use super::events::EventSink;
-use super::exit::{container_end, wait_exit};
+use super::exit::{container_end, ExitWatch};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
@@ -68,6 +68,8 @@ impl Cold {
             _ = cancel.cancelled() => return Err(StartError::Cancelled),
         }
         let container = self.create(plan).await?;
+        // Before the start, so that its end cannot be missed.
+        let watch = ExitWatch::subscribe(&self.docker, container.id());
         let short = container.id().chars().take(12).collect();
         let _ = events
             .progress(ProgressEvent::Created { container: short })
@@ -75,7 +77,12 @@ impl Cold {
         match self.attach_and_start(&container, plan).await {
             Ok(attached) => {
                 let _ = events.progress(ProgressEvent::Started).await;
-                Ok(ColdProcess::new(self.docker.clone(), container, attached))
+                Ok(ColdProcess::new(
+                    self.docker.clone(),
+                    container,
+                    watch,
+                    attached,
+                ))
             }
             Err(e) => {
                 if let Err(removal) = container.remove().await {
@@ -141,27 +148,32 @@ struct Attached {
 pub(crate) struct ColdProcess {
     docker: Docker,
     container: ContainerGuard,
+    watch: ExitWatch,
     frames: OutputFrames,
     stdin: Option<ColdStdin>,
     report: InitReport,
     /// Chunks read but not yet handed out.
     ready: VecDeque<(OutputStream, Bytes)>,
-    /// The exit code, once read early (to judge a held init report).
-    code: Option<i64>,
-    /// What ended the process before it ran, or why reading its end failed.
+    /// Its end, once read early (to judge a held init report), or what
+    /// ended it before it ran.
     early_end: Option<Result<ProcessEnd, TaskError>>,
 }
 
 impl ColdProcess {
-    fn new(docker: Docker, container: ContainerGuard, attached: Attached) -> ColdProcess {
+    fn new(
+        docker: Docker,
+        container: ContainerGuard,
+        watch: ExitWatch,
+        attached: Attached,
+    ) -> ColdProcess {
         ColdProcess {
             docker,
             container,
+            watch,
             frames: attached.output,
             stdin: attached.stdin,
             report: InitReport::default(),
             ready: VecDeque::new(),
-            code: None,
             early_end: None,
         }
     }
@@ -173,17 +185,17 @@ impl ColdProcess {
         let Some(report) = self.report.take_held() else {
             return;
         };
-        match wait_exit(&self.docker, self.container.id()).await {
-            Ok(code) => {
-                self.code = Some(code);
-                match init_exec_failure(code, &report) {
-                    Some(failure) => {
-                        self.early_end = Some(Ok(ProcessEnd::NotStarted(failure)));
-                    }
-                    None => self.ready.push_back((OutputStream::Stderr, report)),
-                }
+        let end = container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await;
+        let failure = match &end {
+            Ok(ProcessEnd::Exited { code, .. }) => init_exec_failure(*code, &report),
+            _ => None,
+        };
+        match failure {
+            Some(failure) => self.early_end = Some(Ok(ProcessEnd::NotStarted(failure))),
+            None => {
+                self.ready.push_back((OutputStream::Stderr, report));
+                self.early_end = Some(end);
             }
-            Err(e) => self.early_end = Some(Err(e)),
         }
     }
 }
@@ -201,6 +213,8 @@ impl Process for ColdProcess {
                 return Some(chunk);
             }
             if self.early_end.is_some() {
+                // Only a held report reads the end early, and only once the
+                // output has closed.
                 return None;
             }
             let (stream, chunk) = match self.frames.next().await {
@@ -228,7 +242,7 @@ impl Process for ColdProcess {
         if let Some(end) = self.early_end.take() {
             return end;
         }
-        container_end(&self.docker, self.container.id(), self.code).await
+        container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await
     }
 
     async fn finish(self) {
@@ -239,9 +253,10 @@ impl Process for ColdProcess {
             container,
             frames,
             stdin,
+            watch,
             ..
         } = self;
-        drop((frames, stdin));
+        drop((frames, stdin, watch));
         if let Err(e) = container.remove().await {
             tracing::error!(error = %e, "a task's container could not be removed");
         }

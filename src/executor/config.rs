@@ -19,11 +19,12 @@ pub struct ExecutorConfig {
     /// Bytes of stdout plus stderr relayed per task; past it the task is
     /// killed and its outcome says `OutputLimit`. Default 64 MiB.
     pub output_limit_bytes: u64,
-    /// The json-file log driver's `max-size` (Docker syntax). Default `1m`.
-    /// Output is relayed over the attach stream, so the log only matters to
-    /// whoever runs `docker logs` while the container exists.
+    /// The container log's `max-size` (Docker syntax; the `local` log
+    /// driver, uncompressed). Default `1m`. Output is relayed over the
+    /// attach stream, so the log only matters to whoever runs `docker logs`
+    /// while the container exists.
     pub log_max_size: String,
-    /// The json-file log driver's `max-file`. Default 1.
+    /// The container log's `max-file`. Default 1.
     pub log_max_file: u32,
     /// Containers that may run at once; further tasks wait in a FIFO queue.
     /// Default 8.

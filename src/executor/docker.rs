@@ -4,12 +4,13 @@
 
 use bollard::Docker;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use super::cleanup::{self, Owner};
-use super::cold::Cold;
+use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
 use super::plan::Plan;
-use super::process::StartError;
+use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
@@ -23,6 +24,9 @@ pub struct DockerExecutor {
     cold: Cold,
     warm: Warm,
     slots: Slots,
+    /// Processes being finished (containers removed) after their outcome
+    /// went out.
+    finishing: TaskTracker,
 }
 
 impl DockerExecutor {
@@ -40,6 +44,7 @@ impl DockerExecutor {
             cold: Cold::new(docker, config, owner),
             warm,
             slots,
+            finishing: TaskTracker::new(),
         }
     }
 
@@ -66,9 +71,13 @@ impl DockerExecutor {
         cleanup::reap_orphans(self.docker(), self.owner()).await
     }
 
-    /// Waits until the warm pools' background work (refills, removal of
-    /// used containers) is done: tests call it before counting containers.
+    /// Waits until the background work is done: removal of the containers
+    /// of tasks that ended, the warm pools' refills and removals. Tests call
+    /// it before counting containers.
     pub async fn settle(&self) {
+        self.finishing.close();
+        self.finishing.wait().await;
+        self.finishing.reopen();
         self.warm.settle().await
     }
 
@@ -79,21 +88,42 @@ impl DockerExecutor {
     }
 
     async fn run_task(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
-        let Some(_slot) = self.wait_for_slot(&io).await? else {
+        let Some(slot) = self.wait_for_slot(&io).await? else {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
         let limit = self.config().output_limit_bytes;
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
-            Ok(Some(warm)) => return supervise(warm, &plan.command, plan.timeout, io, limit).await,
+            Ok(Some(mut warm)) => {
+                let result = supervise(&mut warm, &plan.command, plan.timeout, io, limit).await;
+                // Back to its pool at once (that is cheap), ready for the
+                // next task of its key.
+                warm.finish().await;
+                return result;
+            }
             Ok(None) => self.cold.start(&plan, &io.events, &io.cancel).await,
             Err(e) => Err(e),
         };
         match started {
-            Ok(cold) => supervise(cold, &plan.command, plan.timeout, io, limit).await,
+            Ok(mut cold) => {
+                let result = supervise(&mut cold, &plan.command, plan.timeout, io, limit).await;
+                self.remove_later(cold, slot);
+                result
+            }
             Err(StartError::Command(failure)) => Err(command_error(&plan.command, failure)),
             Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
             Err(StartError::Failed(error)) => Err(error),
         }
+    }
+
+    /// Removes a task's container in the background, so that its outcome
+    /// goes out first; the task's slot is held until the removal is done,
+    /// so the engine never holds more task containers than
+    /// `max_concurrent`.
+    fn remove_later(&self, cold: ColdProcess, slot: Slot) {
+        self.finishing.spawn(async move {
+            cold.finish().await;
+            drop(slot);
+        });
     }
 
     /// Takes a slot, waiting in line (and saying where) while none is free.
@@ -151,6 +181,8 @@ impl Executor for DockerExecutor {
     }
 
     async fn shutdown(&self) {
+        self.finishing.close();
+        self.finishing.wait().await;
         self.drain_warm().await;
         match cleanup::remove_instance(self.docker(), self.instance_id()).await {
             Ok(0) => {}

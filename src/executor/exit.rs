@@ -2,12 +2,21 @@
 //! the kernel OOM-killed it. Used by every process that runs as a
 //! container whose end the engine knows (a cold one; a warm one that died
 //! under its task).
+//!
+//! The fast way is the engine's own news: an [`ExitWatch`] subscribed
+//! before the container starts gets its `oom` and `die` events as they
+//! happen, so the end is known when the output closes, with no further
+//! request. The wait and inspect requests race with it, in case the event
+//! stream fails.
 
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::WaitContainerOptions;
+use bollard::query_parameters::{EventsOptions, WaitContainerOptions};
 use bollard::Docker;
 use futures::StreamExt;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::engine::engine_error;
 use super::process::ProcessEnd;
@@ -38,18 +47,90 @@ pub(crate) async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, TaskErro
     }
 }
 
-/// How the container ended: `code` when it is known already, else from
-/// the engine's wait; and whether it was OOM-killed.
+/// How far back the event subscription reaches: it is made when the
+/// container is created, but its request may reach the engine after the
+/// container has already died; the engine replays what it missed.
+const EVENTS_LOOKBACK: Duration = Duration::from_secs(1);
+
+/// The engine's `die` event for one container (and whether an `oom` event
+/// came first), read from the moment the container is created.
+pub(crate) struct ExitWatch {
+    died: oneshot::Receiver<(i64, bool)>,
+    reader: JoinHandle<()>,
+}
+
+impl ExitWatch {
+    /// Subscribes to the events of container `id`. Call before starting it.
+    pub fn subscribe(docker: &Docker, id: &str) -> ExitWatch {
+        let since = SystemTime::now()
+            .checked_sub(EVENTS_LOOKBACK)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("container".to_owned(), vec![id.to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned(), "die".to_owned()]),
+        ]);
+        let options = EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
+            until: None,
+            filters: Some(filters),
+        };
+        let mut events = docker.events(Some(options));
+        let (tx, died) = oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut oom = false;
+            while let Some(Ok(event)) = events.next().await {
+                match event.action.as_deref() {
+                    Some("oom") => oom = true,
+                    Some("die") => {
+                        let code = event
+                            .actor
+                            .and_then(|a| a.attributes)
+                            .and_then(|a| a.get("exitCode").and_then(|c| c.parse().ok()));
+                        if let Some(code) = code {
+                            let _ = tx.send((code, oom));
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        ExitWatch { died, reader }
+    }
+}
+
+// The subscription would outlive the container otherwise.
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// How the container ended: its exit code and whether it was OOM-killed.
+/// From `watch`'s die event when it has one, else (or if the event stream
+/// fails first) from the engine's wait and inspect.
 pub(crate) async fn container_end(
     docker: &Docker,
     id: &str,
-    code: Option<i64>,
+    watch: Option<&mut ExitWatch>,
 ) -> Result<ProcessEnd, TaskError> {
-    let code = match code {
-        Some(code) => code,
-        None => wait_exit(docker, id).await?,
+    let (code, oom_event) = match watch {
+        Some(watch) => tokio::select! {
+            // A closed channel (the stream failed) leaves the wait to answer.
+            Ok((code, oom)) = &mut watch.died => (code, Some(oom)),
+            code = wait_exit(docker, id) => (code?, None),
+        },
+        None => (wait_exit(docker, id).await?, None),
     };
-    let oom_killed = oom_killed(docker, id, code).await?;
+    let oom_killed = match oom_event {
+        Some(true) => true,
+        // The events said no OOM; only a SIGKILL exit may still be one
+        // whose event comes late.
+        Some(false) if code != SIGKILL_EXIT => false,
+        _ => oom_killed(docker, id, code).await?,
+    };
     Ok(ProcessEnd::Exited { code, oom_killed })
 }
 

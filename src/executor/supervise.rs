@@ -26,10 +26,11 @@ enum Stop {
 }
 
 /// Runs `process` to its end under the task's timeout, cancel token and
-/// output limit, and gives the task's outcome. The process is finished
-/// (ended if it still runs, and removed or given back) before this returns.
+/// output limit, and gives the task's outcome. A process that still runs
+/// when this returns (cancelled, timed out, over the limit) is ended by its
+/// `finish`, which the caller owes it.
 pub(crate) async fn supervise<P: Process>(
-    mut process: P,
+    process: &mut P,
     command: &[String],
     timeout: Duration,
     io: TaskIo,
@@ -44,20 +45,17 @@ pub(crate) async fn supervise<P: Process>(
     let deadline = Deadline::now() + timeout;
     let feed = feed_stdin(stdin, process.take_stdin());
     let stop = {
-        let relay = relay(&mut process, &events, output_limit);
+        let relay = relay(process, &events, output_limit);
         watch(relay, feed, &cancel, deadline).await
     };
     let end = match stop {
         Stop::Killed(ending) => Err(ending),
-        Stop::Closed => collect(&mut process, command, &cancel, deadline, started).await,
+        Stop::Closed => collect(process, command, &cancel, deadline, started).await,
     };
-    let result = match end {
+    match end {
         Ok(result) => result,
-        // `finish` below ends it.
         Err(ending) => Ok(killed(ending, started.elapsed())),
-    };
-    process.finish().await;
-    result
+    }
 }
 
 /// Runs the output relay and the stdin feed until the output closes, the

@@ -341,16 +341,18 @@ impl<E: Executor> Connection<E> {
     /// Decides whether the task may run, before it is accepted. A refusal
     /// is immediate: the connection never waits for room.
     fn admit(&self, id: RequestId, spec: TaskSpec) -> Result<Admitted, Refusal> {
-        if self.draining {
-            return Err(Refusal::Terminal(TaskError::new(
-                ErrorKind::ShuttingDown,
-                "the server is shutting down and takes no new tasks; retry against another server or after it restarts",
-            )));
-        }
+        // A duplicate first: a Failed frame under a running task's id would
+        // read as that task's end.
         if self.tasks.lock().unwrap().contains_key(&id) {
             return Err(Refusal::Duplicate(TaskError::new(
                 ErrorKind::DuplicateId,
                 format!("request id {id} is already running on this connection; use a new id"),
+            )));
+        }
+        if self.draining {
+            return Err(Refusal::Terminal(TaskError::new(
+                ErrorKind::ShuttingDown,
+                "the server is shutting down and takes no new tasks; retry against another server or after it restarts",
             )));
         }
         let client = self.client.as_deref();

@@ -188,15 +188,24 @@ impl Server {
         }
     }
 
-    /// No task container of this server is left on the engine. Idle warm
-    /// containers (label `tcp-task.warm`) are the server's own stock while it
-    /// runs; `Drop` checks that they go too when it stops.
+    /// No task container of this server is left on the engine, once the
+    /// removals it owes are done: a task's container is removed right after
+    /// its outcome is sent, so this waits (up to 10 s) for them. Idle warm
+    /// containers (label `tcp-task.warm`) are the server's own stock while
+    /// it runs; `Drop` checks that they go too when it stops.
     pub fn assert_clean(&self) {
-        let left: Vec<_> = self
-            .containers()
-            .into_iter()
-            .filter(|c| !is_warm(c))
-            .collect();
+        let task_containers = || -> Vec<_> {
+            self.containers()
+                .into_iter()
+                .filter(|c| !is_warm(c))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = task_containers();
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            left = task_containers();
+        }
         assert!(
             left.is_empty(),
             "containers left behind by instance {}: {:?}",

@@ -125,8 +125,10 @@ impl Harness {
         start(self.exec.clone(), self.admission.clone(), spec)
     }
 
-    /// Asserts that no container of this executor is left on the engine.
+    /// Asserts that no container of this executor is left on the engine,
+    /// once the removals it owes (of tasks that ended) are done.
     pub async fn assert_clean(&self) {
+        self.exec.settle().await;
         assert_no_containers(&self.docker, self.exec.instance_id()).await;
     }
 }

@@ -1,0 +1,82 @@
+"""A client for tcp-task servers, in Python, standard library only.
+
+Written from the protocol's specification, docs/PROTOCOL.md::
+
+    from tcp_task_client import Client, TaskSpec
+
+    with Client.connect("127.0.0.1:7070") as client:
+        result = client.run(TaskSpec.image("tcp-task-examples:0.1.0", ["sum", "1", "2"]))
+        print(result.stdout, result.outcome.exit_status())
+"""
+
+from .client import (
+    Client,
+    ConnectError,
+    Disconnected,
+    RemoteError,
+    Task,
+    TaskFailed,
+    TaskOutput,
+    TcpTaskError,
+    parse_address,
+    tls_context,
+)
+from .wire import (
+    Accepted,
+    CatalogEntryInfo,
+    Created,
+    Ending,
+    EngineStatus,
+    ErrorKind,
+    ImageTask,
+    Limits,
+    NamedTask,
+    Outcome,
+    Output,
+    OutputStream,
+    PoolStatus,
+    Progress,
+    Pulling,
+    Queued,
+    RegistryAuth,
+    ServerStatus,
+    Started,
+    TaskError,
+    TaskSpec,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Accepted",
+    "CatalogEntryInfo",
+    "Client",
+    "ConnectError",
+    "Created",
+    "Disconnected",
+    "Ending",
+    "EngineStatus",
+    "ErrorKind",
+    "ImageTask",
+    "Limits",
+    "NamedTask",
+    "Outcome",
+    "Output",
+    "OutputStream",
+    "PoolStatus",
+    "Progress",
+    "Pulling",
+    "Queued",
+    "RegistryAuth",
+    "RemoteError",
+    "ServerStatus",
+    "Started",
+    "Task",
+    "TaskError",
+    "TaskFailed",
+    "TaskOutput",
+    "TaskSpec",
+    "TcpTaskError",
+    "parse_address",
+    "tls_context",
+]

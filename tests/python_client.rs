@@ -1,0 +1,644 @@
+//! The second client: `clients/python`, written from docs/PROTOCOL.md alone,
+//! against real `tcp-task serve` processes and the real engine.
+//!
+//! - Its own unittest suite runs with the addresses of two servers in its
+//!   environment: a plaintext one, and one with TLS (mutual) and a token.
+//!   Every one of its tests must run: a skip fails here.
+//! - Its command line (`python3 -m tcp_task_client run …`) and `tcp-task
+//!   run` run the same corpus (binary output, signals, a missing command, a
+//!   timeout, stdin, refusals); stdout, the task's stderr and the exit
+//!   status must be the same.
+//!
+//! Without python3 both say `skipped: python3 not found` and pass: CI
+//! installs it (scripts/test.sh), so there a missing python3 never skips.
+
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tcp_task::executor::label_filter;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcp-task");
+const IMAGE: &str = tcp_task::images::EXAMPLES_IMAGE;
+const TOKEN: &str = "python-client-test-token";
+
+/// Longest any one process (the whole unittest run included) may take.
+const DEADLINE: Duration = Duration::from_secs(600);
+
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python")
+}
+
+/// Whether `python3` runs; says `skipped: …` when it does not.
+fn have_python() -> bool {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: python3 not found");
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
+// The engine and the servers
+// ---------------------------------------------------------------------------
+
+fn engine() -> &'static (tokio::runtime::Runtime, Docker) {
+    static ENGINE: OnceLock<(tokio::runtime::Runtime, Docker)> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let docker = runtime.block_on(async {
+            let docker = tcp_task::docker::connect_docker()
+                .await
+                .expect("these tests need a Docker engine");
+            tcp_task::images::ensure_examples_image(&docker)
+                .await
+                .expect("the examples image can be built");
+            docker
+        });
+        (runtime, docker)
+    })
+}
+
+/// A `tcp-task serve` child process with an instance id of its own, so that
+/// its containers, and only its, are counted. Stopped by SIGTERM when
+/// dropped, after which none of its containers may be left.
+struct Server {
+    child: Child,
+    addr: String,
+    instance: String,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `serve` with `args`, and a config file of `config_toml` plus the
+    /// executor's instance id.
+    fn start(args: &[&std::ffi::OsStr], config_toml: &str) -> Server {
+        engine();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let instance = format!(
+            "python-test-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("server.toml");
+        std::fs::write(
+            &config,
+            format!("{config_toml}\n[executor]\ninstance_id = \"{instance}\"\n"),
+        )
+        .expect("the config file is written");
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("TCP_TASK_TOKEN_FILE")
+            .env_remove("TCP_TASK_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // The server gets SIGTERM if this test process dies.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("tcp-task serve starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (lines, listening) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match listening.recv_timeout(left) {
+                Ok(line) if line.contains("listening") => {
+                    let line = strip_ansi(&line);
+                    let addr = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .expect("the listening line names the address");
+                    break addr.to_owned();
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "tcp-task serve did not start listening; its log:\n{}",
+                        log.lock().unwrap()
+                    );
+                }
+            }
+        };
+        Server {
+            child,
+            addr,
+            instance,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
+        let (runtime, docker) = engine();
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(Some(&self.instance))),
+            ..ListContainersOptions::default()
+        };
+        runtime
+            .block_on(docker.list_containers(Some(options)))
+            .expect("the engine lists containers")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = matches!(self.child.try_wait(), Ok(Some(_)));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- tcp-task serve log ---\n{}", self.log.lock().unwrap());
+            return;
+        }
+        assert!(
+            stopped,
+            "tcp-task serve did not stop within 30 s of SIGTERM"
+        );
+        let left = self.containers();
+        assert!(
+            left.is_empty(),
+            "containers left after the server stopped: {:?}",
+            left.iter().map(|c| (&c.id, &c.command)).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A CA, a server certificate for `localhost` and `127.0.0.1`, and a client
+/// certificate, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tcp-task python test CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let ca_cert = params.self_signed(&key).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(params, key);
+        let leaf = |names: &[&str], usage, name: &str| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names.clone()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, &names[0]);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            // Python 3.13's strict verification wants it.
+            params.use_authority_key_identifier_extension = true;
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let (cert_path, key_path) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            );
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            (cert_path, key_path)
+        };
+        let (server_cert, server_key) = leaf(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "server",
+        );
+        let (client_cert, client_key) = leaf(
+            &["python-client.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "client",
+        );
+        Pki {
+            ca,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Out {
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Starts `command` with `input` on its stdin (or none).
+fn spawn(
+    mut command: Command,
+    input: Option<Vec<u8>>,
+) -> (Child, Option<std::thread::JoinHandle<()>>) {
+    command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the command starts");
+    let writer = input.map(|input| {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
+    });
+    (child, writer)
+}
+
+/// Waits for a spawned child, killing it past [`DEADLINE`].
+fn finish(mut child: Child, writer: Option<std::thread::JoinHandle<()>>, what: &str) -> Out {
+    let started = Instant::now();
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = reader(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Out {
+        code: status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// A command with none of the user's tcp-task settings in its environment.
+fn clean(mut command: Command) -> Command {
+    for name in [
+        "TCP_TASK_SERVER",
+        "TCP_TASK_TOKEN",
+        "TCP_TASK_CONFIG",
+        "TCP_TASK_TLS_CA",
+        "TCP_TASK_TLS_CERT",
+        "TCP_TASK_TLS_KEY",
+        "RUST_BACKTRACE",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn python() -> Command {
+    let mut command = clean(Command::new("python3"));
+    command
+        .current_dir(python_dir())
+        .env("PYTHONPATH", python_dir())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    command
+}
+
+// ---------------------------------------------------------------------------
+// The client's own suite
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_python_clients_own_suite_passes_against_real_servers() {
+    if !have_python() {
+        return;
+    }
+    let plain = Server::start(&[], "[server]\nmax_tasks_per_connection = 4\n");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let token_file = dir.path().join("tokens");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let tls = Server::start(
+        &[
+            "--token-file".as_ref(),
+            token_file.as_os_str(),
+            "--tls-cert".as_ref(),
+            pki.server_cert.as_os_str(),
+            "--tls-key".as_ref(),
+            pki.server_key.as_os_str(),
+            "--tls-client-ca".as_ref(),
+            pki.ca.as_os_str(),
+        ],
+        "",
+    );
+
+    let mut command = python();
+    command
+        .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
+        .env("TCP_TASK_TEST_SERVER", &plain.addr)
+        .env("TCP_TASK_TEST_TLS_SERVER", &tls.addr)
+        .env("TCP_TASK_TEST_TLS_CA", &pki.ca)
+        .env("TCP_TASK_TEST_TLS_CERT", &pki.client_cert)
+        .env("TCP_TASK_TEST_TLS_KEY", &pki.client_key)
+        .env("TCP_TASK_TEST_TOKEN", TOKEN)
+        .env("TCP_TASK_TEST_IMAGE", IMAGE);
+    let (child, writer) = spawn(command, None);
+    let out = finish(child, writer, "the Python suite");
+    let report = out.stderr_text();
+    assert_eq!(out.code, 0, "the Python client's suite failed:\n{report}");
+    // Every server it needs is given: a test that skips did not test.
+    let skipped: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("... skipped"))
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "Python tests skipped although every server was given:\n{}",
+        skipped.join("\n")
+    );
+    assert!(
+        report.contains("\nOK"),
+        "no OK at the end of the suite's report:\n{report}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The command lines side by side
+// ---------------------------------------------------------------------------
+
+/// Bytes of every value, zeros and newlines included, in no simple pattern.
+fn binary_data(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+/// The task's own stderr, and the client's closing message if it printed
+/// one (a last line starting with its name).
+fn split_stderr(stderr: &[u8], prefix: &str) -> (Vec<u8>, Option<String>) {
+    let text = stderr;
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let last = String::from_utf8_lossy(&body[start..]).into_owned();
+    if last.starts_with(prefix) {
+        (text[..start].to_vec(), Some(last))
+    } else {
+        (text.to_vec(), None)
+    }
+}
+
+/// A corpus entry: its name, the arguments after `--server ADDR`, stdin.
+type Case<'a> = (&'a str, Vec<&'a str>, Option<Vec<u8>>);
+
+#[test]
+fn the_python_command_line_matches_tcp_task_run_on_the_corpus() {
+    if !have_python() {
+        return;
+    }
+    let server = Server::start(&[], "");
+    let input = binary_data(1_000_000);
+    let corpus: Vec<Case> = vec![
+        ("exit 0", vec!["run", IMAGE, "true"], None),
+        ("exit 42", vec!["run", IMAGE, "exit", "42"], None),
+        (
+            "stdout and stderr",
+            vec!["run", IMAGE, "mixed", "200"],
+            None,
+        ),
+        (
+            "binary output",
+            vec!["run", IMAGE, "randbytes", "2000000", "5"],
+            None,
+        ),
+        ("zeros", vec!["run", IMAGE, "zeros", "100000"], None),
+        (
+            "stdin",
+            vec!["run", "-i", IMAGE, "cat"],
+            Some(input.clone()),
+        ),
+        (
+            "workdir, user, env",
+            vec![
+                "run",
+                "-w",
+                "/tmp",
+                "-u",
+                "65534:65534",
+                "-e",
+                "A=b",
+                IMAGE,
+                "pwd",
+            ],
+            None,
+        ),
+        ("SIGKILL", vec!["run", IMAGE, "killself", "9"], None),
+        ("SIGTERM", vec!["run", IMAGE, "killself", "15"], None),
+        (
+            "missing command",
+            vec!["run", IMAGE, "no-such-command"],
+            None,
+        ),
+        ("not executable", vec!["run", IMAGE, "/etc/passwd"], None),
+        (
+            "timeout",
+            vec!["run", "--timeout", "1s", IMAGE, "sleep", "30"],
+            None,
+        ),
+        (
+            "out of memory",
+            vec!["run", "--memory", "16m", IMAGE, "alloc", "100"],
+            None,
+        ),
+        ("the image's default command", vec!["run", IMAGE], None),
+        ("a catalog task", vec!["task", "sum", "1", "2", "3"], None),
+        (
+            "an unknown catalog task",
+            vec!["task", "no-such-task"],
+            None,
+        ),
+        (
+            "refused by the policy",
+            vec!["run", "--network", "host", IMAGE, "true"],
+            None,
+        ),
+        (
+            "a missing image",
+            vec!["run", "tcp-task-no-such-image:0", "true"],
+            None,
+        ),
+    ];
+
+    // Both clients, every case, all at once.
+    let started: Vec<_> = corpus
+        .iter()
+        .map(|(_, args, stdin)| {
+            let mut rust = clean(Command::new(BIN));
+            rust.arg("--server").arg(&server.addr).args(args);
+            let mut py = python();
+            py.args(["-m", "tcp_task_client", "--server", &server.addr])
+                .args(args);
+            (spawn(rust, stdin.clone()), spawn(py, stdin.clone()))
+        })
+        .collect();
+
+    let mut wrong = Vec::new();
+    for ((name, _, _), ((rust, rust_in), (py, py_in))) in corpus.iter().zip(started) {
+        let rust = finish(rust, rust_in, "tcp-task run");
+        let py = finish(py, py_in, "python3 -m tcp_task_client");
+        let (rust_err, rust_note) = split_stderr(&rust.stderr, "tcp-task: ");
+        let (py_err, py_note) = split_stderr(&py.stderr, "tcp-task-client: ");
+        if rust.code != py.code {
+            wrong.push(format!(
+                "{name}: exit status {} (tcp-task run) vs {} (python); stderr:\n  {}\n  {}",
+                rust.code,
+                py.code,
+                rust.stderr_text().trim(),
+                py.stderr_text().trim()
+            ));
+        }
+        if rust.stdout != py.stdout {
+            wrong.push(format!(
+                "{name}: stdout differs: {} vs {} bytes",
+                rust.stdout.len(),
+                py.stdout.len()
+            ));
+        }
+        if rust_err != py_err {
+            wrong.push(format!(
+                "{name}: the task's stderr differs: {:?} vs {:?}",
+                String::from_utf8_lossy(&rust_err),
+                String::from_utf8_lossy(&py_err)
+            ));
+        }
+        if rust_note.is_some() != py_note.is_some() {
+            wrong.push(format!(
+                "{name}: one client explains the end, the other not: {rust_note:?} vs {py_note:?}"
+            ));
+        }
+        if *name == "timeout" {
+            for note in [&rust_note, &py_note] {
+                let says = note.as_deref().unwrap_or_default();
+                if !says.contains("timed out") {
+                    wrong.push(format!("{name}: {says:?} does not say it timed out"));
+                }
+            }
+        }
+        if *name == "stdin" && py.stdout != input {
+            wrong.push(format!(
+                "{name}: the task did not get its stdin byte for byte"
+            ));
+        }
+        if *name == "binary output" && py.stdout.len() != 2_000_000 {
+            wrong.push(format!("{name}: {} bytes of output", py.stdout.len()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -5,12 +5,18 @@
 //! The default runs are small, to keep the test run short on a shared
 //! machine: TCP_TASK_BENCH_TASKS sets the number of tasks of the passing
 //! runs (default 48; e.g. 200 or 10000 for a longer run).
+//!
+//! A real server keeps its promises, so the counts of duplicated and
+//! forgotten tasks are shown against a fake server that breaks them on
+//! purpose (the last tests; they need no engine).
 
 mod cli_server;
 
 use cli_server::*;
 use serde_json::Value;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = tcp_task::images::EXAMPLES_IMAGE;
@@ -153,4 +159,155 @@ fn remove_containers(server: &Server) {
         }
         assert!(Instant::now() < deadline, "containers stay behind");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Promises broken on purpose, by a fake server (no engine needed)
+// ---------------------------------------------------------------------------
+
+/// How the fake server misbehaves.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Every 5th task gets its terminal frame twice.
+    Duplicate,
+    /// Task 3 of each connection never gets an answer at all.
+    Forget,
+}
+
+/// A server that speaks the protocol and answers each Submit with Accepted,
+/// `ok` on stdout and Exited, except where `fault` says otherwise; Pings
+/// get their Pong. Returns its address and the count of duplicate terminal
+/// frames it sent; it lives as long as the test.
+fn fake_server(fault: Fault) -> (String, Arc<AtomicU64>) {
+    use futures::{SinkExt, StreamExt};
+    use tcp_task::codec::FrameCodec;
+    use tcp_task::protocol::{
+        ClientMessage, Hello, Limits, ServerMessage, Welcome, PROTOCOL_VERSION,
+    };
+    use tcp_task::{Ending, Outcome, OutputStream};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let sent = duplicates.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((socket, _)) = listener.accept().await {
+                let sent = sent.clone();
+                let _ = socket.set_nodelay(true);
+                tokio::spawn(async move {
+                    let (read, write) = socket.into_split();
+                    let mut reader = FramedRead::new(read, FrameCodec::<Hello>::default());
+                    let mut writer = FramedWrite::new(write, FrameCodec::<()>::default());
+                    let Some(Ok(_hello)) = reader.next().await else {
+                        return;
+                    };
+                    let welcome = ServerMessage::Welcome(Welcome {
+                        version: PROTOCOL_VERSION,
+                        server: "fake".into(),
+                        limits: Limits {
+                            max_frame_len: 1 << 20,
+                            max_chunk_len: 1 << 16,
+                            max_tasks_per_connection: 64,
+                            idle_timeout_ms: 60_000,
+                        },
+                    });
+                    if writer.send(welcome).await.is_err() {
+                        return;
+                    }
+                    let mut reader = reader.map_decoder(|c| c.retype::<ClientMessage>());
+                    let mut submits = 0;
+                    while let Some(Ok(message)) = reader.next().await {
+                        let mut frames = Vec::new();
+                        match message {
+                            ClientMessage::Submit { id, .. } => {
+                                submits += 1;
+                                if matches!(fault, Fault::Forget) && submits == 3 {
+                                    continue;
+                                }
+                                let exited = ServerMessage::Exited {
+                                    id,
+                                    outcome: Outcome {
+                                        ending: Ending::Exited,
+                                        exit_code: Some(0),
+                                        signal: None,
+                                        duration_ms: 1,
+                                        output_truncated: false,
+                                    },
+                                };
+                                frames.push(ServerMessage::Accepted { id });
+                                frames.push(ServerMessage::Output {
+                                    id,
+                                    stream: OutputStream::Stdout,
+                                    chunk: "ok\n".into(),
+                                });
+                                if matches!(fault, Fault::Duplicate) && submits % 5 == 0 {
+                                    frames.push(exited.clone());
+                                    sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                                frames.push(exited);
+                            }
+                            ClientMessage::Ping { id, payload } => {
+                                frames.push(ServerMessage::Pong { id, payload })
+                            }
+                            _ => {}
+                        }
+                        for frame in frames {
+                            if writer.send(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, duplicates)
+}
+
+/// `tcp-task bench load --json` against `addr`, with `extra` flags.
+fn bench_against(addr: &str, extra: &[&str]) -> (Out, Value) {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["bench", "load", "--server", addr, "--json"])
+        .args(["--connections", "4", "--tasks", "100"])
+        .args(extra)
+        .args(["--task", "anything"])
+        .stdin(Stdio::null());
+    let out = Out::of(command);
+    let report = report(&out);
+    eprintln!("{report}");
+    (out, report)
+}
+
+#[test]
+fn a_second_terminal_frame_for_a_task_counts_as_duplicated() {
+    let (addr, sent) = fake_server(Fault::Duplicate);
+    let (out, report) = bench_against(&addr, &[]);
+    assert_eq!(count(&report, "completed"), 100, "{report}");
+    // Every duplicate sent is counted, the last ones thanks to the final Ping.
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent >= 16, "{sent}");
+    assert_eq!(count(&report, "duplicated"), sent, "{report}");
+    assert_eq!(count(&report, "lost") + count(&report, "wrong"), 0);
+    assert_eq!(out.code, 1, "{out:?}");
+}
+
+#[test]
+fn a_task_the_server_forgets_counts_as_lost_after_the_stall_time() {
+    let (addr, _) = fake_server(Fault::Forget);
+    let (out, report) = bench_against(&addr, &["--stall", "1s"]);
+    // The forgotten task holds its connection until --stall, then the
+    // tasks in flight there are lost; the other connections finish the rest.
+    assert!(count(&report, "lost") >= 1, "{report}");
+    assert_eq!(report["errors"]["stalled"], 4, "{report}");
+    assert_eq!(count(&report, "duplicated"), 0, "{report}");
+    assert_eq!(out.code, 1, "{out:?}");
 }

@@ -121,18 +121,18 @@ fn a_server_killed_mid_run_loses_tasks_and_fails_the_run() {
     ]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = command.spawn().expect("tcp-task starts");
-    let started = Instant::now();
     server.wait_for_running(2);
     // SIGKILL: no graceful drain, the connections simply break.
     let _ = server.child.kill();
     let _ = server.child.wait();
-    let out = Out::wait(child, started);
+    let out = Out::wait(child, Instant::now());
     let report = report(&out);
     eprintln!("{report}");
     assert!(count(&report, "lost") > 0, "{report}");
     assert_eq!(count(&report, "duplicated"), 0, "{report}");
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.took < Duration::from_secs(30), "{out:?}");
+    // It saw the connections break: it did not wait for the tasks' end.
+    assert!(out.took < Duration::from_secs(25), "{out:?}");
     // A killed server removes nothing: the test does, by its instance label.
     remove_containers(&server);
 }

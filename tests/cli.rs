@@ -688,8 +688,10 @@ fn the_progress_bar_is_drawn_on_a_terminal_and_not_in_a_pipe() {
     assert_eq!(pipe.stdout_text(), "done\n");
     assert_eq!(pipe.stderr, "", "nothing of the bar in a pipe");
 
-    // With nothing to wait for, a terminal gets the output and nothing else:
+    // With nothing to wait for (the containers above removed: each holds
+    // its slot until then), a terminal gets the output and nothing else:
     // no spinner flashing while the container starts.
+    server.assert_clean();
     let line = format!("{BIN} --server {} run {IMAGE} echo hi", server.addr);
     let mut command = Command::new("script");
     command

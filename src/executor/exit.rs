@@ -10,6 +10,7 @@
 //! stream fails.
 
 use bollard::errors::Error as BollardError;
+use bollard::models::EventMessage;
 use bollard::query_parameters::{EventsOptions, WaitContainerOptions};
 use bollard::Docker;
 use futures::StreamExt;
@@ -28,6 +29,9 @@ const SIGKILL_EXIT: i64 = 128 + 9;
 /// asked about again.
 const OOM_RECHECKS: u32 = 10;
 const OOM_RECHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long after a SIGKILL exit the event watch waits for the `oom` event
+/// that may belong to it.
+const LATE_OOM_WINDOW: Duration = Duration::from_secs(1);
 
 /// The container's exit status, from the engine's wait.
 pub(crate) async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, TaskError> {
@@ -84,13 +88,23 @@ impl ExitWatch {
                 match event.action.as_deref() {
                     Some("oom") => oom = true,
                     Some("die") => {
-                        let code = event
-                            .actor
-                            .and_then(|a| a.attributes)
-                            .and_then(|a| a.get("exitCode").and_then(|c| c.parse().ok()));
-                        if let Some(code) = code {
-                            let _ = tx.send((code, oom));
+                        let Some(code) = exit_code(event) else { return };
+                        // The engine may report an OOM kill just after the
+                        // exit it caused: give it a moment.
+                        if code == SIGKILL_EXIT && !oom {
+                            let late = async {
+                                while let Some(Ok(event)) = events.next().await {
+                                    if event.action.as_deref() == Some("oom") {
+                                        return true;
+                                    }
+                                }
+                                false
+                            };
+                            oom = tokio::time::timeout(LATE_OOM_WINDOW, late)
+                                .await
+                                .unwrap_or(false);
                         }
+                        let _ = tx.send((code, oom));
                         return;
                     }
                     _ => {}
@@ -99,6 +113,15 @@ impl ExitWatch {
         });
         ExitWatch { died, reader }
     }
+}
+
+/// The exit code a `die` event carries.
+fn exit_code(event: EventMessage) -> Option<i64> {
+    event
+        .actor?
+        .attributes?
+        .get("exitCode")
+        .and_then(|code| code.parse().ok())
 }
 
 // The subscription would outlive the container otherwise.
@@ -126,10 +149,11 @@ pub(crate) async fn container_end(
     };
     let oom_killed = match oom_event {
         Some(true) => true,
-        // The events said no OOM; only a SIGKILL exit may still be one
-        // whose event comes late.
         Some(false) if code != SIGKILL_EXIT => false,
-        _ => oom_killed(docker, id, code).await?,
+        // A SIGKILL exit whose `oom` event did not come within its window:
+        // the engine's own flag has the last word.
+        Some(false) => inspect_oom(docker, id).await?,
+        None => oom_killed(docker, id, code).await?,
     };
     Ok(ProcessEnd::Exited { code, oom_killed })
 }
@@ -140,15 +164,20 @@ pub(crate) async fn container_end(
 /// about again for a short while before it is believed.
 async fn oom_killed(docker: &Docker, id: &str, code: i64) -> Result<bool, TaskError> {
     for attempt in 0..=OOM_RECHECKS {
-        let inspected = docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|e| engine_error("inspecting the ended container", &e))?;
-        let oom = inspected.state.and_then(|s| s.oom_killed).unwrap_or(false);
+        let oom = inspect_oom(docker, id).await?;
         if oom || code != SIGKILL_EXIT || attempt == OOM_RECHECKS {
             return Ok(oom);
         }
         tokio::time::sleep(OOM_RECHECK_EVERY).await;
     }
     Ok(false)
+}
+
+/// The engine's OOM flag of a container.
+async fn inspect_oom(docker: &Docker, id: &str) -> Result<bool, TaskError> {
+    let inspected = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| engine_error("inspecting the ended container", &e))?;
+    Ok(inspected.state.and_then(|s| s.oom_killed).unwrap_or(false))
 }

@@ -298,6 +298,12 @@ pub fn alloc(args: &[String]) -> Result<(), Fail> {
         .checked_mul(1024 * 1024)
         .and_then(|b| usize::try_from(b).ok())
         .ok_or_else(|| Fail::usage(format!("{mb} MiB does not fit in the address space")))?;
+    // A moment first: the engine (containerd on cgroup v1) starts watching a
+    // container's OOM notifications only after its process has started, and
+    // under load an OOM kill in the first milliseconds can come before that,
+    // to be reported as a plain SIGKILL. The tests that use this applet
+    // check how tcp-task reports an OOM kill, not that race.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let mut block: Vec<u8> = Vec::new();
     block
         .try_reserve_exact(bytes)

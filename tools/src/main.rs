@@ -131,7 +131,12 @@ const APPLETS: &[Applet] = &[
         "(internal) a forkbomb copy",
     )
     .hidden(),
-    Applet::new("alloc", testing::alloc, "MB", "wait 200 ms, then allocate and touch MB MiB"),
+    Applet::new(
+        "alloc",
+        testing::alloc,
+        "MB",
+        "wait 200 ms, then allocate and touch MB MiB",
+    ),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(
         "counter",

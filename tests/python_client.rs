@@ -12,22 +12,19 @@
 //! Without python3 both say `skipped: python3 not found` and pass: CI
 //! installs it (scripts/test.sh), so there a missing python3 never skips.
 
-use bollard::query_parameters::ListContainersOptions;
-use bollard::Docker;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tcp_task::executor::label_filter;
+use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tcp-task");
+mod cli_server;
+
+use cli_server::{Server, BIN};
+
 const IMAGE: &str = tcp_task::images::EXAMPLES_IMAGE;
 const TOKEN: &str = "python-client-test-token";
 
@@ -50,190 +47,6 @@ fn have_python() -> bool {
         eprintln!("skipped: python3 not found");
     }
     found
-}
-
-// ---------------------------------------------------------------------------
-// The engine and the servers
-// ---------------------------------------------------------------------------
-
-fn engine() -> &'static (tokio::runtime::Runtime, Docker) {
-    static ENGINE: OnceLock<(tokio::runtime::Runtime, Docker)> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let docker = runtime.block_on(async {
-            let docker = tcp_task::docker::connect_docker()
-                .await
-                .expect("these tests need a Docker engine");
-            tcp_task::images::ensure_examples_image(&docker)
-                .await
-                .expect("the examples image can be built");
-            docker
-        });
-        (runtime, docker)
-    })
-}
-
-/// A `tcp-task serve` child process with an instance id of its own, so that
-/// its containers, and only its, are counted. Stopped by SIGTERM when
-/// dropped, after which none of its containers may be left.
-struct Server {
-    child: Child,
-    addr: String,
-    instance: String,
-    log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// `serve` with `args`, and a config file of `config_toml` plus the
-    /// executor's instance id.
-    fn start(args: &[&std::ffi::OsStr], config_toml: &str) -> Server {
-        engine();
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let instance = format!(
-            "python-test-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let config = dir.path().join("server.toml");
-        std::fs::write(
-            &config,
-            format!("{config_toml}\n[executor]\ninstance_id = \"{instance}\"\n"),
-        )
-        .expect("the config file is written");
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("TCP_TASK_TOKEN_FILE")
-            .env_remove("TCP_TASK_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // The server gets SIGTERM if this test process dies.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("tcp-task serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (lines, listening) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match listening.recv_timeout(left) {
-                Ok(line) if line.contains("listening") => {
-                    let line = strip_ansi(&line);
-                    let addr = line
-                        .split("address=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .expect("the listening line names the address");
-                    break addr.to_owned();
-                }
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "tcp-task serve did not start listening; its log:\n{}",
-                        log.lock().unwrap()
-                    );
-                }
-            }
-        };
-        Server {
-            child,
-            addr,
-            instance,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
-        let (runtime, docker) = engine();
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(Some(&self.instance))),
-            ..ListContainersOptions::default()
-        };
-        runtime
-            .block_on(docker.list_containers(Some(options)))
-            .expect("the engine lists containers")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let stopped = matches!(self.child.try_wait(), Ok(Some(_)));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- tcp-task serve log ---\n{}", self.log.lock().unwrap());
-            return;
-        }
-        assert!(
-            stopped,
-            "tcp-task serve did not stop within 30 s of SIGTERM"
-        );
-        let left = self.containers();
-        assert!(
-            left.is_empty(),
-            "containers left after the server stopped: {:?}",
-            left.iter().map(|c| (&c.id, &c.command)).collect::<Vec<_>>()
-        );
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A CA, a server certificate for `localhost` and `127.0.0.1`, and a client
@@ -415,12 +228,12 @@ fn the_python_clients_own_suite_passes_against_real_servers() {
     if !have_python() {
         return;
     }
-    let plain = Server::start(&[], "[server]\nmax_tasks_per_connection = 4\n");
+    let plain = Server::with_config(&[], "[server]\nmax_tasks_per_connection = 4\n", "");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let token_file = dir.path().join("tokens");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let tls = Server::start(
+    let tls = Server::with_config(
         &[
             "--token-file".as_ref(),
             token_file.as_os_str(),
@@ -431,6 +244,7 @@ fn the_python_clients_own_suite_passes_against_real_servers() {
             "--tls-client-ca".as_ref(),
             pki.ca.as_os_str(),
         ],
+        "",
         "",
     );
 
@@ -503,7 +317,7 @@ fn the_python_command_line_matches_tcp_task_run_on_the_corpus() {
     if !have_python() {
         return;
     }
-    let server = Server::start(&[], "");
+    let server = Server::start();
     let input = binary_data(1_000_000);
     let corpus: Vec<Case> = vec![
         ("exit 0", vec!["run", IMAGE, "true"], None),

@@ -64,6 +64,17 @@ impl Server {
 
     /// A server whose `[executor]` table also holds `executor_toml`.
     pub fn with_executor(executor_toml: &str) -> Server {
+        Server::with_config(&[], "", executor_toml)
+    }
+
+    /// `serve ARGS…` with a config file of `config_toml` (tables other than
+    /// `[executor]`), then the `[executor]` table: this server's own
+    /// instance id and `executor_toml`.
+    pub fn with_config(
+        args: &[&std::ffi::OsStr],
+        config_toml: &str,
+        executor_toml: &str,
+    ) -> Server {
         engine();
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -79,7 +90,7 @@ impl Server {
         let config = dir.path().join("server.toml");
         std::fs::write(
             &config,
-            format!("[executor]\ninstance_id = \"{instance}\"\n{executor_toml}\n"),
+            format!("{config_toml}\n[executor]\ninstance_id = \"{instance}\"\n{executor_toml}\n"),
         )
         .expect("the config file is written");
 
@@ -87,8 +98,11 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
+            .args(args)
             // The address is read from the info-level "listening" line.
             .env("RUST_LOG", "info")
+            .env_remove("TCP_TASK_TOKEN_FILE")
+            .env_remove("TCP_TASK_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -30,6 +30,8 @@ pub mod executor;
 #[cfg(feature = "server")]
 pub mod images;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod server;
 
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};

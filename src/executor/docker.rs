@@ -3,12 +3,14 @@
 //! same supervision either way.
 
 use bollard::Docker;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
+use super::observe::{RunPath, SharedObserver, Unobserved};
 use super::plan::Plan;
 use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
@@ -27,6 +29,8 @@ pub struct DockerExecutor {
     /// Processes being finished (containers removed) after their outcome
     /// went out.
     finishing: TaskTracker,
+    /// Told how each task waited, started and ended (the server's metrics).
+    observer: SharedObserver,
 }
 
 impl DockerExecutor {
@@ -45,7 +49,15 @@ impl DockerExecutor {
             warm,
             slots,
             finishing: TaskTracker::new(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Reports every task's queue wait, start and end to `observer` (the
+    /// server's metrics, say).
+    pub fn with_observer(mut self, observer: SharedObserver) -> DockerExecutor {
+        self.observer = observer;
+        self
     }
 
     /// The id in the `tcp-task.instance` label of this executor's containers.
@@ -87,13 +99,38 @@ impl DockerExecutor {
         self.warm.drain().await
     }
 
-    async fn run_task(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+    /// Runs the task and tells the observer how it went. The path that
+    /// started it is also recorded in the current span (the server's
+    /// per-task span has a `path` field).
+    async fn observed(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+        let received = Instant::now();
+        let mut path = None;
+        let result = self.run_task(plan, io, received, &mut path).await;
+        self.observer.task_ended(path, &result);
+        result
+    }
+
+    fn started(&self, path: RunPath, received: Instant, seen: &mut Option<RunPath>) {
+        *seen = Some(path);
+        tracing::Span::current().record("path", path.as_str());
+        self.observer.task_started(path, received.elapsed());
+    }
+
+    async fn run_task(
+        &self,
+        plan: Plan,
+        io: TaskIo,
+        received: Instant,
+        path: &mut Option<RunPath>,
+    ) -> Result<Outcome, TaskError> {
         let Some(slot) = self.wait_for_slot(&io).await? else {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
+        self.observer.queue_wait(received.elapsed());
         let limit = self.config().output_limit_bytes;
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
+                self.started(RunPath::Warm, received, path);
                 let result = supervise(&mut warm, &plan.command, plan.timeout, io, limit).await;
                 // Back to its pool at once (that is cheap), ready for the
                 // next task of its key.
@@ -105,6 +142,7 @@ impl DockerExecutor {
         };
         match started {
             Ok(mut cold) => {
+                self.started(RunPath::Cold, received, path);
                 let result = supervise(&mut cold, &plan.command, plan.timeout, io, limit).await;
                 self.remove_later(cold, slot);
                 result
@@ -163,7 +201,7 @@ impl DockerExecutor {
 
 impl Executor for DockerExecutor {
     async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
-        self.run_task(plan, io).await
+        self.observed(plan, io).await
     }
 
     async fn stats(&self) -> ExecutorStats {

@@ -15,6 +15,7 @@ mod docker;
 mod engine;
 mod events;
 mod exit;
+mod observe;
 mod plan;
 mod process;
 mod pull;
@@ -30,6 +31,7 @@ pub use cleanup::{
 pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
+pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, Plan};
 pub use stats::{EngineHealth, ExecutorStats, PoolStats};
 pub use warm::{AGENT_PATH, LABEL_WARM};

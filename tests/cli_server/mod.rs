@@ -52,6 +52,8 @@ pub fn engine() -> &'static (tokio::runtime::Runtime, Docker) {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The HTTP listener's address, when started with `--http`.
+    pub http: Option<String>,
     pub instance: String,
     pub log: Arc<Mutex<String>>,
     pub _dir: tempfile::TempDir,
@@ -122,18 +124,34 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let wants_http = args.iter().any(|a| a.to_str() == Some("--http"));
+        let (mut addr, mut http) = (None, None);
+        // A field of a log line, in text (`name=value`) or JSON
+        // (`--log-format json`).
+        let field = |line: &str, name: &str| -> String {
+            if let Ok(json) = serde_json::from_str::<Value>(line) {
+                if let Some(value) = json["fields"][name].as_str() {
+                    return value.to_string();
+                }
+            }
+            let line = strip_ansi(line);
+            let value = line
+                .split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no {name} in the log line {line:?}"));
+            value.to_string()
+        };
         let addr = loop {
+            if let Some(addr) = addr.clone().filter(|_| http.is_some() || !wants_http) {
+                break addr;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match listening.recv_timeout(left) {
-                Ok(line) if line.contains("listening") => {
-                    let line = strip_ansi(&line);
-                    let addr = line
-                        .split("address=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .expect("the listening line names the address");
-                    break addr.to_string();
+                Ok(line) if line.contains("HTTP listening") => {
+                    http = Some(field(&line, "http_address"));
                 }
+                Ok(line) if line.contains("listening") => addr = Some(field(&line, "address")),
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = child.kill();
@@ -147,6 +165,7 @@ impl Server {
         Server {
             child,
             addr,
+            http,
             instance,
             log,
             _dir: dir,

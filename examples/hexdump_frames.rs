@@ -53,6 +53,7 @@ fn main() {
                 signal: None,
                 duration_ms: 412,
                 output_truncated: false,
+                usage: None,
             },
         },
     );

@@ -15,6 +15,19 @@
 //! appended to the command, and `params` (JSON) reaches the task in the
 //! `TASK_PARAMS` environment variable. The server's policy still applies to
 //! the result, like to any other task.
+//!
+//! An entry with a `port` is an HTTP task (the original task service's
+//! images): its image's server (`command`, or the image's default) listens
+//! on that port, and a request's `params` are POSTed to `/task/{task}`
+//! (`task` defaults to the entry's name):
+//!
+//! ```toml
+//! [add]
+//! image = "tcp-task-http-examples:0.1.0"
+//! port = 8080
+//! task = "sum"
+//! warm = 2
+//! ```
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -37,8 +50,15 @@ pub struct Catalog {
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     pub image: String,
-    /// The argv; the request's args are appended.
+    /// The argv; the request's args are appended. For an HTTP task, its
+    /// server's command; empty: the image's default.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// Makes the entry an HTTP task whose server listens on this port.
+    pub port: Option<u16>,
+    /// An HTTP task's name on its server (`POST /task/{task}`); default:
+    /// the entry's name.
+    pub task: Option<String>,
     #[serde(default)]
     pub description: String,
     /// Environment every run gets.
@@ -101,7 +121,7 @@ impl Catalog {
                 .entries
                 .get_key_value(name)
                 .map(|(name, entry)| (name.as_str(), entry)),
-            Task::Image { .. } => None,
+            Task::Image { .. } | Task::Http { .. } => None,
         }
     }
 
@@ -109,10 +129,10 @@ impl Catalog {
     /// in; an image task is returned as it is.
     pub fn resolve(&self, spec: TaskSpec) -> Result<TaskSpec, TaskError> {
         match spec.task.clone() {
-            Task::Image { .. } => Ok(spec),
+            Task::Image { .. } | Task::Http { .. } => Ok(spec),
             Task::Named { name, args, params } => {
                 let entry = self.entries.get(&name).ok_or_else(|| self.unknown(&name))?;
-                entry.apply(spec, args, params)
+                entry.apply(&name, spec, args, params)
             }
         }
     }
@@ -136,25 +156,47 @@ impl Catalog {
 impl CatalogEntry {
     fn apply(
         &self,
+        name: &str,
         mut spec: TaskSpec,
         args: Vec<String>,
         params: Option<String>,
     ) -> Result<TaskSpec, TaskError> {
         let mut command = self.command.clone();
-        command.extend(args);
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         env.append(&mut spec.env);
-        if let Some(params) = params {
-            check_json(&params)?;
-            env.push((PARAMS_ENV.to_owned(), params));
+        if let Some(params) = &params {
+            check_json(params)?;
         }
-        spec.task = Task::Image {
-            image: self.image.clone(),
-            command,
+        spec.task = match self.port {
+            Some(port) => {
+                if !args.is_empty() {
+                    return Err(TaskError::new(
+                        ErrorKind::BadRequest,
+                        format!("`{name}` is an HTTP task: it takes --params JSON, not arguments"),
+                    ));
+                }
+                Task::Http {
+                    image: self.image.clone(),
+                    port,
+                    task: self.task.clone().unwrap_or_else(|| name.to_owned()),
+                    params,
+                    command,
+                }
+            }
+            None => {
+                command.extend(args);
+                if let Some(params) = params {
+                    env.push((PARAMS_ENV.to_owned(), params));
+                }
+                Task::Image {
+                    image: self.image.clone(),
+                    command,
+                }
+            }
         };
         spec.env = env;
         spec.memory_bytes = spec.memory_bytes.or(self.memory_bytes);
@@ -221,6 +263,31 @@ mod tests {
         let plain: Catalog =
             Catalog::from_toml("[x]\nimage = \"i\"\ncommand = [\"c\"]\n").expect("catalog parses");
         assert_eq!((plain.entries["x"].warm, plain.entries["x"].reuse), (0, 1));
+    }
+
+    #[test]
+    fn an_entry_with_a_port_is_an_http_task() {
+        let text = "[add]\nimage = \"h:1\"\nport = 8080\ntask = \"sum\"\n[mul]\nimage = \"h:1\"\nport = 8080\n";
+        let catalog = Catalog::from_toml(text).expect("catalog parses");
+        let mut spec = TaskSpec::named("add", Vec::<String>::new());
+        if let Task::Named { params, .. } = &mut spec.task {
+            *params = Some("[1,2]".to_owned());
+        }
+        let resolved = catalog.resolve(spec).expect("known task");
+        assert_eq!(
+            resolved.task,
+            Task::Http {
+                image: "h:1".into(),
+                port: 8080,
+                task: "sum".into(),
+                params: Some("[1,2]".into()),
+                command: Vec::new(),
+            }
+        );
+        let mul = catalog.resolve(TaskSpec::named("mul", Vec::<String>::new())).unwrap();
+        assert!(matches!(mul.task, Task::Http { ref task, .. } if task == "mul"));
+        let with_args = catalog.resolve(TaskSpec::named("mul", ["1"])).unwrap_err();
+        assert_eq!(with_args.kind, ErrorKind::BadRequest);
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub fn examples_catalog() -> Catalog {
         timeout_ms: Some(timeout_ms),
         warm: 0,
         reuse: 1,
+        port: None,
+        task: None,
     };
     let entries = [
         ("sum", entry("sum", "Sum of the numbers given", 10_000)),

@@ -11,6 +11,11 @@
 //!   [`TOOLS_DIGEST_LABEL`], the digest of the embedded binary, by which
 //!   [`ensure_examples_image`] notices an image built from other code.
 //!
+//! The HTTP examples image ([`HTTP_EXAMPLES_IMAGE`]) holds the same files,
+//! and runs `http-tasks 8080` by default: the sum and multiply tasks as an
+//! HTTP server answering `POST /task/{name}`, the shape of the original
+//! task service's images (see `tools/src/http_tasks.rs`).
+//!
 //! It is built with the classic builder from an in-memory context
 //! (`Dockerfile` + `rootfs/`): a build, rather than an import, gives an image
 //! with its labels, environment and default command in one call, and identical
@@ -41,6 +46,14 @@ pub const TOOLS_DIGEST: &str = embedded::TOOLS_DIGEST;
 /// The examples image, tagged with this crate's version.
 pub const EXAMPLES_IMAGE: &str = concat!("tcp-task-examples:", env!("CARGO_PKG_VERSION"));
 
+/// The HTTP examples image: the example tasks as an HTTP server on port
+/// [`HTTP_EXAMPLES_PORT`], as the original service's task images were.
+pub const HTTP_EXAMPLES_IMAGE: &str =
+    concat!("tcp-task-http-examples:", env!("CARGO_PKG_VERSION"));
+
+/// The port the HTTP examples image's server listens on.
+pub const HTTP_EXAMPLES_PORT: u16 = 8080;
+
 /// Label naming which of tcp-task's images this is.
 pub const IMAGE_LABEL: &str = "tcp-task.image";
 
@@ -68,26 +81,34 @@ pub enum ImageError {
     Context { image: String, source: io::Error },
 }
 
-/// Builds (or rebuilds) [`EXAMPLES_IMAGE`] from the embedded binary. The
-/// image it replaces, if any, is removed when no container uses it, so
-/// rebuilds do not pile up untagged images.
+/// Builds (or rebuilds) [`EXAMPLES_IMAGE`] and [`HTTP_EXAMPLES_IMAGE`]
+/// from the embedded binary. The images they replace, if any, are removed
+/// when no container uses them, so rebuilds do not pile up untagged images.
 pub async fn build_examples_image(docker: &Docker) -> Result<(), ImageError> {
     if TOOLS_BINARY.is_empty() {
         return Err(ImageError::NoToolsBinary {
             target: embedded::TOOLS_TARGET,
         });
     }
-    let context = examples_context().map_err(|source| ImageError::Context {
-        image: EXAMPLES_IMAGE.to_string(),
-        source,
-    })?;
-    let old = match inspect(docker, EXAMPLES_IMAGE).await? {
-        Some(image) => image.id,
+    for (image, kind) in [(EXAMPLES_IMAGE, Kind::Examples), (HTTP_EXAMPLES_IMAGE, Kind::Http)] {
+        let context = context(kind).map_err(|source| ImageError::Context {
+            image: image.to_string(),
+            source,
+        })?;
+        rebuild(docker, image, context).await?;
+    }
+    Ok(())
+}
+
+/// Builds `image` from `context`, then removes the image it replaced.
+async fn rebuild(docker: &Docker, image: &str, context: Vec<u8>) -> Result<(), ImageError> {
+    let old = match inspect(docker, image).await? {
+        Some(found) => found.id,
         None => None,
     };
-    build_image(docker, EXAMPLES_IMAGE, context).await?;
+    build_image(docker, image, context).await?;
     if let Some(old) = old {
-        let new = inspect(docker, EXAMPLES_IMAGE).await?.and_then(|i| i.id);
+        let new = inspect(docker, image).await?.and_then(|i| i.id);
         if new.as_ref() != Some(&old) {
             // Best effort: a container still using the old image keeps it.
             let options = RemoveImageOptionsBuilder::default().build();
@@ -99,9 +120,9 @@ pub async fn build_examples_image(docker: &Docker) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Makes sure [`EXAMPLES_IMAGE`] exists and holds this build's binary:
-/// builds it when it is missing or was built from another binary. Returns
-/// whether it built.
+/// Makes sure [`EXAMPLES_IMAGE`] and [`HTTP_EXAMPLES_IMAGE`] exist and
+/// hold this build's binary: builds them when one is missing or was built
+/// from another binary. Returns whether it built.
 ///
 /// Callers on one machine (say, parallel test processes) take turns through
 /// a lock file, so that one builds and the others find the image ready.
@@ -118,10 +139,19 @@ pub async fn ensure_examples_image(docker: &Docker) -> Result<bool, ImageError> 
     Ok(true)
 }
 
-/// Whether the examples image exists and carries this build's digest.
+/// Whether both example images exist and carry this build's digest.
 async fn is_current(docker: &Docker) -> Result<bool, ImageError> {
-    let Some(image) = inspect(docker, EXAMPLES_IMAGE).await? else {
-        tracing::info!(image = EXAMPLES_IMAGE, "image missing; building");
+    for image in [EXAMPLES_IMAGE, HTTP_EXAMPLES_IMAGE] {
+        if !carries_this_binary(docker, image).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn carries_this_binary(docker: &Docker, name: &str) -> Result<bool, ImageError> {
+    let Some(image) = inspect(docker, name).await? else {
+        tracing::info!(image = name, "image missing; building");
         return Ok(false);
     };
     let digest = image
@@ -132,7 +162,7 @@ async fn is_current(docker: &Docker) -> Result<bool, ImageError> {
         return Ok(true);
     }
     tracing::info!(
-        image = EXAMPLES_IMAGE,
+        image = name,
         found = digest.as_deref().unwrap_or("none"),
         want = TOOLS_DIGEST,
         "image holds another tools binary; rebuilding"
@@ -211,16 +241,38 @@ async fn build_image(docker: &Docker, tag: &str, context: Vec<u8>) -> Result<(),
     }
 }
 
+/// Which of the two images a context is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Examples,
+    Http,
+}
+
 /// The build context of the examples image: a Dockerfile and `rootfs/`.
 /// Every entry has a fixed owner and timestamp, so the same binary always
 /// gives the same context (and a build-cache hit).
 pub fn examples_context() -> io::Result<Vec<u8>> {
+    context(Kind::Examples)
+}
+
+/// The context of `kind`'s image: the same `rootfs/` (so the engine's
+/// cache shares its layer), a label and a default command of its own.
+fn context(kind: Kind) -> io::Result<Vec<u8>> {
+    let (label, tail) = match kind {
+        Kind::Examples => ("examples", "CMD [\"tcp-task-tools\", \"--help\"]\n".to_owned()),
+        Kind::Http => (
+            "http-examples",
+            format!(
+                "EXPOSE {HTTP_EXAMPLES_PORT}\nCMD [\"http-tasks\", \"{HTTP_EXAMPLES_PORT}\"]\n"
+            ),
+        ),
+    };
     let dockerfile = format!(
         "FROM scratch\n\
          COPY rootfs/ /\n\
          ENV PATH=/bin\n\
-         LABEL {IMAGE_LABEL}=examples tcp-task.version={version} {TOOLS_DIGEST_LABEL}={TOOLS_DIGEST}\n\
-         CMD [\"tcp-task-tools\", \"--help\"]\n",
+         LABEL {IMAGE_LABEL}={label} tcp-task.version={version} {TOOLS_DIGEST_LABEL}={TOOLS_DIGEST}\n\
+         {tail}",
         version = env!("CARGO_PKG_VERSION"),
     );
     let mut tar = ContextTar::new();

@@ -38,7 +38,7 @@ pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHand
 pub use protocol::{ProgressEvent, TaskSpec};
 #[cfg(feature = "server")]
 pub use server::{RunningServer, Server, ServerConfig, TlsConfig};
-pub use task::{Ending, ErrorKind, Outcome, OutputStream, TaskError};
+pub use task::{Ending, ErrorKind, Outcome, OutputStream, TaskError, Usage};
 
 // The README's Rust examples are compiled as doctests, so they stay true.
 #[doc = include_str!("../README.md")]

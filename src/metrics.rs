@@ -67,6 +67,11 @@ struct RefusedLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModeLabel {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HttpLabels {
     endpoint: &'static str,
     code: u16,
@@ -84,6 +89,16 @@ fn latency_buckets() -> Histogram {
 /// the policy's maximum timeout.
 fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 3.0, 15))
+}
+
+/// 1 ms to about 1.5 h of CPU time, by factors of 3.
+fn cpu_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 3.0, 16))
+}
+
+/// 1 MiB to 16 GiB, by factors of 2.
+fn memory_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1024.0 * 1024.0, 2.0, 15))
 }
 
 /// The server's metrics. Cheap to update from any task: counters and
@@ -106,6 +121,8 @@ pub struct Metrics {
     bytes_received: Counter,
     bytes_sent: Counter,
     http_requests: Family<HttpLabels, Counter>,
+    cpu: HistogramFamily<ModeLabel>,
+    peak_memory: Histogram,
     executor: Arc<Mutex<ExecutorStats>>,
 }
 
@@ -134,6 +151,8 @@ impl Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             http_requests: Family::default(),
+            cpu: Family::new_with_constructor(cpu_buckets),
+            peak_memory: memory_buckets(),
             executor: Arc::default(),
         };
         metrics.register();
@@ -256,6 +275,18 @@ impl Metrics {
             "HTTP requests answered, by endpoint and status code",
             self.http_requests.clone(),
         );
+        r.register_with_unit(
+            "tcptask_task_cpu",
+            "CPU time of tasks that ran, by mode (user, system), as the runtime measured it",
+            Unit::Seconds,
+            self.cpu.clone(),
+        );
+        r.register_with_unit(
+            "tcptask_task_peak_memory",
+            "Peak memory of tasks that ran, as the runtime measured it",
+            Unit::Bytes,
+            self.peak_memory.clone(),
+        );
         r.register_collector(Box::new(Snapshot(self.executor.clone())));
         r.register_collector(Box::new(ProcessCollector));
     }
@@ -377,6 +408,16 @@ impl Observer for Metrics {
                 };
                 let seconds = outcome.duration().as_secs_f64();
                 self.duration.get_or_create(&labels).observe(seconds);
+                if let Some(usage) = outcome.usage {
+                    let user = ModeLabel { mode: "user" };
+                    let system = ModeLabel { mode: "system" };
+                    let cpu = |label, time: Duration| {
+                        self.cpu.get_or_create(&label).observe(time.as_secs_f64());
+                    };
+                    cpu(user, usage.cpu_user());
+                    cpu(system, usage.cpu_system());
+                    self.peak_memory.observe(usage.peak_memory_bytes as f64);
+                }
             }
             Err(error) => {
                 let labels = KindLabel {
@@ -519,6 +560,7 @@ mod tests {
             signal: None,
             duration_ms: 20,
             output_truncated: false,
+            usage: None,
         };
         metrics.task_ended(Some(RunPath::Warm), &Ok(outcome));
         let engine = TaskError::new(ErrorKind::Engine, "down");

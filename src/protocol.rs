@@ -17,7 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use crate::task::{
-    Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, RegistryAuth, TaskError,
+    Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, RegistryAuth, TaskError, Usage,
 };
 
 /// The first four bytes of every handshake body.
@@ -208,6 +208,19 @@ pub enum Task {
         args: Vec<String>,
         params: Option<String>,
     },
+    /// An HTTP task, the original task service's contract: `image`'s own
+    /// server (its default command, or `command` when not empty) listens on
+    /// `port` inside the container; the server POSTs `{"params": PARAMS}`
+    /// to `/task/{task}` there, through the container's loopback, and the
+    /// answer's body is the task's stdout. `params` is JSON text (`None`:
+    /// `null`).
+    Http {
+        image: String,
+        port: u16,
+        task: String,
+        params: Option<String>,
+        command: Vec<String>,
+    },
 }
 
 impl Default for Task {
@@ -246,6 +259,26 @@ impl TaskSpec {
                 name: name.into(),
                 args: args.into_iter().map(Into::into).collect(),
                 params: None,
+            },
+            ..TaskSpec::default()
+        }
+    }
+
+    /// An HTTP task: POST `{"params": params}` (JSON text) to
+    /// `/task/{task}` on `port` of `image`'s own server.
+    pub fn http(
+        image: impl Into<String>,
+        port: u16,
+        task: impl Into<String>,
+        params: Option<String>,
+    ) -> TaskSpec {
+        TaskSpec {
+            task: Task::Http {
+                image: image.into(),
+                port,
+                task: task.into(),
+                params,
+                command: Vec::new(),
             },
             ..TaskSpec::default()
         }

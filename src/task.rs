@@ -85,6 +85,34 @@ pub struct Outcome {
     pub duration_ms: u64,
     /// Some output was not relayed (the output limit was reached).
     pub output_truncated: bool,
+    /// What the task used, when the runtime could measure it (not for a
+    /// task that was killed, nor for an HTTP task).
+    pub usage: Option<Usage>,
+}
+
+/// What a task used, as online judges report it per submission: CPU time
+/// in user and in kernel mode, and the most memory it held at once. A cold
+/// task's figures are its container's cgroup's, read inside the container
+/// after the task's end; a warm task's are the kernel's accounting of its
+/// process (`wait4`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time in user mode, in microseconds.
+    pub cpu_user_us: u64,
+    /// CPU time in the kernel on the task's behalf, in microseconds.
+    pub cpu_system_us: u64,
+    /// Peak memory, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+impl Usage {
+    pub fn cpu_user(&self) -> Duration {
+        Duration::from_micros(self.cpu_user_us)
+    }
+
+    pub fn cpu_system(&self) -> Duration {
+        Duration::from_micros(self.cpu_system_us)
+    }
 }
 
 impl Ending {
@@ -174,6 +202,15 @@ pub enum ErrorKind {
     Timeout,
     /// A bug in the server; the message says more.
     Internal,
+    /// An HTTP task's server did not answer on its port within the task's
+    /// timeout; the message holds its last output lines.
+    NotListening,
+    /// An HTTP task's container (its server) ended before it answered;
+    /// the message holds its last output lines.
+    TaskExited,
+    /// An HTTP task answered with a status other than 2xx, or with no
+    /// valid HTTP; the message holds the status and the start of the body.
+    TaskFailed,
 }
 
 impl ErrorKind {
@@ -198,6 +235,9 @@ impl ErrorKind {
             ErrorKind::VersionMismatch => "version_mismatch",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
+            ErrorKind::NotListening => "not_listening",
+            ErrorKind::TaskExited => "task_exited",
+            ErrorKind::TaskFailed => "task_failed",
         }
     }
 

@@ -240,6 +240,7 @@ fn fake_server(fault: Fault) -> (String, Arc<AtomicU64>) {
                                         signal: None,
                                         duration_ms: 1,
                                         output_truncated: false,
+                                        usage: None,
                                     },
                                 };
                                 frames.push(ServerMessage::Accepted { id });

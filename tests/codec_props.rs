@@ -33,7 +33,8 @@ use tcp_task::codec::{CodecError, FrameCodec};
 use tcp_task::protocol::{
     CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Outcome,
     OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus, Task,
-    TaskError, TaskSpec, Welcome, DEFAULT_MAX_FRAME_LEN, MAGIC, MAX_CHUNK_LEN, PROTOCOL_VERSION,
+    TaskError, TaskSpec, Usage, Welcome, DEFAULT_MAX_FRAME_LEN, MAGIC, MAX_CHUNK_LEN,
+    PROTOCOL_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -100,6 +101,20 @@ fn task() -> impl Strategy<Value = Task> {
             .prop_map(|(image, command)| Task::Image { image, command }),
         (text(), prop::collection::vec(text(), 0..4), opt(text()))
             .prop_map(|(name, args, params)| Task::Named { name, args, params }),
+        (
+            text(),
+            any::<u16>(),
+            text(),
+            opt(text()),
+            prop::collection::vec(text(), 0..4)
+        )
+            .prop_map(|(image, port, task, params, command)| Task::Http {
+                image,
+                port,
+                task,
+                params,
+                command
+            }),
     ]
 }
 
@@ -195,6 +210,16 @@ fn ending() -> impl Strategy<Value = Ending> {
     prop::sample::select(ALL.to_vec())
 }
 
+fn usage() -> impl Strategy<Value = Usage> {
+    (varint(), varint(), varint()).prop_map(|(cpu_user_us, cpu_system_us, peak_memory_bytes)| {
+        Usage {
+            cpu_user_us,
+            cpu_system_us,
+            peak_memory_bytes,
+        }
+    })
+}
+
 fn outcome() -> impl Strategy<Value = Outcome> {
     (
         ending(),
@@ -202,14 +227,16 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         opt(any::<i32>()),
         varint(),
         any::<bool>(),
+        opt(usage()),
     )
         .prop_map(
-            |(ending, exit_code, signal, duration_ms, output_truncated)| Outcome {
+            |(ending, exit_code, signal, duration_ms, output_truncated, usage)| Outcome {
                 ending,
                 exit_code,
                 signal,
                 duration_ms,
                 output_truncated,
+                usage,
             },
         )
 }
@@ -217,7 +244,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 /// Every `ErrorKind`, kept complete by the same exhaustive match.
 fn error_kind() -> impl Strategy<Value = ErrorKind> {
     use ErrorKind::*;
-    const ALL: [ErrorKind; 18] = [
+    const ALL: [ErrorKind; 21] = [
         BadRequest,
         PolicyDenied,
         Busy,
@@ -236,13 +263,16 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         VersionMismatch,
         Timeout,
         Internal,
+        NotListening,
+        TaskExited,
+        TaskFailed,
     ];
     fn _every_variant_is_listed(k: ErrorKind) {
         match k {
             BadRequest | PolicyDenied | Busy | DuplicateId | UnknownRequest | UnknownTask
             | ImageNotFound | RegistryAuth | CommandNotFound | CommandNotInvokable | Engine
             | ShuttingDown | Unauthorized | Protocol | FrameTooLarge | VersionMismatch
-            | Timeout | Internal => {}
+            | Timeout | Internal | NotListening | TaskExited | TaskFailed => {}
         }
     }
     prop::sample::select(ALL.to_vec())

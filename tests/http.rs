@@ -4,8 +4,10 @@
 //! keeps, and log lines that carry spans and never a token.
 
 mod cli_server;
+mod curl;
 
 use cli_server::Server;
+use curl::{curl, sample};
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -26,53 +28,6 @@ fn url(server: &Server, path: &str) -> String {
         "http://{}{path}",
         server.http.as_deref().expect("an HTTP address")
     )
-}
-
-/// What curl got: the status, the headers (lower-cased names) and the body.
-struct Answer {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// `curl -sS -i ARGS…`, split into status, headers and body.
-fn curl(args: &[&str]) -> Answer {
-    let out = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "30"])
-        .args(args)
-        .output()
-        .expect("curl runs (scripts/test.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    let (head, body) = text.split_once("\n\n").unwrap_or_else(|| {
-        panic!(
-            "curl {args:?} got no HTTP answer: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    Answer {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-/// One sample's value in a metrics text, `None` when the series is absent.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
 }
 
 #[test]
@@ -134,7 +89,7 @@ fn health_readiness_status_and_metrics_answer() {
     assert!(missing.json()["message"]
         .as_str()
         .unwrap()
-        .contains("/api/status"));
+        .contains("/api/execute"));
     let wrong = curl(&["-X", "DELETE", &url(&server, "/metrics")]);
     assert_eq!(wrong.status, 405);
     assert!(wrong.headers.contains("allow: get"), "{}", wrong.headers);

@@ -8,6 +8,7 @@
 //! one.
 
 mod client;
+mod http;
 mod policy;
 mod quota;
 

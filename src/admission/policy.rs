@@ -185,8 +185,18 @@ pub(crate) fn plan(
     client: Option<&ClientRules>,
     entry: Option<EntryRef>,
 ) -> Result<Plan, TaskError> {
-    let (image, command) = match spec.task {
-        Task::Image { image, command } => (image, command),
+    let (image, command, http) = match &spec.task {
+        Task::Image { image, command } => (image.clone(), command.clone(), None),
+        Task::Http {
+            image,
+            port,
+            task,
+            params,
+            command,
+        } => {
+            let call = super::http::call(&spec, *port, task, params.as_deref())?;
+            (image.clone(), command.clone(), Some(call))
+        }
         Task::Named { name, .. } => {
             return Err(TaskError::new(
                 ErrorKind::Internal,
@@ -220,6 +230,7 @@ pub(crate) fn plan(
         labels: labels(spec.labels)?,
         pull_auth: spec.registry_auth,
         entry,
+        http,
     })
 }
 

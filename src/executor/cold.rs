@@ -1,8 +1,11 @@
 //! The cold runtime: every task is a fresh container.
 //!
-//! pull (when missing) → create → attach → start, then a [`ColdProcess`]:
-//! output from the attach stream, stdin into it, the end from the engine,
-//! and the container removed when the process is finished.
+//! pull (when missing) → create → attach (and upload the tools) → start,
+//! then a [`ColdProcess`]: output from the attach stream, stdin into it,
+//! the end from the engine, and the container removed when the process is
+//! finished. The task runs under `measure` (the tools binary, between
+//! docker-init and the task), whose last stderr line says what the
+//! container used; [`UsageLine`] takes it out of the output.
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
@@ -26,8 +29,10 @@ use super::exit::{container_end, ExitWatch};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
+use super::tools::{self, MEASURE_PATH, TOOLS_DIR};
+use super::usage::UsageLine;
 use crate::task::ProgressEvent;
-use crate::task::{OutputStream, TaskError};
+use crate::task::{OutputStream, TaskError, Usage};
 
 /// Starts tasks in new containers.
 #[derive(Debug)]
@@ -57,17 +62,8 @@ impl Cold {
         events: &EventSink,
         cancel: &CancellationToken,
     ) -> Result<ColdProcess, StartError> {
-        let credentials = credentials_for(
-            &ImageRef::parse(&plan.image),
-            plan.pull_auth.as_ref(),
-            &self.config.registry_auth,
-        );
-        tokio::select! {
-            pulled = ensure_image(&self.docker, &plan.image, credentials, events) => pulled?,
-            // Dropping the pull's connection makes the engine abandon it.
-            _ = cancel.cancelled() => return Err(StartError::Cancelled),
-        }
-        let container = self.create(plan).await?;
+        let default_command = self.pull(plan, events, cancel).await?;
+        let container = self.create(plan, default_command).await?;
         // Before the start, so that its end cannot be missed.
         let watch = ExitWatch::subscribe(&self.docker, container.id());
         let short = container.id().chars().take(12).collect();
@@ -93,9 +89,47 @@ impl Cold {
         }
     }
 
-    async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
+    /// Pulls the plan's image if the engine lacks it, with the request's
+    /// credentials or the server's for its registry; gives the image's
+    /// default command. A cancel abandons it.
+    pub async fn pull(
+        &self,
+        plan: &Plan,
+        events: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StartError> {
+        let credentials = credentials_for(
+            &ImageRef::parse(&plan.image),
+            plan.pull_auth.as_ref(),
+            &self.config.registry_auth,
+        );
+        tokio::select! {
+            pulled = ensure_image(&self.docker, &plan.image, credentials, events) => Ok(pulled?),
+            // Dropping the pull's connection makes the engine abandon it.
+            _ = cancel.cancelled() => Err(StartError::Cancelled),
+        }
+    }
+
+    /// Creates the task's container. Its command runs under `measure`
+    /// (the image's default command when the plan names none); an image
+    /// with no command at all is left for the engine to refuse.
+    async fn create(
+        &self,
+        plan: &Plan,
+        default_command: Vec<String>,
+    ) -> Result<ContainerGuard, TaskError> {
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
-        let body = container_body(&self.config, &self.owner, plan, &task.to_string());
+        let mut body = container_body(&self.config, &self.owner, plan, &task.to_string());
+        let argv = if plan.command.is_empty() {
+            default_command
+        } else {
+            plan.command.clone()
+        };
+        if !argv.is_empty() {
+            body.entrypoint = Some(vec![MEASURE_PATH.to_owned()]);
+            body.cmd = Some(argv);
+            body.volumes = Some(vec![TOOLS_DIR.to_owned()]);
+        }
         let created = self
             .docker
             .create_container(None, body)
@@ -107,7 +141,9 @@ impl Cold {
         Ok(ContainerGuard::new(self.docker.clone(), created.id))
     }
 
-    /// Attaches before starting, so not a byte of output is missed.
+    /// Attaches before starting, so not a byte of output is missed; the
+    /// tools go in meanwhile (two engine calls at once, not one after the
+    /// other).
     async fn attach_and_start(
         &self,
         container: &ContainerGuard,
@@ -120,11 +156,11 @@ impl Cold {
             stderr: true,
             ..AttachContainerOptions::default()
         };
-        let attach = self
-            .docker
-            .attach_container(container.id(), Some(options))
-            .await
-            .map_err(|e| engine_error("attaching to the container", &e))?;
+        let attach = self.docker.attach_container(container.id(), Some(options));
+        let upload = tools::upload(&self.docker, container.id());
+        let (attach, uploaded) = tokio::join!(attach, upload);
+        let attach = attach.map_err(|e| engine_error("attaching to the container", &e))?;
+        uploaded?;
         self.docker
             .start_container(container.id(), None)
             .await
@@ -157,6 +193,8 @@ pub(crate) struct ColdProcess {
     /// Its end, once read early (to judge a held init report), or what
     /// ended it before it ran.
     early_end: Option<Result<ProcessEnd, TaskError>>,
+    /// `measure`'s report, taken out of stderr.
+    usage: UsageLine,
 }
 
 impl ColdProcess {
@@ -175,6 +213,7 @@ impl ColdProcess {
             report: InitReport::default(),
             ready: VecDeque::new(),
             early_end: None,
+            usage: UsageLine::default(),
         }
     }
 
@@ -219,7 +258,13 @@ impl Process for ColdProcess {
             }
             let (stream, chunk) = match self.frames.next().await {
                 Some(Ok(LogOutput::StdOut { message })) => (OutputStream::Stdout, message),
-                Some(Ok(LogOutput::StdErr { message })) => (OutputStream::Stderr, message),
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    let message = self.usage.filter(message);
+                    if message.is_empty() {
+                        continue;
+                    }
+                    (OutputStream::Stderr, message)
+                }
                 // Only a TTY gives raw console frames, and tasks never get
                 // one; if it happens anyway, the bytes are the task's output.
                 Some(Ok(LogOutput::Console { message })) => (OutputStream::Stdout, message),
@@ -230,6 +275,9 @@ impl Process for ColdProcess {
                     return None;
                 }
                 None => {
+                    if let Some(unfinished) = self.usage.finish() {
+                        self.ready.push_back((OutputStream::Stderr, unfinished));
+                    }
                     self.closed().await;
                     return self.ready.pop_front();
                 }
@@ -243,6 +291,10 @@ impl Process for ColdProcess {
             return end;
         }
         container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.usage()
     }
 
     async fn finish(self) {
@@ -284,6 +336,10 @@ impl Stdin for ColdStdin {
 /// held until the exit code tells whether it was that failure.
 const INIT_FAILURE_PREFIX: &[u8] = b"[FATAL tini (";
 
+/// How `measure` (between docker-init and the task) starts the same
+/// report, in the same words after it, with the same exit codes.
+const MEASURE_FAILURE_PREFIX: &[u8] = b"measure: exec ";
+
 /// The most of a would-be docker-init report held back: its line is short
 /// (a command name and an error), so a longer one is the task's own output.
 const MAX_HELD: usize = 4096;
@@ -305,7 +361,8 @@ impl InitReport {
         ready: &mut VecDeque<(OutputStream, Bytes)>,
     ) {
         let first = !std::mem::replace(&mut self.seen_output, true);
-        if first && stream == OutputStream::Stderr && chunk.starts_with(INIT_FAILURE_PREFIX) {
+        let report = chunk.starts_with(INIT_FAILURE_PREFIX) || chunk.starts_with(MEASURE_FAILURE_PREFIX);
+        if first && stream == OutputStream::Stderr && report {
             self.held = Some(chunk);
             return;
         }

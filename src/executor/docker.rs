@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
+use super::http::HttpProcess;
 use super::observe::{RunPath, SharedObserver, Unobserved};
 use super::plan::Plan;
 use super::process::{Process, StartError};
@@ -127,6 +128,9 @@ impl DockerExecutor {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
         self.observer.queue_wait(received.elapsed());
+        if plan.http.is_some() {
+            return self.run_http(plan, io, slot, received, path).await;
+        }
         let limit = self.config().output_limit_bytes;
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
@@ -151,6 +155,56 @@ impl DockerExecutor {
             Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
             Err(StartError::Failed(error)) => Err(error),
         }
+    }
+
+    /// An HTTP task: on a warm container whose server already listens, or
+    /// on one launched now (its cold path: pull, create, start, wait for
+    /// the port). The task's timeout bounds the wait and the call together.
+    async fn run_http(
+        &self,
+        plan: Plan,
+        io: TaskIo,
+        slot: Slot,
+        received: Instant,
+        path: &mut Option<RunPath>,
+    ) -> Result<Outcome, TaskError> {
+        let Some(call) = plan.http.clone() else {
+            return Err(TaskError::new(ErrorKind::Internal, "run_http without a call"));
+        };
+        let began = Instant::now();
+        let relay = match self.warm.start(&plan, &io.events, &io.cancel).await {
+            Ok(Some(warm)) => {
+                self.started(RunPath::Warm, received, path);
+                Ok(warm)
+            }
+            Ok(None) => match self.cold.pull(&plan, &io.events, &io.cancel).await {
+                Ok(_) => {
+                    let ready = plan.timeout.saturating_sub(began.elapsed());
+                    let launched = self
+                        .warm
+                        .launch_for(&plan, &io.events, &io.cancel, ready)
+                        .await;
+                    if launched.is_ok() {
+                        self.started(RunPath::Cold, received, path);
+                    }
+                    launched
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let mut process = match relay {
+            Ok(relay) => HttpProcess::new(relay, &call),
+            Err(StartError::Cancelled) => return Ok(killed(Ending::Cancelled, Duration::ZERO)),
+            Err(StartError::Command(failure)) => return Err(command_error(&plan.command, failure)),
+            Err(StartError::Failed(error)) => return Err(error),
+        };
+        let limit = self.config().output_limit_bytes;
+        let left = plan.timeout.saturating_sub(began.elapsed());
+        let result = supervise(&mut process, &[], left, io, limit).await;
+        process.finish().await;
+        drop(slot);
+        result
     }
 
     /// Removes a task's container in the background, so that its outcome

@@ -15,6 +15,7 @@ mod docker;
 mod engine;
 mod events;
 mod exit;
+mod http;
 mod observe;
 mod plan;
 mod process;
@@ -22,6 +23,8 @@ mod pull;
 mod queue;
 mod stats;
 mod supervise;
+mod tools;
+mod usage;
 mod warm;
 
 pub use cleanup::{
@@ -32,7 +35,7 @@ pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
-pub use plan::{EntryRef, Plan};
+pub use plan::{EntryRef, HttpCall, Plan};
 pub use stats::{EngineHealth, ExecutorStats, PoolStats};
 pub use warm::{AGENT_PATH, LABEL_WARM};
 

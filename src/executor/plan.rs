@@ -31,6 +31,21 @@ pub struct Plan {
     pub pull_auth: Option<RegistryAuth>,
     /// The catalog entry the task came from, when it is a named task.
     pub entry: Option<EntryRef>,
+    /// For an HTTP task: the call to make to the image's own server, whose
+    /// command is `command` (empty: the image's default).
+    pub http: Option<HttpCall>,
+}
+
+/// An HTTP task's call: `POST /task/{task}` with `{"params": PARAMS}` to
+/// `port` on the container's loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    pub port: u16,
+    /// The task's name: the path after `/task/` (checked by admission to
+    /// hold only URL path characters).
+    pub task: String,
+    /// The parameters, JSON text (checked by admission).
+    pub params: String,
 }
 
 /// A pre-compiled task's name and how many of its tasks one warm container

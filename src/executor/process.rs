@@ -8,7 +8,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::io;
 
-use crate::task::{OutputStream, TaskError};
+use crate::task::{OutputStream, TaskError, Usage};
 
 /// How a process came to its end, as the runtime saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,11 @@ pub trait Process: Send {
 
     /// How it ended. Called after `output` gave `None`; waits for the end.
     fn end(&mut self) -> impl Future<Output = Result<ProcessEnd, TaskError>> + Send;
+
+    /// What it used, once it has ended, when the runtime measured it.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
 
     /// Ends it if it still runs and frees what it holds: a cold container
     /// is removed, a warm one goes back to its pool if it is fit for

@@ -97,15 +97,28 @@ pub(crate) async fn ensure_image(
     image: &str,
     credentials: Option<DockerCredentials>,
     events: &EventSink,
-) -> Result<(), TaskError> {
+) -> Result<Vec<String>, TaskError> {
     match docker.inspect_image(image).await {
-        Ok(_) => return Ok(()),
+        Ok(found) => return Ok(default_command(found)),
         Err(BollardError::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
         Err(e) => return Err(engine_error("inspecting the image", &e)),
     }
-    pull(docker, image, credentials, events).await
+    pull(docker, image, credentials, events).await?;
+    let found = docker
+        .inspect_image(image)
+        .await
+        .map_err(|e| engine_error("inspecting the image", &e))?;
+    Ok(default_command(found))
+}
+
+/// The image's entrypoint and CMD, as `docker run IMAGE` runs them.
+fn default_command(image: bollard::models::ImageInspect) -> Vec<String> {
+    let config = image.config.unwrap_or_default();
+    let mut argv = config.entrypoint.unwrap_or_default();
+    argv.extend(config.cmd.unwrap_or_default());
+    argv
 }
 
 async fn pull(

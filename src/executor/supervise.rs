@@ -136,7 +136,9 @@ async fn collect<P: Process>(
     };
     Ok(match end {
         Ok(ProcessEnd::Exited { code, oom_killed }) => {
-            Ok(ended(code, oom_killed, started.elapsed()))
+            let mut outcome = ended(code, oom_killed, started.elapsed());
+            outcome.usage = process.usage();
+            Ok(outcome)
         }
         Ok(ProcessEnd::NotStarted(failure)) => Err(command_error(command, failure)),
         Err(error) => Err(error),
@@ -170,6 +172,7 @@ pub(crate) fn ended(code: i64, oom_killed: bool, duration: Duration) -> Outcome 
         },
         duration_ms: millis(duration),
         output_truncated: false,
+        usage: None,
     }
 }
 
@@ -181,6 +184,7 @@ pub(crate) fn killed(ending: Ending, duration: Duration) -> Outcome {
         signal: None,
         duration_ms: millis(duration),
         output_truncated: ending == Ending::OutputLimit,
+        usage: None,
     }
 }
 

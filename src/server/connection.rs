@@ -23,7 +23,7 @@ use tracing::{debug, info, Instrument};
 use super::counted::Counted;
 use super::handshake::{protocol_error, read_hello, refuse_plaintext, send_now};
 use super::outgoing::{Outgoing, TaskEvents};
-use super::shared::{server_name, Shared};
+use super::shared::{log_end, server_name, Shared};
 use super::tls;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
@@ -519,19 +519,5 @@ fn handshake_refusal(kind: ErrorKind) -> &'static str {
         ErrorKind::Timeout => "handshake_timeout",
         ErrorKind::VersionMismatch => "version_mismatch",
         _ => "handshake",
-    }
-}
-
-/// One line per task end, like an access log: the outcome in a few fields
-/// (the task span adds the request, the image and the path).
-fn log_end(result: &Result<crate::task::Outcome, TaskError>) {
-    match result {
-        Ok(outcome) => info!(
-            ending = outcome.ending.as_str(),
-            exit_code = outcome.exit_code,
-            duration_ms = outcome.duration_ms,
-            "task ended"
-        ),
-        Err(error) => info!(kind = error.kind.as_str(), %error, "task failed"),
     }
 }

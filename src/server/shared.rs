@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::config::ServerConfig;
 use crate::access::Credential;
@@ -15,7 +15,7 @@ use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, PoolStats};
 use crate::metrics::{Listener, Metrics};
 use crate::protocol::{
-    EngineStatus, ErrorKind, Hello, PoolStatus, ServerMessage, ServerStatus, TaskError,
+    Outcome, EngineStatus, ErrorKind, Hello, PoolStatus, ServerMessage, ServerStatus, TaskError,
     PROTOCOL_VERSION,
 };
 
@@ -124,9 +124,15 @@ impl<E: Executor> Shared<E> {
     }
 
     pub fn record_end(&self, terminal: &ServerMessage) {
-        match terminal {
-            ServerMessage::Exited { .. } => self.finished.fetch_add(1, Ordering::Relaxed),
-            _ => self.failed.fetch_add(1, Ordering::Relaxed),
+        self.record_ran(matches!(terminal, ServerMessage::Exited { .. }));
+    }
+
+    /// Counts a task's end for the status: it ran (any ending), or it
+    /// could not run.
+    pub fn record_ran(&self, ran: bool) {
+        match ran {
+            true => self.finished.fetch_add(1, Ordering::Relaxed),
+            false => self.failed.fetch_add(1, Ordering::Relaxed),
         };
     }
 
@@ -160,5 +166,19 @@ fn pool_status(pool: PoolStats) -> PoolStatus {
         in_use: pool.in_use,
         hits: pool.hits,
         misses: pool.misses,
+    }
+}
+
+/// One line per task end, like an access log: the outcome in a few fields
+/// (the task span adds the request, the image and the path).
+pub(crate) fn log_end(result: &Result<Outcome, TaskError>) {
+    match result {
+        Ok(outcome) => info!(
+            ending = outcome.ending.as_str(),
+            exit_code = outcome.exit_code,
+            duration_ms = outcome.duration_ms,
+            "task ended"
+        ),
+        Err(error) => info!(kind = error.kind.as_str(), %error, "task failed"),
     }
 }

@@ -135,6 +135,7 @@ impl Executor for ScriptExecutor {
             signal: None,
             duration_ms: started.elapsed().as_millis() as u64,
             output_truncated: false,
+            usage: None,
         })
     }
 

@@ -4,6 +4,13 @@
 //! exits, or waits for the next task when started with `--tasks N` (N > 1;
 //! 0 means no limit).
 //!
+//! `--serve-port PORT -- COMMAND…` (an HTTP task's container) starts the
+//! image's own server, COMMAND (its entrypoint and CMD), before the agent
+//! says it is ready, and says so only once something answers on PORT on
+//! the container's loopback; the server's stdout and stderr go to the
+//! agent's stderr, which the server keeps for error messages. Its tasks are
+//! then `relay PORT` (tools/src/relay.rs), the server's way in.
+//!
 //! `--prefetch PROGRAM` reads the program's file once before the agent says
 //! it is ready: in a fresh container the first exec of a file otherwise goes
 //! through a cold page cache (with fuse-overlayfs, one userspace round trip
@@ -26,13 +33,15 @@
 use std::fmt::Display;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use crate::agent_proto::{self as proto, ExitReport, ProtoError, TaskHeader};
+use crate::agent_proto::{self as proto, ExitReport, ProtoError, TaskHeader, UsageReport};
 use crate::cli::Fail;
 use crate::sys::{self, Reaped};
 
@@ -51,8 +60,8 @@ enum Event {
     /// Our stdin ended: `Ok` at a frame boundary (the server is gone),
     /// `Err` on a malformed frame or a read error.
     InputEnd(Result<(), String>),
-    /// The task's process terminated.
-    Exited(Reaped),
+    /// The task's process terminated, having used this much.
+    Exited(Reaped, sys::Usage),
 }
 
 pub fn run(args: &[String]) -> Result<(), Fail> {
@@ -60,6 +69,9 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     let tasks = options.tasks;
     if let Some(program) = &options.prefetch {
         prefetch(program);
+    }
+    if let Some(port) = options.serve_port {
+        start_server(&options.serve, port)?;
     }
     // A write to a server that went away must be an error we handle, not
     // death by SIGPIPE. Children get the default back: std resets it.
@@ -83,15 +95,24 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
 struct Options {
     tasks: u64,
     prefetch: Option<String>,
+    serve_port: Option<u16>,
+    /// The image's server: argv after `--`.
+    serve: Vec<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, Fail> {
     let mut options = Options {
         tasks: 1,
         prefetch: None,
+        serve_port: None,
+        serve: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
+        if flag == "--" {
+            options.serve = args.cloned().collect();
+            break;
+        }
         let value = args
             .next()
             .ok_or_else(|| Fail::Usage(format!("{flag} needs a value")))?;
@@ -102,10 +123,66 @@ fn parse_args(args: &[String]) -> Result<Options, Fail> {
                     .map_err(|_| Fail::Usage(format!("--tasks takes a number, not {value:?}")))?
             }
             "--prefetch" => options.prefetch = Some(value.clone()),
+            "--serve-port" => {
+                options.serve_port = Some(value.parse().map_err(|_| {
+                    Fail::Usage(format!("--serve-port takes a port number, not {value:?}"))
+                })?)
+            }
             _ => return Err(Fail::Usage(format!("unknown option {flag:?}"))),
         }
     }
+    if options.serve_port.is_some() && options.serve.is_empty() {
+        return Err(Fail::usage("--serve-port needs the server's command after --"));
+    }
     Ok(options)
+}
+
+/// How often the agent tries the port while the image's server starts.
+const LISTEN_POLL: Duration = Duration::from_millis(5);
+
+/// Starts the image's server and returns once it answers on `port`. The
+/// server bounds the wait (the task's timeout, or the warm ready timeout);
+/// a server that ends first is an error whose message says so.
+fn start_server(argv: &[String], port: u16) -> Result<(), Fail> {
+    let (program, args) = argv.split_first().expect("parse_args requires a command");
+    // Its stdout joins our stderr: our stdout carries the frames.
+    let stderr = io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Fail::Exit(125, format!("cannot use stderr: {e}")))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+            Fail::Exit(code, format!("cannot start the image's command `{program}`: {e}"))
+        })?;
+    loop {
+        if answers(port) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Fail::Exit(
+                3,
+                format!("the image's command `{program}` ended ({status}) before anything listened on port {port}"),
+            ));
+        }
+        thread::sleep(LISTEN_POLL);
+    }
+}
+
+/// Whether something accepts connections on `port` on the loopback.
+fn answers(port: u16) -> bool {
+    let wait = Duration::from_millis(100);
+    [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    ]
+    .iter()
+    .any(|address| TcpStream::connect_timeout(address, wait).is_ok())
 }
 
 /// Reads `program` (looked up in PATH when it has no slash) and throws the
@@ -235,7 +312,7 @@ fn next_task(rx: &Receiver<Event>) -> Result<Option<TaskHeader>, Fail> {
             Ok(Event::Frame(proto::TASK, payload)) => {
                 return TaskHeader::decode(&payload).map(Some).map_err(malformed)
             }
-            Ok(Event::Frame(..) | Event::Exited(_)) => {}
+            Ok(Event::Frame(..) | Event::Exited(..)) => {}
             Ok(Event::InputEnd(Ok(()))) | Err(_) => return Ok(None),
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
@@ -267,7 +344,13 @@ fn run_task(
     for pump in pumps.into_iter().flatten() {
         let _ = pump.join();
     }
-    let reaped = ended?;
+    let (reaped, usage) = ended?;
+    let usage = UsageReport {
+        user_us: usage.user_us,
+        system_us: usage.system_us,
+        peak_memory_bytes: usage.peak_memory_bytes,
+    };
+    out.send(proto::USAGE, &usage.encode())?;
     let oom = matches!((oom_before, oom_kills()), (Some(before), Some(after)) if after > before);
     let report = match reaped {
         Reaped::Exited(code) => ExitReport::Exited { code, oom },
@@ -320,10 +403,14 @@ fn enter_check(dir: &str) -> Result<(), ExitReport> {
 }
 
 /// Relays the task's stdin frames, signals, and waits for its end.
-fn supervise(pid: i32, mut feeder: Option<Feeder>, rx: &Receiver<Event>) -> Result<Reaped, Fail> {
+fn supervise(
+    pid: i32,
+    mut feeder: Option<Feeder>,
+    rx: &Receiver<Event>,
+) -> Result<(Reaped, sys::Usage), Fail> {
     loop {
         match rx.recv() {
-            Ok(Event::Exited(reaped)) => return Ok(reaped),
+            Ok(Event::Exited(reaped, usage)) => return Ok((reaped, usage)),
             Ok(Event::Frame(proto::STDIN, data)) => {
                 if let Some(feeder) = &feeder {
                     feeder.send(data);
@@ -355,9 +442,9 @@ fn kill_leftovers() {
 /// task leaves are re-parented to PID 1 and reaped here too.
 fn spawn_waiter(pid: i32, tx: Sender<Event>) -> JoinHandle<()> {
     thread::spawn(move || {
-        while let Ok((reaped, how)) = sys::wait_any() {
+        while let Ok((reaped, how, usage)) = sys::wait_any_with_usage() {
             if reaped == pid {
-                let _ = tx.send(Event::Exited(how));
+                let _ = tx.send(Event::Exited(how, usage));
             }
         }
     })
@@ -480,6 +567,13 @@ mod tests {
     fn options() {
         let plain = parse_args(&[]).ok();
         assert_eq!(plain.map(|o| (o.tasks, o.prefetch)), Some((1, None)));
+        let serve = parse_args(&args(&["--serve-port", "8080", "--", "srv", "--x"])).ok();
+        assert_eq!(
+            serve.map(|o| (o.serve_port, o.serve)),
+            Some((Some(8080), args(&["srv", "--x"])))
+        );
+        assert!(parse_args(&args(&["--serve-port", "8080"])).is_err());
+        assert!(parse_args(&args(&["--serve-port", "x", "--", "srv"])).is_err());
         let both = parse_args(&args(&["--tasks", "3", "--prefetch", "true"])).ok();
         assert_eq!(
             both.map(|o| (o.tasks, o.prefetch)),

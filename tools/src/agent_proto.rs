@@ -40,6 +40,8 @@
 //! - `R` ready: one byte, [`VERSION`]. Sent once, at start.
 //! - `A` started: u32 BE, the task's pid. The process is running.
 //! - `O` / `E`: a chunk of the task's stdout / stderr.
+//! - `U` usage: [`UsageReport`], 24 bytes: what the task's process used
+//!   (`wait4`'s accounting), just before its `X`.
 //! - `X` exit: [`ExitReport`], 6 bytes. Always the task's last frame.
 //!
 //! # Task header payload
@@ -74,11 +76,12 @@ pub const STARTED: u8 = b'A';
 pub const STDOUT: u8 = b'O';
 pub const STDERR: u8 = b'E';
 pub const EXIT: u8 = b'X';
+pub const USAGE: u8 = b'U';
 
 /// The kinds the agent accepts.
 pub const TO_AGENT: &[u8] = &[TASK, STDIN, CLOSE, SIGNAL];
 /// The kinds the server accepts.
-pub const FROM_AGENT: &[u8] = &[READY, STARTED, STDOUT, STDERR, EXIT];
+pub const FROM_AGENT: &[u8] = &[READY, STARTED, STDOUT, STDERR, USAGE, EXIT];
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +231,44 @@ impl Reader<'_> {
             items.push(self.string(what)?);
         }
         Ok(items)
+    }
+}
+
+/// What a task's process used, from the kernel's accounting of it (and of
+/// the descendants it waited for): the `U` frame's payload, three u64 BE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    /// CPU time in user mode, microseconds.
+    pub user_us: u64,
+    /// CPU time in the kernel on its behalf, microseconds.
+    pub system_us: u64,
+    /// The most resident memory it held at once, bytes.
+    pub peak_memory_bytes: u64,
+}
+
+impl UsageReport {
+    pub fn encode(self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.user_us.to_be_bytes());
+        out[8..16].copy_from_slice(&self.system_us.to_be_bytes());
+        out[16..].copy_from_slice(&self.peak_memory_bytes.to_be_bytes());
+        out
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<UsageReport, ProtoError> {
+        let bytes: &[u8; 24] = payload
+            .try_into()
+            .map_err(|_| ProtoError::BadPayload("usage report is not 24 bytes"))?;
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(UsageReport {
+            user_us: u64_at(0),
+            system_us: u64_at(8),
+            peak_memory_bytes: u64_at(16),
+        })
     }
 }
 

@@ -241,6 +241,18 @@ enum Numbers {
     Floats(Vec<f64>),
 }
 
+/// The sum (`multiply`: false) or product (true) of `numbers`, as `sum` and
+/// `multiply` print it; `Err` is the message of a usage error. The HTTP
+/// example server answers with it.
+pub fn arithmetic(numbers: &[String], multiply: bool) -> Result<String, String> {
+    let parsed = Numbers::parse(numbers);
+    let total = parsed.and_then(|n| if multiply { n.product() } else { n.sum() });
+    match total {
+        Ok(total) => Ok(total.to_string()),
+        Err(Fail::Usage(message) | Fail::Exit(_, message)) => Err(message),
+    }
+}
+
 /// A result, printed without a trailing `.0` for whole floats.
 #[derive(Debug, PartialEq)]
 enum Total {

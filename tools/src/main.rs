@@ -17,8 +17,11 @@ mod agent_proto;
 mod cli;
 mod examples;
 mod grayscale;
+mod http_tasks;
+mod measure;
 mod pi;
 mod primes;
+mod relay;
 mod rng;
 mod sys;
 mod testing;
@@ -66,6 +69,12 @@ const APPLETS: &[Applet] = &[
         examples::grayscale,
         "< in.png > out.png",
         "convert a PNG to grayscale",
+    ),
+    Applet::new(
+        "http-tasks",
+        http_tasks::run,
+        "[PORT] [--delay-ms N]",
+        "the sum and multiply tasks as an HTTP server (POST /task/NAME)",
     ),
     // Test helpers: small, predictable behaviours for tests and benchmarks.
     Applet::new("true", testing::true_, "", "exit 0"),
@@ -139,6 +148,12 @@ const APPLETS: &[Applet] = &[
     ),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(
+        "spin",
+        testing::spin,
+        "MS",
+        "burn MS milliseconds of user CPU time",
+    ),
+    Applet::new(
         "counter",
         testing::counter,
         "N FILE",
@@ -162,7 +177,20 @@ const APPLETS: &[Applet] = &[
         "",
         "list the network interfaces (from /proc/net/dev)",
     ),
-    // The warm-container agent.
+    // The warm-container agent, an HTTP task's way to its port, and what
+    // measures a cold task.
+    Applet::new(
+        "measure",
+        measure::run,
+        "PROGRAM [ARGS...]",
+        "run PROGRAM, then report the container's CPU time and peak memory",
+    ),
+    Applet::new(
+        "relay",
+        relay::run,
+        "PORT",
+        "join stdin and stdout to a connection to PORT on loopback",
+    ),
     Applet::new(
         "agent",
         agent::run,

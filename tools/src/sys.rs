@@ -11,7 +11,56 @@ extern "C" {
     fn getuid() -> u32;
     fn getgid() -> u32;
     fn signal(sig: i32, handler: usize) -> usize;
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut Rusage) -> i32;
+    fn getrusage(who: i32, rusage: *mut Rusage) -> i32;
+}
+
+/// `struct timeval` on 64-bit Linux.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Timeval {
+    sec: i64,
+    usec: i64,
+}
+
+/// `struct rusage` on 64-bit Linux (x86_64 and aarch64 alike): two
+/// timevals, then 14 longs, `ru_maxrss` (KiB) first.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Rusage {
+    utime: Timeval,
+    stime: Timeval,
+    maxrss: i64,
+    rest: [i64; 13],
+}
+
+/// What a process used: CPU time in user and kernel mode, in
+/// microseconds, and its peak resident memory, in bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub user_us: u64,
+    pub system_us: u64,
+    pub peak_memory_bytes: u64,
+}
+
+impl From<Rusage> for Usage {
+    fn from(r: Rusage) -> Usage {
+        let micros = |t: Timeval| (t.sec.max(0) as u64) * 1_000_000 + t.usec.max(0) as u64;
+        Usage {
+            user_us: micros(r.utime),
+            system_us: micros(r.stime),
+            peak_memory_bytes: (r.maxrss.max(0) as u64) * 1024,
+        }
+    }
+}
+
+/// This process's own CPU time so far (`getrusage(RUSAGE_SELF)`).
+pub fn own_usage() -> Usage {
+    const RUSAGE_SELF: i32 = 0;
+    let mut usage = Rusage::default();
+    // SAFETY: getrusage writes one struct rusage to a local we own.
+    unsafe { getrusage(RUSAGE_SELF, &mut usage) };
+    usage.into()
 }
 
 /// `SIG_DFL` in `<signal.h>`.
@@ -124,15 +173,17 @@ impl Reaped {
     }
 }
 
-/// Waits for any child to terminate (stopped children are not reported):
-/// `(pid, how)`. `Err` (`ECHILD`) when there are no children left.
-pub fn wait_any() -> io::Result<(i32, Reaped)> {
+/// Waits for any child to terminate, with what it used (its own use and
+/// that of the descendants it waited for, as `wait4` reports it).
+/// `Err` (`ECHILD`) when there are no children left.
+pub fn wait_any_with_usage() -> io::Result<(i32, Reaped, Usage)> {
     let mut status = 0;
+    let mut usage = Rusage::default();
     loop {
-        // SAFETY: waitpid writes one int to `status`, a local we own.
-        let pid = unsafe { waitpid(-1, &mut status, 0) };
+        // SAFETY: wait4 writes one int and one struct rusage, locals we own.
+        let pid = unsafe { wait4(-1, &mut status, 0, &mut usage) };
         if pid > 0 {
-            return Ok((pid, Reaped::from_status(status)));
+            return Ok((pid, Reaped::from_status(status), usage.into()));
         }
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(EINTR) {
@@ -140,3 +191,4 @@ pub fn wait_any() -> io::Result<(i32, Reaped)> {
         }
     }
 }
+

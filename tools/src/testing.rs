@@ -147,6 +147,22 @@ pub fn sleep(args: &[String]) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Burns `MS` milliseconds of CPU time in user mode (measured by the
+/// process's own accounting, so a busy machine stretches the wall time,
+/// not the CPU time), then prints how much it used.
+pub fn spin(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 1)?;
+    let ms: u64 = parse("MS", &args[0])?;
+    let target = ms.saturating_mul(1000);
+    let mut x: u64 = 1;
+    while sys::own_usage().user_us < target {
+        for _ in 0..100_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    print_line(format_args!("spun {} ms", sys::own_usage().user_us / 1000))
+}
+
 pub fn killself(args: &[String]) -> Result<(), Fail> {
     expect_args(args, 1)?;
     let sig = signal_number(&args[0])?;

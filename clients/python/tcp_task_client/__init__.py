@@ -28,6 +28,7 @@ from .wire import (
     Ending,
     EngineStatus,
     ErrorKind,
+    HttpTask,
     ImageTask,
     Limits,
     NamedTask,
@@ -43,6 +44,7 @@ from .wire import (
     Started,
     TaskError,
     TaskSpec,
+    Usage,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +59,7 @@ __all__ = [
     "Ending",
     "EngineStatus",
     "ErrorKind",
+    "HttpTask",
     "ImageTask",
     "Limits",
     "NamedTask",
@@ -76,6 +79,7 @@ __all__ = [
     "TaskFailed",
     "TaskOutput",
     "TaskSpec",
+    "Usage",
     "TcpTaskError",
     "parse_address",
     "tls_context",

@@ -200,6 +200,9 @@ class ErrorKind(enum.IntEnum):
     VERSION_MISMATCH = 15
     TIMEOUT = 16
     INTERNAL = 17
+    NOT_LISTENING = 18
+    TASK_EXITED = 19
+    TASK_FAILED = 20
 
     def exit_status(self) -> int:
         """"Exit statuses for a command-line client"."""
@@ -256,6 +259,19 @@ class NamedTask:
 
 
 @dataclass
+class HttpTask:
+    """``Task::Http``: POST ``{"params": params}`` to ``/task/{task}`` on ``port``
+    of the image's own server (``command``, or the image's default); the
+    answer's body is the task's stdout."""
+
+    image: str
+    port: int
+    task: str
+    params: Optional[str] = None
+    command: List[str] = field(default_factory=list)
+
+
+@dataclass
 class RegistryAuth:
     username: str
     password: str = field(repr=False)
@@ -264,7 +280,7 @@ class RegistryAuth:
 
 @dataclass
 class TaskSpec:
-    task: Union[ImageTask, NamedTask]
+    task: Union[ImageTask, NamedTask, HttpTask]
     env: List[Tuple[str, str]] = field(default_factory=list)
     workdir: Optional[str] = None
     user: Optional[str] = None
@@ -285,6 +301,10 @@ class TaskSpec:
     @classmethod
     def named(cls, name: str, args=(), params: Optional[str] = None, **settings) -> "TaskSpec":
         return cls(NamedTask(name, list(args), params), **settings)
+
+    @classmethod
+    def http(cls, image: str, port: int, task: str, params: Optional[str] = None, **settings) -> "TaskSpec":
+        return cls(HttpTask(image, port, task, params), **settings)
 
 
 @dataclass
@@ -314,12 +334,23 @@ ProgressEvent = Union[Queued, Pulling, Created, Started]
 
 
 @dataclass
+class Usage:
+    """What a task used: CPU time in user and kernel mode (microseconds),
+    and its peak memory (bytes)."""
+
+    cpu_user_us: int
+    cpu_system_us: int
+    peak_memory_bytes: int
+
+
+@dataclass
 class Outcome:
     ending: Ending
     exit_code: Optional[int]
     signal: Optional[int]
     duration_ms: int
     output_truncated: bool
+    usage: Optional["Usage"] = None
 
     def exit_status(self) -> int:
         """"Exit statuses for a command-line client", for a task that ran."""
@@ -525,6 +556,13 @@ def _write_spec(w: Writer, spec: TaskSpec) -> None:
         w.string(task.name)
         w.list(task.args, w.string)
         w.option(task.params, w.string)
+    elif isinstance(task, HttpTask):
+        w.varint(2)
+        w.string(task.image)
+        w.varint(task.port)
+        w.string(task.task)
+        w.option(task.params, w.string)
+        w.list(task.command, w.string)
     else:
         raise TypeError(f"not a task: {task!r}")
     w.pairs(spec.env)
@@ -604,6 +642,7 @@ def _read_outcome(r: Reader) -> Outcome:
         r.option(lambda: r.signed(32)),
         r.varint(),
         r.bool(),
+        r.option(lambda: Usage(r.varint(), r.varint(), r.varint())),
     )
 
 
@@ -668,10 +707,13 @@ def decode_server(body: bytes) -> ServerMessage:
 
 
 def _read_spec(r: Reader) -> TaskSpec:
-    if r.tag(("Image", "Named")) == 0:
+    tag = r.tag(("Image", "Named", "Http"))
+    if tag == 0:
         task = ImageTask(r.string(), r.list(r.string))
-    else:
+    elif tag == 1:
         task = NamedTask(r.string(), r.list(r.string), r.option(r.string))
+    else:
+        task = HttpTask(r.string(), r.varint(16), r.string(), r.option(r.string), r.list(r.string))
     return TaskSpec(
         task,
         env=r.pairs(),

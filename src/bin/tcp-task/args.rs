@@ -168,6 +168,21 @@ environment variable TASK_PARAMS (read by the example tasks when no arguments
 are given). The task's stdout is its result. `tcp-task tasks` lists the names.
 Exit status: as for `tcp-task run`.")]
     Task(NamedArgs),
+    /// Call an HTTP task: an image whose own server answers POST /task/NAME.
+    ///
+    /// The original task service's contract: the server starts IMAGE (its
+    /// default command, or COMMAND), waits until its server answers on
+    /// --port inside the container (network none: through the container's
+    /// own loopback), POSTs {"params": JSON} to /task/TASK, and prints the
+    /// answer's `result` as JSON.
+    #[command(after_help = "Examples:
+  tcp-task call tcp-task-http-examples:0.1.0 sum --port 8080 --params '[1, 2, 3]'
+  tcp-task call tcp-task-http-examples:0.1.0 multiply --port 8080 --params '{\"numbers\": [6, 7]}'
+  tcp-task call --raw tcp-task-http-examples:0.1.0 sum --port 8080 --params '[1]'
+
+Exit status: 0 when the task answered 2xx; 125 when it could not run or
+answered another status (the message says which); 124 on --timeout.")]
+    Call(CallArgs),
     /// List the server's pre-compiled tasks.
     #[command(after_help = "Examples:
   tcp-task tasks
@@ -227,7 +242,8 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Build the examples image (example tasks and test helpers, FROM scratch).
+    /// Build the example images (the example tasks and test helpers; the same
+    /// tasks as an HTTP server), FROM scratch.
     #[command(after_help = "Example:\n  tcp-task image build-examples")]
     BuildExamples,
 }
@@ -287,6 +303,35 @@ pub struct LoadArgs {
         allow_hyphen_values = true,
         value_name = "IMAGE CMD… | ARGS…"
     )]
+    pub command: Vec<String>,
+    // Last: its help heading applies to what follows it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// The port the image's server listens on, inside its container.
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+    /// The task's parameters, JSON, sent as {"params": JSON} [default: null].
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
+    /// Print the whole answer, not only its `result`.
+    #[arg(long)]
+    pub raw: bool,
+    /// Give up after this long, the wait for the server included.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print events as JSON lines (the answer's body as stdout) instead.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub image: String,
+    /// The task's name: the server gets POST /task/TASK.
+    pub task: String,
+    /// The image's server command (default: the image's own).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
     // Last: its help heading applies to what follows it.
     #[command(flatten)]

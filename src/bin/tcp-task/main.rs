@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod call;
 mod demo;
 mod info;
 mod run;
@@ -60,6 +61,10 @@ async fn dispatch(cli: Cli) -> u8 {
             let connection = args.connection.resolve(outer);
             return run::run_named(&connection, args).await;
         }
+        Command::Call(args) => {
+            let connection = args.connection.resolve(outer);
+            return call::call(&connection, args).await;
+        }
         Command::Bench(BenchCommand::Load(args)) => {
             let connection = args.connection.resolve(outer);
             return bench::load(&connection, args).await;
@@ -101,5 +106,6 @@ async fn build_examples() -> anyhow::Result<()> {
     let docker = tcp_task::docker::connect_docker().await?;
     tcp_task::images::build_examples_image(&docker).await?;
     println!("built {}", tcp_task::images::EXAMPLES_IMAGE);
+    println!("built {}", tcp_task::images::HTTP_EXAMPLES_IMAGE);
     Ok(())
 }

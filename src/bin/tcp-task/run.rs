@@ -128,7 +128,7 @@ fn key_value(text: &str, flag: &str) -> Result<(String, String), String> {
     }
 }
 
-async fn execute(connection: &ConnectionArgs, mut spec: TaskSpec, options: &TaskOptions) -> u8 {
+pub async fn execute(connection: &ConnectionArgs, mut spec: TaskSpec, options: &TaskOptions) -> u8 {
     spec.stdin = options.interactive;
     spec.timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
     let display = Display::new(options.json);
@@ -206,7 +206,7 @@ async fn pump_stdin(stdin: tcp_task::StdinWriter) {
 
 /// The exit status for a failure, as `docker run` picks it: 127 when the
 /// command was not found, 126 when it cannot be run, 125 for the rest.
-fn error_status(error: &Error) -> u8 {
+pub fn error_status(error: &Error) -> u8 {
     match error.kind() {
         Some(kind) => kind.exit_status().clamp(0, 255) as u8,
         None => EXIT_SERVER_ERROR,
@@ -242,7 +242,7 @@ pub fn snake_case(name: &str) -> String {
 }
 
 /// The line on stderr for an ending that was not the task's own doing.
-fn ending_message(outcome: &Outcome) -> Option<String> {
+pub fn ending_message(outcome: &Outcome) -> Option<String> {
     let seconds = outcome.duration().as_secs_f64();
     match outcome.ending {
         Ending::TimedOut => Some(format!(
@@ -313,6 +313,10 @@ enum JsonEvent<'a> {
         duration_ms: u64,
         output_truncated: bool,
         exit_status: u8,
+        /// What it used, when the server measured it: `cpu_user_us`,
+        /// `cpu_system_us`, `peak_memory_bytes`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<tcp_task::Usage>,
     },
     /// The task could not run, or the server could not be reached.
     Failed {
@@ -472,6 +476,7 @@ impl Display {
                 duration_ms: outcome.duration_ms,
                 output_truncated: outcome.output_truncated,
                 exit_status: status,
+                usage: outcome.usage,
             },
             Err(error) => JsonEvent::Failed {
                 kind: error_kind_name(error),

@@ -2,38 +2,31 @@
 //! as its entrypoint, the agent uploaded into it, attached and started, and
 //! a reader that turns the agent's frames into [`Record`]s.
 //!
-//! Why upload rather than bind-mount: the Engine API's archive upload works
-//! the same with a remote engine. The agent goes into an anonymous volume
-//! at [`AGENT_DIR`] because the engine refuses uploads into a read-only
-//! root filesystem but not into a volume; the volume is removed with the
-//! container (`v=true`).
+//! The agent is the tools binary, uploaded as [`crate::executor::tools`]
+//! says.
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{AttachContainerOptions, UploadToContainerOptions};
+use bollard::query_parameters::AttachContainerOptions;
 use bollard::Docker;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::key::PoolKey;
-use super::proto::{self, ExitReport, ProtoError};
+use super::proto::{self, ExitReport, ProtoError, UsageReport};
 use crate::executor::cleanup::{ContainerGuard, Owner};
 use crate::executor::config::ExecutorConfig;
 use crate::executor::container::container_body;
 use crate::executor::engine::{create_error, engine_error};
-use crate::images::TOOLS_BINARY;
 use crate::task::{ErrorKind, TaskError};
 
-/// The agent's directory in every warm container (an anonymous volume).
-pub const AGENT_DIR: &str = "/.tcp-task";
-/// The agent itself: the tools binary, named so that it runs the `agent`
-/// applet.
-pub const AGENT_PATH: &str = "/.tcp-task/agent";
+pub use crate::executor::tools::{AGENT_PATH, RELAY_PATH};
+use crate::executor::tools::{self, TOOLS_DIR};
 /// Label carrying the pool key of a warm container.
 pub const LABEL_WARM: &str = "tcp-task.warm";
 
@@ -56,6 +49,7 @@ pub(crate) enum Record {
     Started,
     Stdout(Bytes),
     Stderr(Bytes),
+    Usage(UsageReport),
     Exit(ExitReport),
 }
 
@@ -95,41 +89,75 @@ pub(crate) struct Launcher {
 
 impl Launcher {
     /// Creates, fills, attaches and starts a container for `key`, and waits
-    /// for its agent to say it is ready. `serial` names it in its labels;
-    /// the agent reads `prefetch` (a program) ahead of the first task.
+    /// up to `ready` for its agent to say it is ready (for an HTTP key: for
+    /// the image's server to answer on its port). `serial` names it in its
+    /// labels; the agent reads `prefetch` (a program) ahead of the first
+    /// task.
     pub async fn launch(
         &self,
         key: &PoolKey,
         serial: u64,
         prefetch: Option<&str>,
+        ready: Duration,
     ) -> Result<WarmContainer, TaskError> {
-        if TOOLS_BINARY.is_empty() {
-            return Err(TaskError::new(
-                ErrorKind::Internal,
-                "this build has no agent binary (not built for Linux); warm containers are off",
-            ));
-        }
-        let body = self.body(key, serial, prefetch);
+        let server = match &key.serve {
+            Some(serve) => Some(self.server_argv(&key.image, &serve.command).await?),
+            None => None,
+        };
+        let body = self.body(key, serial, prefetch, server);
         let created = self
             .docker
             .create_container(None, body)
             .await
             .map_err(|e| create_error(&key.image, &e))?;
         let guard = ContainerGuard::new(self.docker.clone(), created.id);
-        self.upload_agent(guard.id()).await?;
+        tools::upload(&self.docker, guard.id()).await?;
         let mut container = self.attach_and_start(guard).await?;
-        let ready = Duration::from_millis(self.config.warm.ready_timeout_ms);
-        match tokio::time::timeout(ready, container.records.recv()).await {
-            Ok(Some(Record::Ready)) => Ok(container),
-            Ok(_) => Err(agent_failed(&container, "the agent did not start")),
-            Err(_) => Err(agent_failed(
+        let answer = tokio::time::timeout(ready, container.records.recv()).await;
+        match (answer, &key.serve) {
+            (Ok(Some(Record::Ready)), _) => Ok(container),
+            (Ok(_), None) => Err(agent_failed(&container, "the agent did not start")),
+            (Err(_), None) => Err(agent_failed(
                 &container,
                 "the agent did not report ready in time",
             )),
+            (Ok(_), Some(serve)) => Err(server_exited(&container, serve.port)),
+            (Err(_), Some(serve)) => Err(not_listening(&container, serve.port, ready)),
         }
     }
 
-    fn body(&self, key: &PoolKey, serial: u64, prefetch: Option<&str>) -> ContainerCreateBody {
+    /// The command of an HTTP key's server: the key's, or the image's
+    /// entrypoint and CMD, as `docker run IMAGE` would run them.
+    async fn server_argv(&self, image: &str, command: &[String]) -> Result<Vec<String>, TaskError> {
+        if !command.is_empty() {
+            return Ok(command.to_vec());
+        }
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| engine_error("reading the image's default command", &e))?;
+        let config = inspected.config.unwrap_or_default();
+        let mut argv = config.entrypoint.unwrap_or_default();
+        argv.extend(config.cmd.unwrap_or_default());
+        if argv.is_empty() {
+            return Err(TaskError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "image `{image}` has no default command (ENTRYPOINT or CMD) to run its HTTP                      server; give the task a command"
+                ),
+            ));
+        }
+        Ok(argv)
+    }
+
+    fn body(
+        &self,
+        key: &PoolKey,
+        serial: u64,
+        prefetch: Option<&str>,
+        server: Option<Vec<String>>,
+    ) -> ContainerCreateBody {
         let plan = key.profile();
         let mut body = container_body(&self.config, &self.owner, &plan, &format!("warm-{serial}"));
         body.entrypoint = Some(vec![AGENT_PATH.to_owned()]);
@@ -137,8 +165,12 @@ impl Launcher {
         if let Some(program) = prefetch {
             args.extend(["--prefetch".to_owned(), program.to_owned()]);
         }
+        if let (Some(serve), Some(server)) = (&key.serve, server) {
+            args.extend(["--serve-port".to_owned(), serve.port.to_string(), "--".to_owned()]);
+            args.extend(server);
+        }
         body.cmd = Some(args);
-        body.volumes = Some(vec![AGENT_DIR.to_owned()]);
+        body.volumes = Some(vec![TOOLS_DIR.to_owned()]);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(LABEL_WARM.to_owned(), key.to_string());
         }
@@ -148,17 +180,6 @@ impl Launcher {
             host.init = Some(false);
         }
         body
-    }
-
-    async fn upload_agent(&self, id: &str) -> Result<(), TaskError> {
-        let options = UploadToContainerOptions {
-            path: AGENT_DIR.to_owned(),
-            ..UploadToContainerOptions::default()
-        };
-        self.docker
-            .upload_to_container(id, Some(options), bollard::body_full(agent_tar()?))
-            .await
-            .map_err(|e| engine_error("uploading the agent into a warm container", &e))
     }
 
     async fn attach_and_start(&self, guard: ContainerGuard) -> Result<WarmContainer, TaskError> {
@@ -199,6 +220,32 @@ impl Launcher {
     }
 }
 
+/// An HTTP task's server ended (or could not start) before it listened.
+fn server_exited(container: &WarmContainer, port: u16) -> TaskError {
+    TaskError::new(
+        ErrorKind::TaskExited,
+        format!(
+            "the task's server ended before it listened on port {port} in container {}; its \
+             last output:\n{}",
+            short(&container.id),
+            diagnostics_of(container)
+        ),
+    )
+}
+
+/// An HTTP task's server did not answer on its port in time.
+fn not_listening(container: &WarmContainer, port: u16, waited: Duration) -> TaskError {
+    TaskError::new(
+        ErrorKind::NotListening,
+        format!(
+            "nothing answered on port {port} in container {} within {waited:?} (the task's \
+             timeout); check the port the image's server listens on. Its last output:\n{}",
+            short(&container.id),
+            diagnostics_of(container)
+        ),
+    )
+}
+
 fn agent_failed(container: &WarmContainer, what: &str) -> TaskError {
     let said = diagnostics_of(container);
     TaskError::new(
@@ -223,25 +270,6 @@ pub(crate) fn diagnostics_of(container: &WarmContainer) -> String {
 
 pub(crate) fn short(id: &str) -> String {
     id.chars().take(12).collect()
-}
-
-/// The tar holding the agent, built once: the archive upload's body.
-fn agent_tar() -> Result<Bytes, TaskError> {
-    static TAR: OnceLock<Result<Bytes, String>> = OnceLock::new();
-    TAR.get_or_init(|| build_tar().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|e| TaskError::new(ErrorKind::Internal, format!("cannot pack the agent: {e}")))
-}
-
-fn build_tar() -> std::io::Result<Bytes> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(TOOLS_BINARY.len() as u64);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.append_data(&mut header, "agent", TOOLS_BINARY)?;
-    Ok(Bytes::from(builder.into_inner()?))
 }
 
 /// Decodes the agent's frames from the attach stream until it ends, then
@@ -301,12 +329,19 @@ async fn forward(
     }
 }
 
-/// Keeps the first few KiB the agent wrote on stderr.
+/// Keeps the last few KiB the agent wrote on stderr (an HTTP task's
+/// server writes there too): the lines before a failure are the ones that
+/// explain it.
 fn note(diagnostics: &Mutex<String>, message: &[u8]) {
     const KEEP: usize = 4096;
     if let Ok(mut text) = diagnostics.lock() {
-        if text.len() < KEEP {
-            text.push_str(&String::from_utf8_lossy(message));
+        text.push_str(&String::from_utf8_lossy(message));
+        if text.len() > KEEP {
+            let mut cut = text.len() - KEEP;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
         }
     }
 }
@@ -346,6 +381,7 @@ fn record(kind: u8, payload: Bytes) -> Result<Record, ProtoError> {
         proto::STARTED => Ok(Record::Started),
         proto::STDOUT => Ok(Record::Stdout(payload)),
         proto::STDERR => Ok(Record::Stderr(payload)),
+        proto::USAGE => UsageReport::decode(&payload).map(Record::Usage),
         proto::EXIT => ExitReport::decode(&payload).map(Record::Exit),
         other => Err(ProtoError::UnknownKind(other)),
     }

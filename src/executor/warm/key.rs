@@ -13,6 +13,9 @@ use crate::executor::plan::Plan;
 ///
 /// A catalog entry with `reuse > 1` gets pools of its own (`entry`), so a
 /// container that served one entry's task never serves another entry's.
+///
+/// An HTTP task's container runs the image's server from its start, so
+/// what that server is given is in the key too ([`Serve`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub image: String,
@@ -25,14 +28,27 @@ pub(crate) struct PoolKey {
     pub tmpfs_bytes: u64,
     pub entry: Option<String>,
     pub reuse: u32,
+    /// For HTTP tasks: the server the container runs.
+    pub serve: Option<Serve>,
+}
+
+/// The image's own server in an HTTP task's container: its port, its
+/// command (empty: the image's default) and its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Serve {
+    pub port: u16,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
 }
 
 /// Whether a task can run on a warm container at all. Not when it runs the
 /// image's default command (the agent is the entrypoint, so it would have
 /// to read the image's config), nor when it asks for container labels of
-/// its own (labels are fixed at creation): those go the cold path.
+/// its own (labels are fixed at creation): those go the cold path. HTTP
+/// tasks always can: their container's server is started by the agent,
+/// with the image's default command read at creation.
 pub(crate) fn eligible(plan: &Plan) -> bool {
-    !plan.command.is_empty() && plan.labels.is_empty()
+    plan.labels.is_empty() && (plan.http.is_some() || !plan.command.is_empty())
 }
 
 impl PoolKey {
@@ -40,9 +56,17 @@ impl PoolKey {
     /// its own.
     pub fn of(plan: &Plan) -> PoolKey {
         let (entry, reuse) = match &plan.entry {
+            // An HTTP task's container serves one task: the agent ends
+            // what the task leaves running, the image's server included.
+            _ if plan.http.is_some() => (None, 1),
             Some(e) if e.reuse > 1 => (Some(e.name.clone()), e.reuse),
             _ => (None, 1),
         };
+        let serve = plan.http.as_ref().map(|call| Serve {
+            port: call.port,
+            command: plan.command.clone(),
+            env: plan.env.clone(),
+        });
         PoolKey {
             image: plan.image.clone(),
             memory_bytes: plan.memory_bytes,
@@ -54,6 +78,7 @@ impl PoolKey {
             tmpfs_bytes: plan.tmpfs_bytes,
             entry,
             reuse,
+            serve,
         }
     }
 
@@ -63,7 +88,8 @@ impl PoolKey {
         Plan {
             image: self.image.clone(),
             command: Vec::new(),
-            env: Vec::new(),
+            // An HTTP task's environment is its server's: the container's.
+            env: self.serve.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
             workdir: None,
             user: self.user.clone(),
             stdin: true,
@@ -77,6 +103,7 @@ impl PoolKey {
             labels: Vec::new(),
             pull_auth: None,
             entry: None,
+            http: None,
         }
     }
 }
@@ -97,6 +124,9 @@ impl fmt::Display for PoolKey {
         )?;
         if let Some(entry) = &self.entry {
             write!(f, " entry={entry} reuse={}", self.reuse)?;
+        }
+        if let Some(serve) = &self.serve {
+            write!(f, " http={}", serve.port)?;
         }
         Ok(())
     }
@@ -148,6 +178,7 @@ mod tests {
             tmpfs_bytes: 64 << 20,
             entry: None,
             reuse: 1,
+            serve: None,
         }
     }
 }

@@ -20,11 +20,12 @@ mod process;
 mod proto;
 
 pub(crate) use container::Launcher;
-pub use container::{AGENT_PATH, LABEL_WARM};
-pub(crate) use process::WarmProcess;
+pub use container::{AGENT_PATH, LABEL_WARM, RELAY_PATH};
+pub(crate) use process::{WarmProcess, WarmStdin};
 
 use bollard::Docker;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::events::EventSink;
@@ -55,8 +56,7 @@ impl Warm {
     /// Keeps `count` containers warm for tasks like `plan`.
     pub fn keep(&self, plan: &Plan, count: u32) {
         if self.enabled && count > 0 && eligible(plan) {
-            // `eligible` guarantees a command.
-            self.pool.keep(PoolKey::of(plan), count, &plan.command[0]);
+            self.pool.keep(PoolKey::of(plan), count, program(plan));
         }
     }
 
@@ -75,7 +75,7 @@ impl Warm {
         // A container that turns out dead before the task starts is
         // dropped and the next one tried.
         loop {
-            let Some(lease) = self.pool.take(&key, &plan.command[0]) else {
+            let Some(lease) = self.pool.take(&key, program(plan)) else {
                 return Ok(None);
             };
             match process::hand(lease, &self.docker, plan, events, cancel).await {
@@ -83,6 +83,31 @@ impl Warm {
                 Handed::Gone => continue,
                 Handed::Failed(error) => return Err(error),
             }
+        }
+    }
+
+    /// Starts an HTTP task (`plan.http`) on a container launched for it
+    /// now, waiting up to `ready` for its server to listen: the HTTP
+    /// task's cold path, when [`Warm::start`] found none ready.
+    pub async fn launch_for(
+        &self,
+        plan: &Plan,
+        events: &EventSink,
+        cancel: &CancellationToken,
+        ready: Duration,
+    ) -> Result<WarmProcess, StartError> {
+        let key = PoolKey::of(plan);
+        let lease = tokio::select! {
+            launched = self.pool.launch_now(&key, ready) => launched?,
+            _ = cancel.cancelled() => return Err(StartError::Cancelled),
+        };
+        match process::hand(lease, &self.docker, plan, events, cancel).await {
+            Handed::Started(process) => Ok(*process),
+            Handed::Failed(error) => Err(error),
+            Handed::Gone => Err(StartError::Failed(crate::task::TaskError::new(
+                crate::task::ErrorKind::TaskExited,
+                "the task's container ended as the task was handed to it; retry",
+            ))),
         }
     }
 
@@ -98,5 +123,14 @@ impl Warm {
     /// Empties every pool; nothing is refilled afterwards.
     pub async fn drain(&self) {
         self.pool.drain().await
+    }
+}
+
+/// The program a pool's new containers read ahead (the agent's
+/// `--prefetch`): the task's command, or for an HTTP task the relay.
+fn program(plan: &Plan) -> &str {
+    match plan.command.first() {
+        Some(program) if plan.http.is_none() => program,
+        _ => RELAY_PATH,
     }
 }

@@ -167,7 +167,23 @@ impl Pool {
                 pool: self.clone(),
                 key: key.clone(),
                 container: Some(container),
+                pooled: true,
             }
+        })
+    }
+
+    /// Launches a container of `key` for one task now, waiting up to
+    /// `ready` for it (an HTTP task that found none ready). It belongs to
+    /// no pool: it is removed once the task is done with it.
+    pub async fn launch_now(self: &Arc<Self>, key: &PoolKey, ready: Duration) -> Result<Lease, TaskError> {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let mut container = self.launcher.launch(key, serial, None, ready).await?;
+        container.uses = 1;
+        Ok(Lease {
+            pool: self.clone(),
+            key: key.clone(),
+            container: Some(container),
+            pooled: false,
         })
     }
 
@@ -262,7 +278,11 @@ impl Pool {
         let pool = self.clone();
         self.background(async move {
             let serial = pool.serial.fetch_add(1, Ordering::Relaxed);
-            let launched = pool.launcher.launch(&key, serial, program.as_deref()).await;
+            let ready = Duration::from_millis(pool.config.ready_timeout_ms);
+            let launched = pool
+                .launcher
+                .launch(&key, serial, program.as_deref(), ready)
+                .await;
             pool.filled(&key, launched);
         });
     }
@@ -424,6 +444,9 @@ pub(crate) struct Lease {
     pool: Arc<Pool>,
     key: PoolKey,
     container: Option<WarmContainer>,
+    /// False for a container launched for this one task (an HTTP task
+    /// that found none ready): it is removed after, and no pool counts it.
+    pooled: bool,
 }
 
 impl Lease {
@@ -435,7 +458,15 @@ impl Lease {
     /// Gives the container back; `reusable` when it may serve another task.
     pub fn finish(mut self, reusable: bool) {
         if let Some(container) = self.container.take() {
+            self.release(container, reusable);
+        }
+    }
+
+    fn release(&self, container: WarmContainer, reusable: bool) {
+        if self.pooled {
             self.pool.give_back(&self.key, container, reusable);
+        } else {
+            self.pool.retire(container);
         }
     }
 }
@@ -443,7 +474,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(container) = self.container.take() {
-            self.pool.give_back(&self.key, container, false);
+            self.release(container, false);
         }
     }
 }

@@ -11,14 +11,16 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::container::{diagnostics_of, short, AgentInput, Record, WarmContainer};
+use super::container::{
+    diagnostics_of, short, AgentInput, Record, WarmContainer, RELAY_PATH,
+};
 use super::pool::Lease;
-use super::proto::{self, ExitReport, TaskHeader};
+use super::proto::{self, ExitReport, TaskHeader, UsageReport};
 use crate::executor::events::EventSink;
 use crate::executor::exit::container_end;
 use crate::executor::plan::Plan;
 use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
-use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError};
+use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError, Usage};
 
 /// What handing a task to a warm container gave.
 pub(crate) enum Handed {
@@ -41,12 +43,8 @@ pub(crate) async fn hand(
     let Some(container) = lease.container() else {
         return Handed::Gone;
     };
-    let header = TaskHeader {
-        argv: plan.command.clone(),
-        env: plan.env.clone(),
-        workdir: plan.workdir.clone(),
-        stdin: plan.stdin,
-    };
+    let header = task_header(plan);
+    let stdin_wanted = header.stdin;
     let clean = Arc::new(AtomicBool::new(true));
     let input = container.input.clone();
     if write_frame(&input, proto::TASK, &header.encode(), &clean)
@@ -60,7 +58,7 @@ pub(crate) async fn hand(
         _ = cancel.cancelled() => return Handed::Failed(StartError::Cancelled),
         record = container.records.recv() => record,
     };
-    let program = plan.command.first().cloned().unwrap_or_default();
+    let program = header.argv.first().cloned().unwrap_or_default();
     match first {
         Some(Record::Started) => {}
         None => return Handed::Gone,
@@ -86,7 +84,7 @@ pub(crate) async fn hand(
     let _ = events.progress(ProgressEvent::Started).await;
     Handed::Started(Box::new(WarmProcess {
         docker: docker.clone(),
-        stdin: plan.stdin.then(|| WarmStdin {
+        stdin: stdin_wanted.then(|| WarmStdin {
             input: input.clone(),
             clean: clean.clone(),
         }),
@@ -95,7 +93,28 @@ pub(crate) async fn hand(
         program,
         workdir: plan.workdir.clone(),
         report: None,
+        usage: None,
     }))
+}
+
+/// What the agent is asked to run: the task's command; for an HTTP task,
+/// the relay to its server's port, whose stdin and stdout carry the HTTP
+/// exchange (the server's environment was fixed when it started).
+fn task_header(plan: &Plan) -> TaskHeader {
+    match &plan.http {
+        Some(call) => TaskHeader {
+            argv: vec![RELAY_PATH.to_owned(), call.port.to_string()],
+            env: Vec::new(),
+            workdir: None,
+            stdin: true,
+        },
+        None => TaskHeader {
+            argv: plan.command.clone(),
+            env: plan.env.clone(),
+            workdir: plan.workdir.clone(),
+            stdin: plan.stdin,
+        },
+    }
 }
 
 /// A task running on a warm container.
@@ -110,6 +129,19 @@ pub(crate) struct WarmProcess {
     /// The agent's exit report; `None` until it comes (or if the container
     /// died without one).
     report: Option<ExitReport>,
+    /// What the task's process used, as the agent reported it.
+    usage: Option<UsageReport>,
+}
+
+impl WarmProcess {
+    /// What the container's agent (and an HTTP task's server) last wrote
+    /// on stderr, for error messages.
+    pub fn diagnostics(&mut self) -> String {
+        self.lease
+            .container()
+            .map(|c| diagnostics_of(c))
+            .unwrap_or_default()
+    }
 }
 
 impl Process for WarmProcess {
@@ -129,6 +161,7 @@ impl Process for WarmProcess {
                     self.report = Some(report);
                     return None;
                 }
+                Record::Usage(usage) => self.usage = Some(usage),
                 Record::Ready | Record::Started => {}
             }
         }
@@ -161,6 +194,14 @@ impl Process for WarmProcess {
                 container_end(&self.docker, &id, None).await
             }
         }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.map(|u| Usage {
+            cpu_user_us: u.user_us,
+            cpu_system_us: u.system_us,
+            peak_memory_bytes: u.peak_memory_bytes,
+        })
     }
 
     async fn finish(self) {

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The `[http]` table. Off unless `listen` (or `serve --http`) names an
 /// address; every bound has a default.
@@ -22,9 +26,19 @@ pub struct HttpConfig {
     /// kept-alive connection may sit idle, and it bounds the TLS handshake.
     #[serde(with = "secs")]
     pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body, once its headers are in.
+    #[serde(with = "secs")]
+    pub body_read_timeout: Duration,
     /// The most bytes of a request's headers (hyper's read buffer; at
     /// least 8192).
     pub max_header_bytes: usize,
+    /// The most bytes of a request body; a larger one is answered 413.
+    pub max_body_bytes: usize,
+    /// The deepest nesting of arrays and objects a JSON body may have.
+    pub max_json_depth: usize,
+    /// The most bytes of an HTTP task's answer `/api/execute` holds; a
+    /// task that answers more is stopped (502).
+    pub max_answer_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -33,7 +47,11 @@ impl Default for HttpConfig {
             listen: None,
             max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }

@@ -6,19 +6,25 @@
 //! | `GET /healthz`      | the process is alive ([`health`])          | none  |
 //! | `GET /readyz`       | the engine answers and tasks are accepted  | none  |
 //! | `GET /api/status`   | the original task service's status ([`api`]) | token |
+//! | `POST /api/execute` | the original task service's task call ([`api`]) | token |
 //!
 //! The tokens, TLS and policy of the binary protocol apply here too: a
 //! token comes as `Authorization: Bearer TOKEN`. Every read is bounded by
-//! a setting of [`HttpConfig`]: connections, header time and size.
+//! a setting of [`HttpConfig`]: connections, header time and size, body
+//! time and size, JSON depth, the size of a task's answer.
 
 mod api;
+mod body;
+mod collect;
 mod config;
 mod health;
 mod metrics;
 mod reply;
 
 pub use config::{
-    HttpConfig, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
+    HttpConfig, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_JSON_DEPTH,
 };
 
 use hyper::body::Incoming;
@@ -45,6 +51,8 @@ use reply::Reply;
 pub(crate) struct Context<E> {
     pub shared: Arc<Shared<E>>,
     pub config: HttpConfig,
+    /// Runs the tasks of `/api/execute`, so that shutdown waits for them.
+    pub tasks: TaskTracker,
 }
 
 /// Serves HTTP on `listener` until the server starts shutting down. Each
@@ -59,6 +67,7 @@ pub(crate) async fn serve<E: Executor>(
     let context = Arc::new(Context {
         shared: shared.clone(),
         config,
+        tasks: connections.clone(),
     });
     let shutdown = shared.shutdown.clone();
     let mut serial: u64 = 0;
@@ -169,7 +178,10 @@ async fn route<E: Executor>(
         (&Method::GET, "/healthz") => ("/healthz", health::healthz()),
         (&Method::GET, "/readyz") => ("/readyz", health::readyz(context).await),
         (&Method::GET, "/api/status") => ("/api/status", api::status(request, peer, context).await),
-        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/api/status")) => {
+        (&Method::POST, "/api/execute") => {
+            ("/api/execute", api::execute(request, peer, context).await)
+        }
+        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/api/status" | "/api/execute")) => {
             ("other", Reply::method_not_allowed(path))
         }
         (_, path) => ("other", Reply::not_found(path)),

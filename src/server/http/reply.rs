@@ -53,8 +53,8 @@ impl Reply {
 
     pub fn not_found(path: &str) -> Reply {
         let message = format!(
-            "no endpoint at {path}; this server answers /api/status, /metrics, /healthz and \
-             /readyz"
+            "no endpoint at {path}; this server answers /api/execute, /api/status, /metrics, \
+             /healthz and /readyz"
         );
         Reply::error(&TaskError::new(ErrorKind::BadRequest, message))
             .with_status(StatusCode::NOT_FOUND)

@@ -37,6 +37,7 @@ use crate::catalog::Catalog;
 use crate::codec::FrameCodec;
 use crate::executor::Executor;
 use crate::protocol::{ErrorKind, ServerMessage, TaskError};
+use crate::tasks::{Keeping, Tasks};
 use crate::tls::TlsError;
 use shared::{all_tokens, Shared};
 
@@ -53,23 +54,31 @@ impl<E: Executor> Server<E> {
     /// no catalog until [`Server::with_policy`] and [`Server::with_catalog`]
     /// say otherwise.
     pub fn new(config: ServerConfig, executor: E) -> Server<E> {
-        let tasks = Quota::new(config.max_tasks, Scope::Server);
+        let task_quota = Quota::new(config.max_tasks, Scope::Server);
         let failed_logins = FailedLogins::new(config.max_auth_failures, config.auth_failure_window);
+        let executor = Arc::new(executor);
+        let abort = CancellationToken::new();
+        let keeping = Keeping::new(
+            config.reattach_grace,
+            config.retention,
+            config.max_retained,
+            config.max_retained_bytes,
+        );
+        let tasks = Tasks::new(executor.clone(), keeping, abort.clone());
         Server {
             shared: Arc::new(Shared {
                 tokens: all_tokens(&config),
                 config,
-                executor: Arc::new(executor),
+                executor,
                 admission: Admission::default(),
+                task_quota,
                 tasks,
                 tls: None,
                 failed_logins,
                 shutdown: CancellationToken::new(),
-                abort: CancellationToken::new(),
+                abort,
                 started: Instant::now(),
                 connections: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
             }),
         }
     }
@@ -86,6 +95,14 @@ impl<E: Executor> Server<E> {
         let admission = &mut self.unshared().admission;
         *admission = Admission::new(admission.policy().clone(), catalog);
         self
+    }
+
+    /// Takes over the tasks that a server which is gone left running or
+    /// ended (their containers, found by their labels): running ones are
+    /// supervised again, ended ones kept as results. Call once at
+    /// start-up, inside the runtime, before serving. Returns how many.
+    pub async fn adopt(&self) -> Result<usize, TaskError> {
+        self.shared.tasks.adopt().await
     }
 
     /// Asks the executor to keep containers ready for the catalog entries
@@ -115,6 +132,8 @@ impl<E: Executor> Server<E> {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let sweeper = CancellationToken::new();
+        self.shared.tasks.spawn_sweeper(sweeper.clone());
         tokio::select! {
             _ = self.accept_loop(&listener, &connections, &limit) => {}
             _ = shutdown => {}
@@ -131,6 +150,12 @@ impl<E: Executor> Server<E> {
             self.shared.abort.cancel();
             connections.wait().await;
         }
+        // Attached tasks whose connections broke were waiting for their
+        // clients; they end with the server. Detached ones run on, for the
+        // next server to adopt.
+        self.shared.abort.cancel();
+        self.shared.tasks.end_attached().await;
+        sweeper.cancel();
         self.shared.executor.shutdown().await;
         info!("shut down");
     }

@@ -220,6 +220,7 @@ pub(crate) fn plan(
         labels: labels(spec.labels)?,
         pull_auth: spec.registry_auth,
         entry,
+        task: None,
     })
 }
 

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::engine::{engine_error, status_code};
+use super::kept::LABEL_ID;
 use crate::task::TaskError;
 
 pub const LABEL_MANAGED: &str = "tcp-task.managed";
@@ -180,6 +181,10 @@ pub async fn reap_orphans(docker: &Docker, me: &Owner) -> Result<usize, TaskErro
     for container in managed_containers(docker, None).await? {
         let labels = container.labels.unwrap_or_default();
         let Some(id) = container.id else { continue };
+        // A kept task is adopted, not reaped (see `super::adopt`).
+        if labels.contains_key(LABEL_ID) {
+            continue;
+        }
         if me.judge(&labels) == Liveness::Gone {
             tracing::info!(container = %id, "removing a container left by a server that is gone");
             remove_container(docker, &id).await?;
@@ -189,11 +194,15 @@ pub async fn reap_orphans(docker: &Docker, me: &Owner) -> Result<usize, TaskErro
     Ok(removed)
 }
 
-/// Removes every container of `instance`: the safety net at shutdown.
+/// Removes every container of `instance` but its kept tasks (left for
+/// the next server): the safety net at shutdown.
 pub async fn remove_instance(docker: &Docker, instance: &str) -> Result<usize, TaskError> {
     let containers = managed_containers(docker, Some(instance)).await?;
     let mut removed = 0;
-    for id in containers.into_iter().filter_map(|c| c.id) {
+    let not_kept = containers
+        .into_iter()
+        .filter(|c| !c.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_ID)));
+    for id in not_kept.filter_map(|c| c.id) {
         remove_container(docker, &id).await?;
         removed += 1;
     }
@@ -219,6 +228,11 @@ impl ContainerGuard {
 
     pub(crate) fn id(&self) -> &str {
         self.id.as_deref().unwrap_or_default()
+    }
+
+    /// Disarms the guard: the container stays. Returns its id.
+    pub(crate) fn keep(mut self) -> String {
+        self.id.take().unwrap_or_default()
     }
 
     pub(crate) async fn remove(mut self) -> Result<(), TaskError> {

@@ -6,7 +6,7 @@
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::AttachContainerOptions;
+use bollard::query_parameters::{AttachContainerOptions, CreateContainerOptions};
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -23,11 +23,12 @@ use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_failure, start_error};
 use super::events::EventSink;
 use super::exit::{container_end, ExitWatch};
+use super::kept::{container_name, stop_with_verdict};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
 use crate::task::ProgressEvent;
-use crate::task::{OutputStream, TaskError};
+use crate::task::{Ending, OutputStream, TaskError, TaskId};
 
 /// Starts tasks in new containers.
 #[derive(Debug)]
@@ -96,9 +97,14 @@ impl Cold {
     async fn create(&self, plan: &Plan) -> Result<ContainerGuard, TaskError> {
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
         let body = container_body(&self.config, &self.owner, plan, &task.to_string());
+        // A kept task's container is named after it, for `docker logs`.
+        let options = plan.task.as_ref().map(|tag| CreateContainerOptions {
+            name: Some(container_name(&tag.id)),
+            ..CreateContainerOptions::default()
+        });
         let created = self
             .docker
-            .create_container(None, body)
+            .create_container(options, body)
             .await
             .map_err(|e| create_error(&plan.image, &e))?;
         for warning in &created.warnings {
@@ -259,6 +265,28 @@ impl Process for ColdProcess {
         drop((frames, stdin, watch));
         if let Err(e) = container.remove().await {
             tracing::error!(error = %e, "a task's container could not be removed");
+        }
+    }
+}
+
+impl ColdProcess {
+    /// Lets go of a kept task's container instead of removing it. When the
+    /// server ended the task (`verdict`), the container may still run: it
+    /// is killed, and the verdict written on it for a restarted server.
+    pub async fn keep(self, id: &TaskId, verdict: Option<Ending>) {
+        let ColdProcess {
+            docker,
+            container,
+            frames,
+            stdin,
+            watch,
+            ..
+        } = self;
+        // As in `finish`: no attach stream may be left unread.
+        drop((frames, stdin, watch));
+        let container = container.keep();
+        if let Some(ending) = verdict {
+            stop_with_verdict(&docker, &container, id, ending).await;
         }
     }
 }

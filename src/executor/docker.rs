@@ -6,7 +6,9 @@ use bollard::Docker;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
+use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
+use super::kept;
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
 use super::plan::Plan;
@@ -15,8 +17,8 @@ use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
 use super::warm::{Launcher, Warm};
-use super::{Executor, TaskIo};
-use crate::task::{Ending, ErrorKind, Outcome, ProgressEvent, TaskError};
+use super::{no_such_task, Executor, Replay, TaskIo};
+use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
 
 /// Runs tasks as containers on a Docker engine.
 #[derive(Debug)]
@@ -92,9 +94,10 @@ impl DockerExecutor {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
         let limit = self.config().output_limit_bytes;
+        let clock = (plan.timeout, Duration::ZERO);
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
-                let result = supervise(&mut warm, &plan.command, plan.timeout, io, limit).await;
+                let result = supervise(&mut warm, &plan.command, clock, io, limit).await;
                 // Back to its pool at once (that is cheap), ready for the
                 // next task of its key.
                 warm.finish().await;
@@ -105,8 +108,14 @@ impl DockerExecutor {
         };
         match started {
             Ok(mut cold) => {
-                let result = supervise(&mut cold, &plan.command, plan.timeout, io, limit).await;
-                self.remove_later(cold, slot);
+                let result = supervise(&mut cold, &plan.command, clock, io, limit).await;
+                match &plan.task {
+                    // Quick unless the server ended the task: then its
+                    // container is stopped and marked before the outcome
+                    // goes out, so a discard cannot overtake it.
+                    Some(tag) => cold.keep(&tag.id, verdict(&result)).await,
+                    None => self.remove_later(cold, slot),
+                }
                 result
             }
             Err(StartError::Command(failure)) => Err(command_error(&plan.command, failure)),
@@ -124,6 +133,13 @@ impl DockerExecutor {
             cold.finish().await;
             drop(slot);
         });
+    }
+
+    /// The container of kept task `task`.
+    async fn kept(&self, task: &TaskId) -> Result<kept::KeptContainer, TaskError> {
+        kept::find(self.docker(), task)
+            .await?
+            .ok_or_else(|| no_such_task(task))
     }
 
     /// Takes a slot, waiting in line (and saying where) while none is free.
@@ -161,9 +177,73 @@ impl DockerExecutor {
     }
 }
 
+/// The ending the server chose for a task, which its container's own state
+/// would not tell.
+fn verdict(result: &Result<Outcome, TaskError>) -> Option<Ending> {
+    match result {
+        Ok(outcome) => match outcome.ending {
+            Ending::Cancelled | Ending::TimedOut | Ending::OutputLimit => Some(outcome.ending),
+            _ => None,
+        },
+        Err(_) => None,
+    }
+}
+
 impl Executor for DockerExecutor {
     async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
         self.run_task(plan, io).await
+    }
+
+    async fn replay(&self, task: &TaskId, from: Offsets, follow: bool) -> Result<Replay, TaskError> {
+        let container = self.kept(task).await?;
+        let limit = self.config().output_limit_bytes;
+        Ok(kept::replay(self.docker(), &container.id, from, limit, follow))
+    }
+
+    async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {
+        let container = self.kept(task).await?;
+        if !container.running {
+            return Err(kept::ended_already());
+        }
+        kept::signal(self.docker(), &container.id, signal).await
+    }
+
+    fn discard(&self, task: &TaskId) {
+        let docker = self.docker().clone();
+        let task = task.clone();
+        self.finishing.spawn(async move {
+            let removed = match kept::find(&docker, &task).await {
+                Ok(Some(container)) => cleanup::remove_container(&docker, &container.id).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::error!(%task, error = %e, "a kept task's container could not be removed");
+            }
+        });
+    }
+
+    async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
+        let scope = self.config().scope.as_deref();
+        adopt::adoptable(self.docker(), self.owner(), scope).await
+    }
+
+    async fn resume(&self, adopted: Adopted, io: TaskIo) -> Result<Outcome, TaskError> {
+        let Adopted {
+            tag,
+            command,
+            container,
+            timeout,
+            running_for,
+            ..
+        } = adopted;
+        let mut process = LoggedProcess::new(self.docker().clone(), container.clone());
+        let limit = self.config().output_limit_bytes;
+        let result = supervise(&mut process, &command, (timeout, running_for), io, limit).await;
+        if let Some(ending) = verdict(&result) {
+            kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
+        }
+        result
     }
 
     async fn stats(&self) -> ExecutorStats {

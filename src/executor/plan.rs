@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::task::RegistryAuth;
+use crate::task::{RegistryAuth, TaskId};
 
 /// An allowed task, defaults filled in and limits decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,22 @@ pub struct Plan {
     pub pull_auth: Option<RegistryAuth>,
     /// The catalog entry the task came from, when it is a named task.
     pub entry: Option<EntryRef>,
+    /// Set for a task that outlives its connection and its server: its
+    /// container is named and labelled by it, kept after the task ends
+    /// (until [`crate::executor::Executor::discard`]), and found again by a
+    /// server that restarts. `None`: the container goes when the task ends.
+    pub task: Option<TaskTag>,
+}
+
+/// Who a kept task is, written on its container so that a server that
+/// restarts knows it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskTag {
+    pub id: TaskId,
+    /// The named client that submitted it, if any.
+    pub client: Option<String>,
+    /// It runs on without its client, and its result is kept.
+    pub detach: bool,
 }
 
 /// A pre-compiled task's name and how many of its tasks one warm container

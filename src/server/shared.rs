@@ -13,8 +13,9 @@ use crate::access::Credential;
 use crate::admission::{Admission, Quota};
 use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, PoolStats};
+use crate::tasks::Tasks;
 use crate::protocol::{
-    EngineStatus, ErrorKind, Hello, PoolStatus, ServerMessage, ServerStatus, TaskError,
+    EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError,
     PROTOCOL_VERSION,
 };
 
@@ -44,7 +45,9 @@ pub(crate) struct Shared<E> {
     /// What may run: the catalog and the policy.
     pub admission: Admission,
     /// Bounds tasks across all connections (`max_tasks`).
-    pub tasks: Quota,
+    pub task_quota: Quota,
+    /// Every task, by its id: they outlive their connections.
+    pub tasks: Arc<Tasks<E>>,
     /// Set when the server speaks TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub failed_logins: FailedLogins,
@@ -54,8 +57,6 @@ pub(crate) struct Shared<E> {
     pub abort: CancellationToken,
     pub started: Instant,
     pub connections: AtomicU64,
-    pub finished: AtomicU64,
-    pub failed: AtomicU64,
 }
 
 impl<E: Executor> Shared<E> {
@@ -108,15 +109,9 @@ impl<E: Executor> Shared<E> {
         ))
     }
 
-    pub fn record_end(&self, terminal: &ServerMessage) {
-        match terminal {
-            ServerMessage::Exited { .. } => self.finished.fetch_add(1, Ordering::Relaxed),
-            _ => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-
     pub async fn status(&self) -> ServerStatus {
         let stats = self.executor.stats().await;
+        let (retained, retained_bytes) = self.tasks.retained();
         ServerStatus {
             server: server_name(),
             protocol_version: PROTOCOL_VERSION,
@@ -124,8 +119,8 @@ impl<E: Executor> Shared<E> {
             connections: self.connections.load(Ordering::Relaxed),
             running: stats.running,
             queued: stats.queued,
-            finished: self.finished.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            finished: self.tasks.finished.load(Ordering::Relaxed),
+            failed: self.tasks.failed.load(Ordering::Relaxed),
             engine: EngineStatus {
                 reachable: stats.engine.reachable,
                 version: stats.engine.version,
@@ -134,6 +129,8 @@ impl<E: Executor> Shared<E> {
             },
             catalog_size: self.admission.catalog().len() as u64,
             pools: stats.pools.into_iter().map(pool_status).collect(),
+            retained,
+            retained_bytes,
         }
     }
 }

@@ -96,6 +96,12 @@ const APPLETS: &[Applet] = &[
         "print N lines, one every INTERVAL_MS",
     ),
     Applet::new(
+        "ticks",
+        testing::ticks,
+        "N INTERVAL_MS CODE",
+        "N lines on stdout and stderr, INTERVAL_MS apart, then exit CODE",
+    ),
+    Applet::new(
         "randbytes",
         testing::randbytes,
         "N SEED",

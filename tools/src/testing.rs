@@ -10,6 +10,7 @@
 //! | `echoerr ARGS...`       | the same on stderr                                          |
 //! | `mixed N`               | `out i\n` on stdout then `err i\n` on stderr, i in 0..N, each flushed |
 //! | `lines N INTERVAL_MS`   | `line i\n` for i in 0..N, flushed, INTERVAL_MS apart (no wait before the first or after the last) |
+//! | `ticks N INTERVAL_MS CODE` | `out i\n` on stdout and `err i\n` on stderr for i in 0..N, INTERVAL_MS apart, then exit CODE |
 //! | `randbytes N SEED`      | N bytes of xorshift64* output (exact generator in `rng.rs`), 64 KiB writes |
 //! | `zeros N`               | N zero bytes, 1 MiB writes                                  |
 //! | `cat`                   | stdin to stdout until EOF, each read written at once        |
@@ -84,6 +85,21 @@ pub fn lines(args: &[String]) -> Result<(), Fail> {
         print_line(format_args!("line {i}"))?;
     }
     Ok(())
+}
+
+pub fn ticks(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 3)?;
+    let n: u64 = parse("N", &args[0])?;
+    let interval = Duration::from_millis(parse("INTERVAL_MS", &args[1])?);
+    let code: u8 = parse("CODE", &args[2])?;
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        print_line(format_args!("out {i}"))?;
+        eprint_line(format_args!("err {i}"))?;
+    }
+    std::process::exit(i32::from(code))
 }
 
 pub fn randbytes(args: &[String]) -> Result<(), Fail> {

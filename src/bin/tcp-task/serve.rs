@@ -44,11 +44,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 None => tls,
             }
         });
+    // A server that comes back on the same address takes over the tasks it
+    // left; other servers sharing the engine leave them alone.
+    let mut config = config;
+    if config.executor.runtime.scope.is_none() {
+        config.executor.runtime.scope = Some(listener.local_addr()?.to_string());
+    }
     let executor = start_executor(&config).await?;
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
     let mut server = Server::new(server_config, executor)
         .with_policy(config.executor.policy.clone())
         .with_catalog(config.catalog());
+    // Tasks an earlier server left running (or ended while none watched)
+    // are taken over before any client can ask for them.
+    match server.adopt().await {
+        Ok(0) => {}
+        Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
+        Err(e) => warn!(error = %e, "could not look for tasks an earlier server left"),
+    }
     // After the executor's sweep of what an earlier server left, so that
     // the new warm containers are not mistaken for it.
     server.warm_up();

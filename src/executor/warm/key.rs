@@ -77,6 +77,7 @@ impl PoolKey {
             labels: Vec::new(),
             pull_auth: None,
             entry: None,
+            task: None,
         }
     }
 }

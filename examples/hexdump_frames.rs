@@ -32,9 +32,16 @@ fn main() {
         ClientMessage::Submit {
             id: 1,
             spec: Box::new(spec),
+            detach: false,
         },
     );
-    dump("accepted", ServerMessage::Accepted { id: 1 });
+    dump(
+        "accepted",
+        ServerMessage::Accepted {
+            id: 1,
+            task: tcp_task::TaskId::parse("q7zmdhkxa4vn2cw5bfte").expect("a task id"),
+        },
+    );
     dump(
         "output",
         ServerMessage::Output {

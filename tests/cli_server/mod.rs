@@ -197,7 +197,6 @@ fn spawn_serve(
 }
 
 impl Server {
-
     /// `tcp-task --server ADDR ARGS…`, with a clean environment.
     pub fn cli<I, S>(&self, args: I) -> Command
     where

@@ -260,6 +260,10 @@ impl<E: Executor> Connection<E> {
             active_at = Instant::now();
             let next = match frame {
                 None => Next::Close,
+                Some(Err(codec::CodecError::Io(e))) => {
+                    debug!(peer = %self.peer, error = %e, "the connection broke");
+                    Next::Close
+                }
                 Some(Err(e)) => {
                     info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
                     let error = protocol_error(&e);

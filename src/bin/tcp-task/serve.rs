@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
 use tcp_task::executor::DockerExecutor;
@@ -50,17 +51,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if config.executor.runtime.scope.is_none() {
         config.executor.runtime.scope = Some(listener.local_addr()?.to_string());
     }
-    let executor = start_executor(&config).await?;
+    let executor = Arc::new(start_executor(&config).await?);
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
-    let mut server = Server::new(server_config, executor)
+    let mut server = Server::new(server_config, executor.clone())
         .with_policy(config.executor.policy.clone())
         .with_catalog(config.catalog());
     // Tasks an earlier server left running (or ended while none watched)
-    // are taken over before any client can ask for them.
+    // are taken over before any client can ask for them, and before the
+    // rest of what it left is swept away.
     match server.adopt().await {
         Ok(0) => {}
         Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
         Err(e) => warn!(error = %e, "could not look for tasks an earlier server left"),
+    }
+    match executor.reap_orphans().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed containers left behind by an earlier server"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not look for containers left behind by an earlier server")
+        }
     }
     // After the executor's sweep of what an earlier server left, so that
     // the new warm containers are not mistaken for it.
@@ -85,16 +97,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let docker = connect_docker().await?;
     let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
-    match executor.reap_orphans().await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            removed = n,
-            "removed containers left behind by an earlier server"
-        ),
-        Err(e) => {
-            warn!(error = %e, "could not look for containers left behind by an earlier server")
-        }
-    }
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }

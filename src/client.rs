@@ -367,7 +367,12 @@ impl Client {
                 )))
             }
             // Refused: the handle's end says why.
-            None => return handle.wait().await.and_then(|outcome| Err(refused_with(outcome))),
+            None => {
+                return handle
+                    .wait()
+                    .await
+                    .and_then(|outcome| Err(refused_with(outcome)))
+            }
         };
         // The task runs on: dropping the handle must not cancel it.
         handle.end = Some(Err(Error::Disconnected("detached".into())));
@@ -402,7 +407,12 @@ impl Client {
         self.replay(task, Offsets::default(), false).await
     }
 
-    async fn replay(&self, task: &TaskId, from: Offsets, follow: bool) -> Result<TaskHandle, Error> {
+    async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> Result<TaskHandle, Error> {
         let task = task.clone();
         let message = |id| ClientMessage::Attach {
             id,
@@ -795,14 +805,12 @@ impl TaskHandle {
     fn note(&mut self, event: TaskEvent) -> TaskEvent {
         match &event {
             TaskEvent::Accepted(task) => self.task = Some(task.clone()),
-            TaskEvent::Stdout(chunk) => {
-                self.delivered
-                    .advance(OutputStream::Stdout, chunk.len() as u64)
-            }
-            TaskEvent::Stderr(chunk) => {
-                self.delivered
-                    .advance(OutputStream::Stderr, chunk.len() as u64)
-            }
+            TaskEvent::Stdout(chunk) => self
+                .delivered
+                .advance(OutputStream::Stdout, chunk.len() as u64),
+            TaskEvent::Stderr(chunk) => self
+                .delivered
+                .advance(OutputStream::Stderr, chunk.len() as u64),
             TaskEvent::Progress(_) => {}
         }
         event
@@ -853,7 +861,11 @@ impl TaskHandle {
             other => {
                 return Err(Error::Disconnected(format!(
                     "the server answered an attach without accepting it ({})",
-                    if other.is_some() { "another frame" } else { "closed" }
+                    if other.is_some() {
+                        "another frame"
+                    } else {
+                        "closed"
+                    }
                 )))
             }
         }

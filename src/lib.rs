@@ -38,7 +38,9 @@ pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHand
 pub use protocol::{ProgressEvent, TaskSpec};
 #[cfg(feature = "server")]
 pub use server::{RunningServer, Server, ServerConfig, TlsConfig};
-pub use task::{Ending, ErrorKind, Offsets, Outcome, OutputStream, TaskError, TaskId, TaskInfo, TaskState};
+pub use task::{
+    Ending, ErrorKind, Offsets, Outcome, OutputStream, TaskError, TaskId, TaskInfo, TaskState,
+};
 
 // The README's Rust examples are compiled as doctests, so they stay true.
 #[doc = include_str!("../README.md")]

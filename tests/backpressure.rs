@@ -295,7 +295,8 @@ async fn a_client_that_stops_reading_stops_the_containers_writes() {
         id: 1,
         spec,
         detach: false,
-    }).await;
+    })
+    .await;
 
     // (1) The client reads nothing from here on: the task's count stops,
     // far short of its end.

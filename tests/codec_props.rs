@@ -33,7 +33,8 @@ use tcp_task::codec::{CodecError, FrameCodec};
 use tcp_task::protocol::{
     CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
     Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
-    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Welcome, DEFAULT_MAX_FRAME_LEN, MAGIC, MAX_CHUNK_LEN, PROTOCOL_VERSION,
+    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Welcome, DEFAULT_MAX_FRAME_LEN, MAGIC,
+    MAX_CHUNK_LEN, PROTOCOL_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -426,14 +427,14 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         (request_id(), chunk()).prop_map(|(id, payload)| ClientMessage::Ping { id, payload }),
         request_id().prop_map(|id| ClientMessage::Status { id }),
         request_id().prop_map(|id| ClientMessage::ListCatalog { id }),
-        (request_id(), task_id(), offsets(), any::<bool>()).prop_map(
-            |(id, task, from, follow)| ClientMessage::Attach {
+        (request_id(), task_id(), offsets(), any::<bool>()).prop_map(|(id, task, from, follow)| {
+            ClientMessage::Attach {
                 id,
                 task,
                 from,
-                follow
+                follow,
             }
-        ),
+        }),
         (request_id(), task_id()).prop_map(|(id, task)| ClientMessage::Wait { id, task }),
         (request_id(), task_id(), any::<i32>())
             .prop_map(|(id, task, signal)| ClientMessage::Kill { id, task, signal }),

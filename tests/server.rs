@@ -494,7 +494,8 @@ async fn a_duplicate_request_id_is_an_error_that_leaves_the_running_task_alone()
         id: 5,
         spec,
         detach: false,
-    }).await;
+    })
+    .await;
     match peer.read().await {
         Some(ServerMessage::Error { id: Some(5), error }) => {
             assert_eq!(error.kind, ErrorKind::DuplicateId)
@@ -528,7 +529,8 @@ async fn a_client_that_stops_reading_bounds_what_the_server_buffers() {
         id: 1,
         spec,
         detach: false,
-    }).await;
+    })
+    .await;
     // Not reading from here on. Wait until the output stalls.
     let mut last = 0;
     loop {

@@ -19,10 +19,10 @@ use super::cold::ColdStdin;
 use super::engine::engine_error;
 use super::exit::container_end;
 use super::kept::{self, tag_of, times_of, verdict_of, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS};
-use super::Replay;
 use super::plan::TaskTag;
 use super::process::{Process, ProcessEnd};
 use super::supervise::{ended, killed};
+use super::Replay;
 use crate::task::{Offsets, Outcome, OutputStream, TaskError};
 
 /// A kept task found at start-up.
@@ -66,7 +66,9 @@ pub(crate) async fn adoptable(
         let (Some(id), Some(tag)) = (summary.id, tag_of(&labels)) else {
             continue;
         };
-        if me.judge(&labels) != Liveness::Gone || labels.get(LABEL_SCOPE).map(String::as_str) != scope {
+        if me.judge(&labels) != Liveness::Gone
+            || labels.get(LABEL_SCOPE).map(String::as_str) != scope
+        {
             continue;
         }
         let inspected = docker

@@ -8,9 +8,9 @@ use tokio_util::task::TaskTracker;
 
 use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
-use super::kept;
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
+use super::kept;
 use super::plan::Plan;
 use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
@@ -194,10 +194,21 @@ impl Executor for DockerExecutor {
         self.run_task(plan, io).await
     }
 
-    async fn replay(&self, task: &TaskId, from: Offsets, follow: bool) -> Result<Replay, TaskError> {
+    async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> Result<Replay, TaskError> {
         let container = self.kept(task).await?;
         let limit = self.config().output_limit_bytes;
-        Ok(kept::replay(self.docker(), &container.id, from, limit, follow))
+        Ok(kept::replay(
+            self.docker(),
+            &container.id,
+            from,
+            limit,
+            follow,
+        ))
     }
 
     async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {

@@ -34,7 +34,6 @@ pub const LABEL_SCOPE: &str = "tcp-task.scope";
 
 pub(crate) const SIGKILL: i32 = 9;
 
-
 /// The name of a kept task's container, for `docker logs` and the like.
 pub fn container_name(id: &TaskId) -> String {
     format!("tcp-task-{id}")
@@ -232,7 +231,10 @@ fn cut(
     }
     let before = seen.of(stream);
     seen.advance(stream, chunk.len() as u64);
-    let skip = from.of(stream).saturating_sub(before).min(chunk.len() as u64);
+    let skip = from
+        .of(stream)
+        .saturating_sub(before)
+        .min(chunk.len() as u64);
     let rest = chunk.split_off(skip as usize);
     (!rest.is_empty()).then_some((stream, rest))
 }
@@ -307,7 +309,11 @@ mod tests {
     fn verdicts_round_trip_through_names() {
         let id = TaskId::from_random(42);
         for ending in [Ending::Cancelled, Ending::TimedOut, Ending::OutputLimit] {
-            let name = format!("/{}--{}", container_name(&id), verdict_suffix(ending).unwrap());
+            let name = format!(
+                "/{}--{}",
+                container_name(&id),
+                verdict_suffix(ending).unwrap()
+            );
             assert_eq!(verdict_of(&name), Some(ending));
         }
         assert_eq!(verdict_of(&format!("/{}", container_name(&id))), None);

@@ -25,6 +25,7 @@ mod stats;
 mod supervise;
 mod warm;
 
+pub use adopt::Adopted;
 pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
@@ -32,7 +33,6 @@ pub use cleanup::{
 pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
-pub use adopt::Adopted;
 pub use kept::{
     container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS,
 };

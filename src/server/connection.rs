@@ -26,14 +26,14 @@ use super::shared::{server_name, Shared};
 use super::tls;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
-use crate::executor::Events;
-use crate::tasks::{Record, Tasks};
 use crate::codec::{self, FrameCodec};
+use crate::executor::Events;
 use crate::executor::Executor;
 use crate::protocol::{
     ClientMessage, ErrorKind, Offsets, RequestId, ServerMessage, TaskError, TaskId, TaskSpec,
     Welcome, PROTOCOL_VERSION,
 };
+use crate::tasks::{Record, Tasks};
 
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
@@ -430,7 +430,12 @@ impl<E: Executor> Connection<E> {
     /// `None`).
     async fn follow(&mut self, id: RequestId, task: TaskId, replay: Option<(Offsets, bool)>) {
         if let Err(error) = self.check_new_id(id) {
-            return self.send(ServerMessage::Error { id: Some(id), error }).await;
+            return self
+                .send(ServerMessage::Error {
+                    id: Some(id),
+                    error,
+                })
+                .await;
         }
         let found = self.shared.tasks.find(&task, self.client_name());
         let permit = self.watches.take();

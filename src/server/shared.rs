@@ -13,11 +13,10 @@ use crate::access::Credential;
 use crate::admission::{Admission, Quota};
 use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, PoolStats};
-use crate::tasks::Tasks;
 use crate::protocol::{
-    EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError,
-    PROTOCOL_VERSION,
+    EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError, PROTOCOL_VERSION,
 };
+use crate::tasks::Tasks;
 
 /// `tcp-task 0.1.0`: how the server names itself to clients.
 pub fn server_name() -> String {

@@ -108,7 +108,14 @@ impl<E: Executor> Tasks<E> {
             self.abort.child_token()
         };
         let what = (plan.image.clone(), plan.command.clone());
-        let record = Record::new(id, owner.map(str::to_owned), what, detach, SystemTime::now(), cancel);
+        let record = Record::new(
+            id,
+            owner.map(str::to_owned),
+            what,
+            detach,
+            SystemTime::now(),
+            cancel,
+        );
         let record = Arc::new(record);
         self.records
             .lock()
@@ -217,7 +224,10 @@ impl<E: Executor> Tasks<E> {
         if !record.is_running() {
             return Err(TaskError::new(
                 ErrorKind::BadRequest,
-                format!("task {} has already ended; `tcp-task wait {}` gives its result", record.id, record.id),
+                format!(
+                    "task {} has already ended; `tcp-task wait {}` gives its result",
+                    record.id, record.id
+                ),
             ));
         }
         self.executor.signal(&record.id, signal).await

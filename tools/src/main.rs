@@ -118,8 +118,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "killself",
         testing::killself,
-        "SIG",
-        "send itself signal SIG (number or name)",
+        "SIG [DELAY_MS]",
+        "send itself signal SIG (number or name), after DELAY_MS",
     ),
     Applet::new("env", testing::env, "", "print the environment, sorted"),
     Applet::new("pwd", testing::pwd, "", "print the current directory"),
@@ -140,8 +140,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "alloc",
         testing::alloc,
-        "MB",
-        "wait 200 ms, then allocate and touch MB MiB",
+        "MB [DELAY_MS]",
+        "wait DELAY_MS (at least 200), then allocate and touch MB MiB",
     ),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(

@@ -304,7 +304,9 @@ struct Display {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum JsonEvent<'a> {
     /// The server admitted the task, and this is its id.
-    Accepted { task: &'a str },
+    Accepted {
+        task: &'a str,
+    },
     /// Waiting for a free slot on the server; position 1 is next.
     Queued {
         position: u32,
@@ -324,7 +326,9 @@ enum JsonEvent<'a> {
     Started,
     /// The connection broke and the client re-attached: the output goes on
     /// where it stopped.
-    Resumed { attempts: u32 },
+    Resumed {
+        attempts: u32,
+    },
     /// Output, base64: output is bytes, not always UTF-8 text.
     Stdout {
         data: String,
@@ -368,7 +372,9 @@ impl Display {
         }
         if self.json {
             let line = match &event {
-                TaskEvent::Accepted(task) => JsonEvent::Accepted { task: task.as_str() },
+                TaskEvent::Accepted(task) => JsonEvent::Accepted {
+                    task: task.as_str(),
+                },
                 TaskEvent::Progress(progress) => match progress {
                     ProgressEvent::Queued { position } => JsonEvent::Queued {
                         position: *position,

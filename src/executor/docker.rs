@@ -3,7 +3,8 @@
 //! same supervision either way.
 
 use bollard::Docker;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::adopt::{self, Adopted, LoggedProcess};
@@ -11,6 +12,7 @@ use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
 use super::kept;
+use super::observe::{RunPath, SharedObserver, Unobserved};
 use super::plan::Plan;
 use super::plan::TaskTag;
 use super::process::{Process, StartError};
@@ -37,6 +39,8 @@ pub struct DockerExecutor {
     /// Kept tasks on warm containers, which carry no task labels: the
     /// container, and while the task runs here, its agent's input.
     warm_tasks: Mutex<HashMap<TaskId, WarmTask>>,
+    /// Told how each task waited, started and ended (the server's metrics).
+    observer: SharedObserver,
 }
 
 struct WarmTask {
@@ -70,7 +74,15 @@ impl DockerExecutor {
             slots,
             finishing: TaskTracker::new(),
             warm_tasks: Mutex::default(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Reports every task's queue wait, start and end to `observer` (the
+    /// server's metrics, say).
+    pub fn with_observer(mut self, observer: SharedObserver) -> DockerExecutor {
+        self.observer = observer;
+        self
     }
 
     /// The id in the `tcp-task.instance` label of this executor's containers.
@@ -119,14 +131,39 @@ impl DockerExecutor {
         self.warm.drain().await
     }
 
-    async fn run_task(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+    /// Runs the task and tells the observer how it went. The path that
+    /// started it is also recorded in the current span (the server's
+    /// per-task span has a `path` field).
+    async fn observed(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+        let received = Instant::now();
+        let mut path = None;
+        let result = self.run_task(plan, io, received, &mut path).await;
+        self.observer.task_ended(path, &result);
+        result
+    }
+
+    fn started(&self, path: RunPath, received: Instant, seen: &mut Option<RunPath>) {
+        *seen = Some(path);
+        tracing::Span::current().record("path", path.as_str());
+        self.observer.task_started(path, received.elapsed());
+    }
+
+    async fn run_task(
+        &self,
+        plan: Plan,
+        io: TaskIo,
+        received: Instant,
+        path: &mut Option<RunPath>,
+    ) -> Result<Outcome, TaskError> {
         let Some(slot) = self.wait_for_slot(&io).await? else {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
+        self.observer.queue_wait(received.elapsed());
         let limit = self.config().output_limit_bytes;
         let clock = (plan.timeout, Duration::ZERO);
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
+                self.started(RunPath::Warm, received, path);
                 let events = io.events.clone();
                 if let (Some(tag), Some((container, agent))) = (&plan.task, warm.agent()) {
                     let task = WarmTask {
@@ -145,6 +182,7 @@ impl DockerExecutor {
         };
         match started {
             Ok(mut cold) => {
+                self.started(RunPath::Cold, received, path);
                 let result = supervise(&mut cold, &plan.command, clock, io, limit).await;
                 match &plan.task {
                     // Quick unless the server ended the task: then its
@@ -266,7 +304,7 @@ fn verdict(result: &Result<Outcome, TaskError>) -> Option<Ending> {
 
 impl Executor for DockerExecutor {
     async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
-        self.run_task(plan, io).await
+        self.observed(plan, io).await
     }
 
     async fn replay(

@@ -144,12 +144,21 @@ impl<E: Executor> Tasks<E> {
             stdin,
             cancel: record.cancel.clone(),
         };
+        // The executor records which path ran the task.
+        let span = tracing::info_span!(
+            "task",
+            task = %record.id,
+            image = %plan.image,
+            path = tracing::field::Empty
+        );
         let tasks = self.clone();
-        self.runs.spawn(async move {
+        let run = async move {
             let result = tasks.executor.run(plan, io).await;
+            log_end(&result);
             drop(permits);
             tasks.finished(&record, result);
-        });
+        };
+        self.runs.spawn(tracing::Instrument::instrument(run, span));
     }
 
     fn finished(&self, record: &Arc<Record>, result: TaskResult) {
@@ -427,6 +436,20 @@ impl<E: Executor> Tasks<E> {
             let _ = record.ended().await;
             self.forget(&record.id);
         }
+    }
+}
+
+/// One line per task end, like an access log: the outcome in a few fields
+/// (the task span adds the task's id, its image and the path).
+fn log_end(result: &Result<crate::task::Outcome, TaskError>) {
+    match result {
+        Ok(outcome) => tracing::info!(
+            ending = outcome.ending.as_str(),
+            exit_code = outcome.exit_code,
+            duration_ms = outcome.duration_ms,
+            "task ended"
+        ),
+        Err(error) => tracing::info!(kind = error.kind.as_str(), %error, "task failed"),
     }
 }
 

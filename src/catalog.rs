@@ -284,7 +284,9 @@ mod tests {
                 command: Vec::new(),
             }
         );
-        let mul = catalog.resolve(TaskSpec::named("mul", Vec::<String>::new())).unwrap();
+        let mul = catalog
+            .resolve(TaskSpec::named("mul", Vec::<String>::new()))
+            .unwrap();
         assert!(matches!(mul.task, Task::Http { ref task, .. } if task == "mul"));
         let with_args = catalog.resolve(TaskSpec::named("mul", ["1"])).unwrap_err();
         assert_eq!(with_args.kind, ErrorKind::BadRequest);

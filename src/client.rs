@@ -38,8 +38,8 @@ use tracing::debug;
 
 use crate::codec::{self, FrameCodec};
 use crate::protocol::{
-    CatalogEntryInfo, ClientMessage, ErrorKind, Hello, Limits, Outcome, OutputStream,
-    ProgressEvent, RequestId, ServerMessage, ServerStatus, TaskError, TaskSpec,
+    CatalogEntryInfo, ClientMessage, ErrorKind, Hello, Limits, Offsets, Outcome, OutputStream,
+    ProgressEvent, RequestId, ServerMessage, ServerStatus, TaskError, TaskId, TaskInfo, TaskSpec,
     DEFAULT_MAX_FRAME_LEN, MAX_CHUNK_LEN,
 };
 use crate::tls::{self, ClientTlsConfig, TlsError};
@@ -51,6 +51,15 @@ const OUTGOING_QUEUE: usize = 1024;
 const EVENT_QUEUE: usize = 64;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a task handle whose connection broke keeps trying to
+/// re-attach: the server's default reattach grace.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+/// The first pause between reconnection attempts; it doubles up to
+/// [`MAX_RESUME_BACKOFF`].
+const FIRST_RESUME_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Everything that can go wrong for a client.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +108,11 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Connect through TLS; `None` for plaintext.
     pub tls: Option<ClientTlsConfig>,
+    /// When a task handle's connection breaks, reconnect and re-attach for
+    /// up to this long, so that its events go on with no byte lost or
+    /// repeated (a [`ProgressEvent::Resumed`] marks the seam). `None`: the
+    /// handle ends with [`Error::Disconnected`] instead.
+    pub resume: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -109,6 +123,7 @@ impl Default for ConnectOptions {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tls: None,
+            resume: Some(DEFAULT_RESUME_WINDOW),
         }
     }
 }
@@ -121,6 +136,7 @@ impl fmt::Debug for ConnectOptions {
             .field("max_frame_len", &self.max_frame_len)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
+            .field("resume", &self.resume)
             .finish()
     }
 }
@@ -128,8 +144,9 @@ impl fmt::Debug for ConnectOptions {
 /// What one task reports before it ends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskEvent {
-    /// The server admitted the task.
-    Accepted,
+    /// The server admitted the task (or found it, for an attach) and named
+    /// it.
+    Accepted(TaskId),
     Progress(ProgressEvent),
     Stdout(Bytes),
     Stderr(Bytes),
@@ -155,6 +172,12 @@ enum Pending {
     Reply(oneshot::Sender<Result<ServerMessage, Error>>),
 }
 
+/// How to open the connection again, for task handles that resume.
+struct Dialer {
+    addr: String,
+    options: ConnectOptions,
+}
+
 struct Inner {
     outgoing: mpsc::Sender<ClientMessage>,
     pending: Mutex<HashMap<RequestId, Pending>>,
@@ -163,6 +186,8 @@ struct Inner {
     server: String,
     /// Set once the connection is gone, with the reason.
     closed: Mutex<Option<String>>,
+    /// `None` for a connection made from a given stream.
+    dialer: Option<Arc<Dialer>>,
 }
 
 /// Closes the connection when the last client clone and task handle using
@@ -218,8 +243,12 @@ impl Client {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let dialer = Arc::new(Dialer {
+            addr: name.clone(),
+            options: options.clone(),
+        });
         let Some(tls) = options.tls.clone() else {
-            return Client::handshake(stream, options, deadline).await;
+            return Client::start(stream, options, deadline, Some(dialer)).await;
         };
         let stream = tokio::time::timeout_at(deadline.into(), tls.connect(stream, &name))
             .await
@@ -229,15 +258,29 @@ impl Client {
                     options.connect_timeout
                 ))
             })??;
-        Client::handshake(stream, options, deadline).await
+        Client::start(stream, options, deadline, Some(dialer)).await
     }
 
     /// Performs the handshake over an already connected stream (a TLS stream,
     /// for example) and starts the connection's reader and writer.
+    /// Its task handles cannot resume: the client does not know how to
+    /// open such a stream again.
     pub async fn handshake<S>(
         stream: S,
         options: ConnectOptions,
         deadline: Instant,
+    ) -> Result<Client, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Client::start(stream, options, deadline, None).await
+    }
+
+    async fn start<S>(
+        stream: S,
+        options: ConnectOptions,
+        deadline: Instant,
+        dialer: Option<Arc<Dialer>>,
     ) -> Result<Client, Error>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -282,6 +325,7 @@ impl Client {
             limits: welcome.limits,
             server: welcome.server,
             closed: Mutex::default(),
+            dialer,
         });
         let alive = CancellationToken::new();
         tokio::spawn(write_frames(writer, queue, alive.clone()));
@@ -305,20 +349,147 @@ impl Client {
     /// Submits a task. Returns once the request is queued for sending; the
     /// handle then reports `Accepted` (or the task's refusal) and the rest.
     pub async fn run(&self, spec: TaskSpec) -> Result<TaskHandle, Error> {
+        self.submit(spec, false).await
+    }
+
+    /// Submits a task that runs on without this client: its result and
+    /// output are kept by the server for its retention period, for
+    /// [`Client::attach`], [`Client::wait`] and [`Client::list`]. Returns
+    /// its id once the server has accepted it.
+    pub async fn run_detached(&self, spec: TaskSpec) -> Result<TaskId, Error> {
+        let mut handle = self.submit(spec, true).await?;
+        let accepted = handle.next().await;
+        let task = match accepted {
+            Some(TaskEvent::Accepted(task)) => task,
+            Some(other) => {
+                return Err(Error::Disconnected(format!(
+                    "the server answered a submit with {other:?} before accepting it"
+                )))
+            }
+            // Refused: the handle's end says why.
+            None => {
+                return handle
+                    .wait()
+                    .await
+                    .and_then(|outcome| Err(refused_with(outcome)))
+            }
+        };
+        // The task runs on: dropping the handle must not cancel it.
+        handle.end = Some(Err(Error::Disconnected("detached".into())));
+        handle.inner.pending.lock().unwrap().remove(&handle.id);
+        Ok(task)
+    }
+
+    async fn submit(&self, spec: TaskSpec, detach: bool) -> Result<TaskHandle, Error> {
+        let wants_stdin = spec.stdin;
+        let spec = Box::new(spec);
+        self.follow(wants_stdin, |id| ClientMessage::Submit { id, spec, detach })
+            .await
+    }
+
+    /// Follows task `task` (from any connection): its output from the
+    /// start, live output while it runs, then its end. Dropping the handle
+    /// stops following; the task runs on.
+    pub async fn attach(&self, task: &TaskId) -> Result<TaskHandle, Error> {
+        self.attach_from(task, Offsets::default()).await
+    }
+
+    /// As [`Client::attach`], skipping the bytes of each stream the caller
+    /// already has.
+    pub async fn attach_from(&self, task: &TaskId, from: Offsets) -> Result<TaskHandle, Error> {
+        self.replay(task, from, true).await
+    }
+
+    /// The task's output so far, from the start; the handle then ends with
+    /// the task's outcome if it has ended, or else with an error of kind
+    /// [`ErrorKind::Detached`] (the task runs on).
+    pub async fn logs(&self, task: &TaskId) -> Result<TaskHandle, Error> {
+        self.replay(task, Offsets::default(), false).await
+    }
+
+    async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> Result<TaskHandle, Error> {
+        let task = task.clone();
+        let message = |id| ClientMessage::Attach {
+            id,
+            task,
+            from,
+            follow,
+        };
+        let mut handle = self.follow(false, message).await?;
+        handle.delivered = from;
+        Ok(handle)
+    }
+
+    /// Waits for task `task` to end and gives its outcome.
+    pub async fn wait(&self, task: &TaskId) -> Result<Outcome, Error> {
+        let task = task.clone();
+        self.follow(false, |id| ClientMessage::Wait { id, task })
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Sends `signal` (a Linux signal number: 9 is SIGKILL, 15 SIGTERM) to
+    /// the task's process.
+    pub async fn kill(&self, task: &TaskId, signal: i32) -> Result<(), Error> {
+        let task = task.clone();
+        match self
+            .request(|id| ClientMessage::Kill { id, task, signal })
+            .await?
+        {
+            ServerMessage::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forgets an ended task's result and removes its kept output; with
+    /// `force`, a running task is stopped first.
+    pub async fn remove(&self, task: &TaskId, force: bool) -> Result<(), Error> {
+        let task = task.clone();
+        match self
+            .request(|id| ClientMessage::Remove { id, task, force })
+            .await?
+        {
+            ServerMessage::Done { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The tasks this client may see that are running, and with `all` the
+    /// ended ones whose results are kept.
+    pub async fn list(&self, all: bool) -> Result<Vec<TaskInfo>, Error> {
+        match self.request(|id| ClientMessage::List { id, all }).await? {
+            ServerMessage::TaskList { tasks, .. } => Ok(tasks),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a request that follows a task and gives its handle.
+    async fn follow(
+        &self,
+        stdin: bool,
+        message: impl FnOnce(RequestId) -> ClientMessage,
+    ) -> Result<TaskHandle, Error> {
         let id = self.inner.next_id();
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         self.inner.register(id, Pending::Task(events))?;
-        let wants_stdin = spec.stdin;
-        let spec = Box::new(spec);
-        self.inner.send(ClientMessage::Submit { id, spec }).await?;
+        self.inner.send(message(id)).await?;
         Ok(TaskHandle {
             id,
+            task: None,
+            delivered: Offsets::default(),
+            resumed: 0,
             alive: self.alive.clone(),
             events: rx,
             stdin: StdinWriter {
                 id,
                 inner: self.inner.clone(),
-                open: wants_stdin,
+                open: stdin,
             },
             inner: self.inner.clone(),
             end: None,
@@ -370,6 +541,14 @@ impl Client {
             .await
             .unwrap_or_else(|_| Err(self.inner.disconnected()))
     }
+}
+
+/// A detached submit that ended before it was accepted cannot have: the
+/// server refuses with `Failed`, which is an error already.
+fn refused_with(outcome: Outcome) -> Error {
+    Error::Disconnected(format!(
+        "the server ended the task before accepting it: {outcome:?}"
+    ))
 }
 
 fn unexpected(message: ServerMessage) -> Error {
@@ -482,7 +661,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
 async fn deliver(inner: &Inner, message: ServerMessage) {
     use ServerMessage as M;
     let (id, delivery) = match message {
-        M::Accepted { id } => (id, Delivery::Event(TaskEvent::Accepted)),
+        M::Accepted { id, task } => (id, Delivery::Event(TaskEvent::Accepted(task))),
         M::Progress { id, event } => (id, Delivery::Event(TaskEvent::Progress(event))),
         M::Output {
             id,
@@ -500,9 +679,11 @@ async fn deliver(inner: &Inner, message: ServerMessage) {
             id: Some(id),
             error,
         } => return answer_error(inner, id, error),
-        M::Pong { id, .. } | M::StatusReply { id, .. } | M::CatalogReply { id, .. } => {
-            return answer(inner, id, Ok(message))
-        }
+        M::Pong { id, .. }
+        | M::StatusReply { id, .. }
+        | M::CatalogReply { id, .. }
+        | M::Done { id }
+        | M::TaskList { id, .. } => return answer(inner, id, Ok(message)),
         M::Welcome(_) | M::Error { id: None, .. } => return,
     };
     let ends = matches!(delivery, Delivery::End(_));
@@ -547,10 +728,21 @@ fn answer_error(inner: &Inner, id: RequestId, error: TaskError) {
 
 /// One running task. Read its events with [`next`](TaskHandle::next), or
 /// skip them with [`wait`](TaskHandle::wait) or collect them with
-/// [`output`](TaskHandle::output). Dropping the handle before the task ends
-/// cancels the task.
+/// [`output`](TaskHandle::output). Dropping the handle of a submitted task
+/// before it ends cancels the task; dropping an attached one only stops
+/// following it.
+///
+/// When the connection breaks (the server restarted, say), the handle
+/// reconnects and re-attaches by itself, from the bytes it already gave
+/// out (see [`ConnectOptions::resume`]). Its stdin does not survive that.
 pub struct TaskHandle {
     id: RequestId,
+    /// The server-wide id, once the server accepted the task.
+    task: Option<TaskId>,
+    /// Output bytes handed out so far, per stream: where a resume starts.
+    delivered: Offsets,
+    /// Times the handle resumed.
+    resumed: u32,
     /// Keeps the connection open while the handle lives.
     #[allow(dead_code)]
     alive: Arc<Alive>,
@@ -562,13 +754,23 @@ pub struct TaskHandle {
 
 impl fmt::Debug for TaskHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+        f.debug_struct("TaskHandle")
+            .field("request", &self.id)
+            .field("task", &self.task)
+            .finish()
     }
 }
 
 impl TaskHandle {
-    /// The request id of this task on its connection.
-    pub fn id(&self) -> RequestId {
+    /// The task's server-wide id, once its `Accepted` event has been read
+    /// (by [`next`](TaskHandle::next), [`wait`](TaskHandle::wait) or
+    /// [`output`](TaskHandle::output)).
+    pub fn id(&self) -> Option<&TaskId> {
+        self.task.as_ref()
+    }
+
+    /// The request id of this task on its current connection.
+    pub fn request_id(&self) -> RequestId {
         self.id
     }
 
@@ -578,17 +780,108 @@ impl TaskHandle {
         if self.end.is_some() {
             return None;
         }
-        match self.events.recv().await {
-            Some(Delivery::Event(event)) => Some(event),
+        let delivery = self.events.recv().await;
+        let lost = match delivery {
+            Some(Delivery::Event(event)) => return Some(self.note(event)),
+            Some(Delivery::End(Err(Error::Disconnected(reason)))) => reason,
             Some(Delivery::End(end)) => {
                 self.end = Some(end);
-                None
+                return None;
             }
-            None => {
-                self.end = Some(Err(self.inner.disconnected()));
+            None => self.inner.disconnected().to_string(),
+        };
+        match self.resume(&lost).await {
+            Ok(()) => Some(TaskEvent::Progress(ProgressEvent::Resumed {
+                attempts: self.resumed,
+            })),
+            Err(e) => {
+                self.end = Some(Err(e));
                 None
             }
         }
+    }
+
+    /// Counts what the program is handed, so that a resume starts after it.
+    fn note(&mut self, event: TaskEvent) -> TaskEvent {
+        match &event {
+            TaskEvent::Accepted(task) => self.task = Some(task.clone()),
+            TaskEvent::Stdout(chunk) => self
+                .delivered
+                .advance(OutputStream::Stdout, chunk.len() as u64),
+            TaskEvent::Stderr(chunk) => self
+                .delivered
+                .advance(OutputStream::Stderr, chunk.len() as u64),
+            TaskEvent::Progress(_) => {}
+        }
+        event
+    }
+
+    /// Reconnects and re-attaches after the connection broke, retrying
+    /// with backoff within the resume window. Fails with the disconnection
+    /// when resuming is off, the task has no id yet, or the window passes.
+    async fn resume(&mut self, lost: &str) -> Result<(), Error> {
+        let (Some(task), Some(dialer)) = (self.task.clone(), self.inner.dialer.clone()) else {
+            return Err(Error::Disconnected(lost.to_owned()));
+        };
+        let Some(window) = dialer.options.resume else {
+            return Err(Error::Disconnected(lost.to_owned()));
+        };
+        let deadline = Instant::now() + window;
+        let mut pause = FIRST_RESUME_BACKOFF;
+        loop {
+            let last = match self.reattach(&dialer, &task).await {
+                Ok(()) => {
+                    self.resumed += 1;
+                    debug!(%task, resumed = self.resumed, "re-attached after a broken connection");
+                    return Ok(());
+                }
+                // The server answered: the task is gone or not ours.
+                Err(e @ Error::Remote(_)) => return Err(e),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + pause > deadline {
+                return Err(Error::Disconnected(format!(
+                    "{lost}; re-attaching to task {task} failed for {window:?} (last: {last}); \
+                     `tcp-task attach {task}` may still follow it"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RESUME_BACKOFF);
+        }
+    }
+
+    /// One attempt: a new connection, an attach from what was delivered,
+    /// and its `Accepted`. The handle then reads from the new connection.
+    async fn reattach(&mut self, dialer: &Dialer, task: &TaskId) -> Result<(), Error> {
+        let client = Client::connect_with(dialer.addr.as_str(), dialer.options.clone()).await?;
+        let mut fresh = client.attach_from(task, self.delivered).await?;
+        match fresh.events.recv().await {
+            Some(Delivery::Event(TaskEvent::Accepted(_))) => {}
+            Some(Delivery::End(Err(e))) => return Err(e),
+            other => {
+                return Err(Error::Disconnected(format!(
+                    "the server answered an attach without accepting it ({})",
+                    if other.is_some() {
+                        "another frame"
+                    } else {
+                        "closed"
+                    }
+                )))
+            }
+        }
+        std::mem::swap(&mut self.id, &mut fresh.id);
+        std::mem::swap(&mut self.events, &mut fresh.events);
+        std::mem::swap(&mut self.inner, &mut fresh.inner);
+        std::mem::swap(&mut self.alive, &mut fresh.alive);
+        // The old connection's stdin is gone with it.
+        self.stdin = StdinWriter {
+            id: self.id,
+            inner: self.inner.clone(),
+            open: false,
+        };
+        // `fresh` now holds the dead connection's parts: nothing to cancel.
+        fresh.end = Some(Err(Error::Disconnected("replaced".into())));
+        Ok(())
     }
 
     /// Waits for the end, discarding the events still to come.
@@ -627,7 +920,8 @@ impl TaskHandle {
 
     /// Asks the server to stop the task. The handle then ends with an
     /// outcome whose ending is `Cancelled` (or the task's own, if it ended
-    /// first).
+    /// first). On an attached handle it only stops following: the handle
+    /// ends with an error of kind [`ErrorKind::Detached`].
     pub async fn cancel(&self) -> Result<(), Error> {
         self.inner.send(ClientMessage::Cancel { id: self.id }).await
     }

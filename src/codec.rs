@@ -278,7 +278,10 @@ mod tests {
     fn frame_split_across_reads_decodes_once_complete() {
         let mut codec = FrameCodec::<ServerMessage>::default();
         let mut whole = BytesMut::new();
-        let message = ServerMessage::Accepted { id: 7 };
+        let message = ServerMessage::Accepted {
+            id: 7,
+            task: crate::task::TaskId::from_random(7),
+        };
         codec.encode(message.clone(), &mut whole).unwrap();
         let mut buf = BytesMut::new();
         for (i, byte) in whole.iter().enumerate() {

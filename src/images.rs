@@ -48,8 +48,7 @@ pub const EXAMPLES_IMAGE: &str = concat!("tcp-task-examples:", env!("CARGO_PKG_V
 
 /// The HTTP examples image: the example tasks as an HTTP server on port
 /// [`HTTP_EXAMPLES_PORT`], as the original service's task images were.
-pub const HTTP_EXAMPLES_IMAGE: &str =
-    concat!("tcp-task-http-examples:", env!("CARGO_PKG_VERSION"));
+pub const HTTP_EXAMPLES_IMAGE: &str = concat!("tcp-task-http-examples:", env!("CARGO_PKG_VERSION"));
 
 /// The port the HTTP examples image's server listens on.
 pub const HTTP_EXAMPLES_PORT: u16 = 8080;
@@ -90,7 +89,10 @@ pub async fn build_examples_image(docker: &Docker) -> Result<(), ImageError> {
             target: embedded::TOOLS_TARGET,
         });
     }
-    for (image, kind) in [(EXAMPLES_IMAGE, Kind::Examples), (HTTP_EXAMPLES_IMAGE, Kind::Http)] {
+    for (image, kind) in [
+        (EXAMPLES_IMAGE, Kind::Examples),
+        (HTTP_EXAMPLES_IMAGE, Kind::Http),
+    ] {
         let context = context(kind).map_err(|source| ImageError::Context {
             image: image.to_string(),
             source,
@@ -259,7 +261,10 @@ pub fn examples_context() -> io::Result<Vec<u8>> {
 /// cache shares its layer), a label and a default command of its own.
 fn context(kind: Kind) -> io::Result<Vec<u8>> {
     let (label, tail) = match kind {
-        Kind::Examples => ("examples", "CMD [\"tcp-task-tools\", \"--help\"]\n".to_owned()),
+        Kind::Examples => (
+            "examples",
+            "CMD [\"tcp-task-tools\", \"--help\"]\n".to_owned(),
+        ),
         Kind::Http => (
             "http-examples",
             format!(

@@ -33,12 +33,17 @@ pub mod images;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+mod tasks;
 
 pub use client::{Client, ConnectOptions, Error, StdinWriter, TaskEvent, TaskHandle, TaskOutput};
 pub use protocol::{ProgressEvent, TaskSpec};
 #[cfg(feature = "server")]
 pub use server::{RunningServer, Server, ServerConfig, TlsConfig};
-pub use task::{Ending, ErrorKind, Outcome, OutputStream, TaskError, Usage};
+pub use task::{
+    Ending, ErrorKind, Offsets, Outcome, OutputStream, TaskError, TaskId, TaskInfo, TaskState,
+    Usage,
+};
 
 // The README's Rust examples are compiled as doctests, so they stay true.
 #[doc = include_str!("../README.md")]

@@ -8,8 +8,10 @@
 //! close). After that the client sends [`ClientMessage`]s and the server sends
 //! [`ServerMessage`]s. Task-scoped messages carry the client-chosen
 //! [`RequestId`]; for each `Submit` the server sends either a single `Failed`
-//! (refused), or `Accepted`, any number of `Progress`/`Output`, and exactly one
-//! terminal frame: `Exited` or `Failed`.
+//! (refused), or `Accepted` (with the task's server-wide [`TaskId`]), any
+//! number of `Progress`/`Output`, and exactly one terminal frame: `Exited` or
+//! `Failed`. An `Attach` is answered the same way, with the task's output
+//! replayed from the offsets it names.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use crate::task::{
-    Ending, ErrorKind, Outcome, OutputStream, ProgressEvent, RegistryAuth, TaskError, Usage,
+    Ending, ErrorKind, Offsets, Outcome, OutputStream, ProgressEvent, RegistryAuth, TaskError,
+    TaskId, TaskInfo, TaskState, Usage, MAX_TASK_ID_LEN,
 };
 
 /// The first four bytes of every handshake body.
@@ -25,7 +28,7 @@ pub const MAGIC: [u8; 4] = *b"TCPT";
 
 /// The protocol version this build speaks. A peer with another version gets
 /// an [`ErrorKind::VersionMismatch`] error during the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame body either side accepts unless configured otherwise.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024;
@@ -100,8 +103,14 @@ pub struct Limits {
 /// Messages from client to server, after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
-    /// Run a task.
-    Submit { id: RequestId, spec: Box<TaskSpec> },
+    /// Run a task. With `detach` it runs on after this connection closes,
+    /// and its result is kept for the server's retention period; without,
+    /// a connection that breaks leaves it running for the reattach grace.
+    Submit {
+        id: RequestId,
+        spec: Box<TaskSpec>,
+        detach: bool,
+    },
     /// Bytes for the task's stdin (only when `spec.stdin` was set).
     Stdin { id: RequestId, chunk: Bytes },
     /// End of the task's stdin.
@@ -116,15 +125,49 @@ pub enum ClientMessage {
     Status { id: RequestId },
     /// Ask for the pre-compiled tasks the server knows.
     ListCatalog { id: RequestId },
+    /// Follow a task by its id, from any connection: `Accepted`, its output
+    /// from the byte offsets `from` (all of it with the default offsets),
+    /// live output while it runs (with `follow`), then its terminal frame.
+    /// Without `follow`, a task still running ends the request with a
+    /// `Failed` of kind `Detached` once the output so far is sent. `Cancel`
+    /// on this request id stops following (a `Failed` with `Detached`);
+    /// the task runs on.
+    Attach {
+        id: RequestId,
+        task: TaskId,
+        from: Offsets,
+        follow: bool,
+    },
+    /// Wait for a task's end: its terminal frame, under this request id.
+    Wait { id: RequestId, task: TaskId },
+    /// Send `signal` (a Linux signal number, 1 to 64) to the task's
+    /// process. Answered by `Done`.
+    Kill {
+        id: RequestId,
+        task: TaskId,
+        signal: i32,
+    },
+    /// Forget an ended task and remove its kept output; with `force`, a
+    /// running task is killed first. Answered by `Done`.
+    Remove {
+        id: RequestId,
+        task: TaskId,
+        force: bool,
+    },
+    /// The tasks this client may see: the running ones, and with `all` the
+    /// ended ones whose results are kept. Answered by `TaskList`.
+    List { id: RequestId, all: bool },
 }
 
 /// Messages from server to client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     Welcome(Welcome),
-    /// The task was admitted; its frames follow.
+    /// The task was admitted (or found, for an `Attach`); its frames
+    /// follow.
     Accepted {
         id: RequestId,
+        task: TaskId,
     },
     Progress {
         id: RequestId,
@@ -156,6 +199,14 @@ pub enum ServerMessage {
     CatalogReply {
         id: RequestId,
         entries: Vec<CatalogEntryInfo>,
+    },
+    /// A `Kill` or `Remove` was carried out.
+    Done {
+        id: RequestId,
+    },
+    TaskList {
+        id: RequestId,
+        tasks: Vec<TaskInfo>,
     },
     /// A problem that is not one task's ending: a bad frame, a failed
     /// handshake, stdin for a request that is not running. When it is fatal
@@ -308,6 +359,10 @@ pub struct ServerStatus {
     pub engine: EngineStatus,
     pub catalog_size: u64,
     pub pools: Vec<PoolStatus>,
+    /// Ended tasks whose results are kept.
+    pub retained: u64,
+    /// Output bytes the kept results hold.
+    pub retained_bytes: u64,
 }
 
 /// Whether the container engine answers, and what it is.

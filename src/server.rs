@@ -40,6 +40,7 @@ use crate::codec::FrameCodec;
 use crate::executor::Executor;
 use crate::metrics::{Listener, Metrics};
 use crate::protocol::{ErrorKind, ServerMessage, TaskError};
+use crate::tasks::{Keeping, Tasks};
 use crate::tls::TlsError;
 pub use http::HttpConfig;
 use shared::{all_tokens, Shared};
@@ -59,24 +60,32 @@ impl<E: Executor> Server<E> {
     /// no catalog until [`Server::with_policy`] and [`Server::with_catalog`]
     /// say otherwise.
     pub fn new(config: ServerConfig, executor: E) -> Server<E> {
-        let tasks = Quota::new(config.max_tasks, Scope::Server);
+        let task_quota = Quota::new(config.max_tasks, Scope::Server);
         let failed_logins = FailedLogins::new(config.max_auth_failures, config.auth_failure_window);
+        let executor = Arc::new(executor);
+        let abort = CancellationToken::new();
+        let keeping = Keeping::new(
+            config.reattach_grace,
+            config.retention,
+            config.max_retained,
+            config.max_retained_bytes,
+        );
+        let tasks = Tasks::new(executor.clone(), keeping, abort.clone());
         Server {
             shared: Arc::new(Shared {
                 tokens: all_tokens(&config),
                 config,
-                executor: Arc::new(executor),
+                executor,
                 admission: Admission::default(),
+                task_quota,
                 tasks,
                 tls: None,
                 failed_logins,
                 shutdown: CancellationToken::new(),
-                abort: CancellationToken::new(),
+                abort,
                 started: Instant::now(),
                 metrics: Arc::new(Metrics::new()),
                 connections: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
             }),
             http: None,
         }
@@ -116,6 +125,14 @@ impl<E: Executor> Server<E> {
         self
     }
 
+    /// Takes over the tasks that a server which is gone left running or
+    /// ended (their containers, found by their labels): running ones are
+    /// supervised again, ended ones kept as results. Call once at
+    /// start-up, inside the runtime, before serving. Returns how many.
+    pub async fn adopt(&self) -> Result<usize, TaskError> {
+        self.shared.tasks.adopt().await
+    }
+
     /// Asks the executor to keep containers ready for the catalog entries
     /// with `warm > 0`. Call once, inside the runtime.
     pub fn warm_up(&self) {
@@ -143,6 +160,8 @@ impl<E: Executor> Server<E> {
     pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let sweeper = CancellationToken::new();
+        self.shared.tasks.spawn_sweeper(sweeper.clone());
         if let Some((http, config)) = self.http.take() {
             let shared = self.shared.clone();
             connections.spawn(http::serve(http, config, shared, connections.clone()));
@@ -163,6 +182,12 @@ impl<E: Executor> Server<E> {
             self.shared.abort.cancel();
             connections.wait().await;
         }
+        // Attached tasks whose connections broke were waiting for their
+        // clients; they end with the server. Detached ones run on, for the
+        // next server to adopt.
+        self.shared.abort.cancel();
+        self.shared.tasks.end_attached().await;
+        sweeper.cancel();
         self.shared.executor.shutdown().await;
         info!("shut down");
     }

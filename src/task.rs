@@ -30,6 +30,114 @@ impl fmt::Debug for RegistryAuth {
     }
 }
 
+/// The longest task id a peer may send; ids the server makes are
+/// [`TaskId::LEN`] characters.
+pub const MAX_TASK_ID_LEN: usize = 64;
+
+/// A task's server-wide name: 20 characters of base32 (`a`–`z`, `2`–`7`)
+/// for 100 random bits, so that one client cannot guess another's task.
+/// Unlike a request id it does not depend on the connection: any
+/// connection may attach to the task, wait for it or kill it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// Characters in a task id the server makes.
+    pub const LEN: usize = 20;
+    const ALPHABET: &'static [u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+    /// The id for 20 base32 digits of `random`: 5 bits each from the low
+    /// 100 bits.
+    pub fn from_random(random: u128) -> TaskId {
+        let id = (0..Self::LEN)
+            .map(|i| Self::ALPHABET[((random >> (5 * i)) & 31) as usize] as char)
+            .collect();
+        TaskId(id)
+    }
+
+    /// Checks that `text` looks like a task id (what a user typed, say):
+    /// lower-case base32 digits, at most [`MAX_TASK_ID_LEN`] of them.
+    pub fn parse(text: &str) -> Result<TaskId, TaskError> {
+        let valid = !text.is_empty()
+            && text.len() <= MAX_TASK_ID_LEN
+            && text.bytes().all(|b| Self::ALPHABET.contains(&b));
+        if valid {
+            Ok(TaskId(text.to_owned()))
+        } else {
+            Err(TaskError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "`{}` is not a task id: ids are {} characters of a-z and 2-7, as `tcp-task ps` shows them",
+                    text.escape_debug(),
+                    Self::LEN
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// How many bytes of each output stream a client already has: where a
+/// replay starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets {
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
+impl Offsets {
+    pub fn of(&self, stream: OutputStream) -> u64 {
+        match stream {
+            OutputStream::Stdout => self.stdout,
+            OutputStream::Stderr => self.stderr,
+        }
+    }
+
+    pub fn advance(&mut self, stream: OutputStream, bytes: u64) {
+        match stream {
+            OutputStream::Stdout => self.stdout += bytes,
+            OutputStream::Stderr => self.stderr += bytes,
+        }
+    }
+}
+
+/// Where a task is in its life, as `tcp-task ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for a slot, starting, or running.
+    Running,
+    /// It ran and ended; its result is kept.
+    Ended(Outcome),
+    /// It could not run.
+    Failed(TaskError),
+}
+
+/// One task the server knows: running, or ended with its result kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    /// The image, or `catalog:NAME` for a pre-compiled task.
+    pub image: String,
+    pub command: Vec<String>,
+    /// Submitted with `detach`: it runs on without its client.
+    pub detached: bool,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub state: TaskState,
+    /// Output bytes it wrote (stdout and stderr): what its kept log holds.
+    pub output_bytes: u64,
+}
+
 /// Lifecycle news about a task before it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ProgressEvent {
@@ -47,6 +155,11 @@ pub enum ProgressEvent {
     Created { container: String },
     /// The container's process is running.
     Started,
+    /// The connection to the server broke and the client library
+    /// reconnected and re-attached: the stream goes on where it stopped, no
+    /// byte lost or repeated. Only the client library makes this event; a
+    /// server never sends it.
+    Resumed { attempts: u32 },
 }
 
 /// Which of the task's output streams a chunk belongs to.
@@ -202,6 +315,11 @@ pub enum ErrorKind {
     Timeout,
     /// A bug in the server; the message says more.
     Internal,
+    /// No task with that id (it never existed, its result was removed, or
+    /// it belongs to another client).
+    NoSuchTask,
+    /// An attach was stopped by its client; the task runs on.
+    Detached,
     /// An HTTP task's server did not answer on its port within the task's
     /// timeout; the message holds its last output lines.
     NotListening,
@@ -235,6 +353,8 @@ impl ErrorKind {
             ErrorKind::VersionMismatch => "version_mismatch",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
+            ErrorKind::NoSuchTask => "no_such_task",
+            ErrorKind::Detached => "detached",
             ErrorKind::NotListening => "not_listening",
             ErrorKind::TaskExited => "task_exited",
             ErrorKind::TaskFailed => "task_failed",

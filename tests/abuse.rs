@@ -189,6 +189,7 @@ async fn a_submission_flood_gets_busy_refusals_and_the_server_keeps_nothing_of_i
                 let submit = ClientMessage::Submit {
                     id,
                     spec: spec.clone(),
+                    detach: false,
                 };
                 writer.send(&submit).await;
             }
@@ -257,6 +258,7 @@ async fn requests_behind_a_refused_submission_are_answered_in_order() {
         bytes.extend(frame(&ClientMessage::Submit {
             id,
             spec: Box::new(script(["sleep", "60000"])),
+            detach: false,
         }));
     }
     bytes.extend(frame(&ClientMessage::Ping {
@@ -272,7 +274,7 @@ async fn requests_behind_a_refused_submission_are_answered_in_order() {
             message => answers.push(message),
         }
     }
-    assert_eq!(answers[0], ServerMessage::Accepted { id: 1 });
+    assert!(matches!(answers[0], ServerMessage::Accepted { id: 1, .. }));
     for (answer, id) in answers[1..3].iter().zip([2, 3]) {
         match answer {
             ServerMessage::Failed { id: got, error } => {

@@ -96,6 +96,7 @@ async fn a_connection_without_a_valid_token_gets_one_error_and_nothing_else() {
         bytes.extend(frame(&ClientMessage::Submit {
             id: 3,
             spec: Box::new(script(["echo", "x"])),
+            detach: false,
         }));
         peer.send_raw(&bytes).await;
         match peer.frames_until_closed().await.as_slice() {

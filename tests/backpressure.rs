@@ -291,7 +291,12 @@ async fn a_client_that_stops_reading_stops_the_containers_writes() {
     let lines = LINES.to_string();
     let command = ["counter", &lines, COUNT_FILE];
     let spec = Box::new(task(command));
-    peer.send(&ClientMessage::Submit { id: 1, spec }).await;
+    peer.send(&ClientMessage::Submit {
+        id: 1,
+        spec,
+        detach: false,
+    })
+    .await;
 
     // (1) The client reads nothing from here on: the task's count stops,
     // far short of its end.

@@ -243,7 +243,10 @@ fn fake_server(fault: Fault) -> (String, Arc<AtomicU64>) {
                                         usage: None,
                                     },
                                 };
-                                frames.push(ServerMessage::Accepted { id });
+                                frames.push(ServerMessage::Accepted {
+                                    id,
+                                    task: tcp_task::TaskId::from_random(id.into()),
+                                });
                                 frames.push(ServerMessage::Output {
                                     id,
                                     stream: OutputStream::Stdout,

@@ -31,10 +31,10 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::{CodecError, FrameCodec};
 use tcp_task::protocol::{
-    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Outcome,
-    OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus, Task,
-    TaskError, TaskSpec, Usage, Welcome, DEFAULT_MAX_FRAME_LEN, MAGIC, MAX_CHUNK_LEN,
-    PROTOCOL_VERSION,
+    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
+    Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
+    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, DEFAULT_MAX_FRAME_LEN,
+    MAGIC, MAX_CHUNK_LEN, PROTOCOL_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -183,7 +183,47 @@ fn progress_event() -> impl Strategy<Value = ProgressEvent> {
         ),
         text().prop_map(|container| ProgressEvent::Created { container }),
         Just(ProgressEvent::Started),
+        any::<u32>().prop_map(|attempts| ProgressEvent::Resumed { attempts }),
     ]
+}
+
+fn task_id() -> impl Strategy<Value = TaskId> {
+    any::<u128>().prop_map(TaskId::from_random)
+}
+
+fn offsets() -> impl Strategy<Value = Offsets> {
+    (varint(), varint()).prop_map(|(stdout, stderr)| Offsets { stdout, stderr })
+}
+
+fn task_state() -> impl Strategy<Value = TaskState> {
+    prop_oneof![
+        Just(TaskState::Running),
+        outcome().prop_map(TaskState::Ended),
+        task_error().prop_map(TaskState::Failed),
+    ]
+}
+
+fn task_info() -> impl Strategy<Value = TaskInfo> {
+    (
+        task_id(),
+        text(),
+        prop::collection::vec(text(), 0..3),
+        any::<bool>(),
+        varint(),
+        task_state(),
+        varint(),
+    )
+        .prop_map(
+            |(id, image, command, detached, created_ms, state, output_bytes)| TaskInfo {
+                id,
+                image,
+                command,
+                detached,
+                created_ms,
+                state,
+                output_bytes,
+            },
+        )
 }
 
 /// Every `Ending`; the match makes a new variant a compile error here until
@@ -244,7 +284,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 /// Every `ErrorKind`, kept complete by the same exhaustive match.
 fn error_kind() -> impl Strategy<Value = ErrorKind> {
     use ErrorKind::*;
-    const ALL: [ErrorKind; 21] = [
+    const ALL: [ErrorKind; 23] = [
         BadRequest,
         PolicyDenied,
         Busy,
@@ -266,13 +306,16 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         NotListening,
         TaskExited,
         TaskFailed,
+        NoSuchTask,
+        Detached,
     ];
     fn _every_variant_is_listed(k: ErrorKind) {
         match k {
             BadRequest | PolicyDenied | Busy | DuplicateId | UnknownRequest | UnknownTask
             | ImageNotFound | RegistryAuth | CommandNotFound | CommandNotInvokable | Engine
             | ShuttingDown | Unauthorized | Protocol | FrameTooLarge | VersionMismatch
-            | Timeout | Internal | NotListening | TaskExited | TaskFailed => {}
+            | Timeout | Internal | NotListening | TaskExited | TaskFailed | NoSuchTask
+            | Detached => {}
         }
     }
     prop::sample::select(ALL.to_vec())
@@ -313,6 +356,7 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
         engine_status(),
         varint(),
         prop::collection::vec(pool_status(), 0..3),
+        (varint(), varint()),
     )
         .prop_map(
             |(
@@ -321,6 +365,7 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
                 engine,
                 catalog_size,
                 pools,
+                (retained, retained_bytes),
             )| ServerStatus {
                 server,
                 protocol_version,
@@ -333,6 +378,8 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
                 engine,
                 catalog_size,
                 pools,
+                retained,
+                retained_bytes,
             },
         )
 }
@@ -397,9 +444,12 @@ fn hello() -> impl Strategy<Value = Hello> {
 
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (request_id(), task_spec()).prop_map(|(id, spec)| ClientMessage::Submit {
-            id,
-            spec: Box::new(spec)
+        (request_id(), task_spec(), any::<bool>()).prop_map(|(id, spec, detach)| {
+            ClientMessage::Submit {
+                id,
+                spec: Box::new(spec),
+                detach,
+            }
         }),
         (request_id(), chunk()).prop_map(|(id, chunk)| ClientMessage::Stdin { id, chunk }),
         request_id().prop_map(|id| ClientMessage::StdinClose { id }),
@@ -407,6 +457,20 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         (request_id(), chunk()).prop_map(|(id, payload)| ClientMessage::Ping { id, payload }),
         request_id().prop_map(|id| ClientMessage::Status { id }),
         request_id().prop_map(|id| ClientMessage::ListCatalog { id }),
+        (request_id(), task_id(), offsets(), any::<bool>()).prop_map(|(id, task, from, follow)| {
+            ClientMessage::Attach {
+                id,
+                task,
+                from,
+                follow,
+            }
+        }),
+        (request_id(), task_id()).prop_map(|(id, task)| ClientMessage::Wait { id, task }),
+        (request_id(), task_id(), any::<i32>())
+            .prop_map(|(id, task, signal)| ClientMessage::Kill { id, task, signal }),
+        (request_id(), task_id(), any::<bool>())
+            .prop_map(|(id, task, force)| ClientMessage::Remove { id, task, force }),
+        (request_id(), any::<bool>()).prop_map(|(id, all)| ClientMessage::List { id, all }),
     ]
 }
 
@@ -421,14 +485,19 @@ fn client_variant(message: &ClientMessage) -> usize {
         ClientMessage::Ping { .. } => 4,
         ClientMessage::Status { .. } => 5,
         ClientMessage::ListCatalog { .. } => 6,
+        ClientMessage::Attach { .. } => 7,
+        ClientMessage::Wait { .. } => 8,
+        ClientMessage::Kill { .. } => 9,
+        ClientMessage::Remove { .. } => 10,
+        ClientMessage::List { .. } => 11,
     }
 }
-const CLIENT_VARIANTS: usize = 7;
+const CLIENT_VARIANTS: usize = 12;
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
     prop_oneof![
         welcome().prop_map(ServerMessage::Welcome),
-        request_id().prop_map(|id| ServerMessage::Accepted { id }),
+        (request_id(), task_id()).prop_map(|(id, task)| ServerMessage::Accepted { id, task }),
         (request_id(), progress_event())
             .prop_map(|(id, event)| ServerMessage::Progress { id, event }),
         (request_id(), output_stream(), chunk())
@@ -442,6 +511,9 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             .prop_map(|(id, entries)| ServerMessage::CatalogReply { id, entries }),
         (opt(request_id()), task_error())
             .prop_map(|(id, error)| ServerMessage::Error { id, error }),
+        request_id().prop_map(|id| ServerMessage::Done { id }),
+        (request_id(), prop::collection::vec(task_info(), 0..3))
+            .prop_map(|(id, tasks)| ServerMessage::TaskList { id, tasks }),
     ]
 }
 
@@ -457,9 +529,11 @@ fn server_variant(message: &ServerMessage) -> usize {
         ServerMessage::StatusReply { .. } => 7,
         ServerMessage::CatalogReply { .. } => 8,
         ServerMessage::Error { .. } => 9,
+        ServerMessage::Done { .. } => 10,
+        ServerMessage::TaskList { .. } => 11,
     }
 }
-const SERVER_VARIANTS: usize = 10;
+const SERVER_VARIANTS: usize = 12;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -740,6 +814,7 @@ fn largest_valid_frames_still_decode() {
         let empty = ClientMessage::Submit {
             id: 1,
             spec: Box::new(TaskSpec::image("", Vec::<String>::new())),
+            detach: false,
         };
         encode(&mut FrameCodec::<()>::default(), &empty).len() - 4
     };
@@ -750,11 +825,13 @@ fn largest_valid_frames_still_decode() {
             "x".repeat(MAX as usize - overhead - 4),
             Vec::<String>::new(),
         )),
+        detach: false,
     };
     // A million empty strings, one byte each.
     let dense = ClientMessage::Submit {
         id: 1,
         spec: Box::new(TaskSpec::image("", vec![String::new(); 1 << 20])),
+        detach: false,
     };
     for (message, exactly_max) in [(long, true), (dense, false)] {
         let mut buf = encode(&mut FrameCodec::<()>::new(u32::MAX), &message);

@@ -171,8 +171,8 @@ async fn containers_get_the_hardening_defaults() {
     let log = host.log_config.expect("log config");
     assert_eq!(log.typ.as_deref(), Some("local"));
     let log_options = log.config.expect("log options");
-    assert_eq!(log_options.get("max-size").map(String::as_str), Some("1m"));
-    assert_eq!(log_options.get("max-file").map(String::as_str), Some("1"));
+    assert_eq!(log_options.get("max-size").map(String::as_str), Some("64m"));
+    assert_eq!(log_options.get("max-file").map(String::as_str), Some("2"));
     assert_eq!(
         log_options.get("compress").map(String::as_str),
         Some("false")

@@ -31,7 +31,12 @@ fn execute_url(server: &Server) -> String {
 fn execute(server: &Server, body: &Value, extra: &[&str]) -> curl::Answer {
     let body = body.to_string();
     let url = execute_url(server);
-    let mut args = vec!["-H", "Content-Type: application/json", "--data-binary", &body];
+    let mut args = vec![
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+    ];
     args.extend_from_slice(extra);
     args.push(&url);
     curl(&args)
@@ -51,14 +56,29 @@ fn api_execute_answers_as_the_original_service_did() {
     let body = sum.json();
     assert_eq!(body["result"], json!(6.5));
     assert!(body["message"].as_str().unwrap().contains("sum"), "{body}");
-    let product = execute(&server, &request("multiply", json!({"numbers": [6, 7]})), &[]);
-    assert_eq!((product.status, product.json()["result"].clone()), (200, json!(42)));
+    let product = execute(
+        &server,
+        &request("multiply", json!({"numbers": [6, 7]})),
+        &[],
+    );
+    assert_eq!(
+        (product.status, product.json()["result"].clone()),
+        (200, json!(42))
+    );
     // An image given with its tag in `image`, and the port as a string.
-    let whole = json!({"image": HTTP_EXAMPLES_IMAGE, "port": "8080", "task": "sum", "params": [2, 2]});
+    let whole =
+        json!({"image": HTTP_EXAMPLES_IMAGE, "port": "8080", "task": "sum", "params": [2, 2]});
     let answer = execute(&server, &whole, &[]);
-    assert_eq!((answer.status, answer.json()["result"].clone()), (200, json!(4)));
+    assert_eq!(
+        (answer.status, answer.json()["result"].clone()),
+        (200, json!(4))
+    );
     server.assert_clean();
-    let metrics = curl(&[&format!("http://{}/metrics", server.http.as_deref().unwrap())]).body;
+    let metrics = curl(&[&format!(
+        "http://{}/metrics",
+        server.http.as_deref().unwrap()
+    )])
+    .body;
     let done = r#"tcptask_http_requests_total{endpoint="/api/execute",code="200"}"#;
     assert_eq!(sample(&metrics, done), Some(3.0), "{metrics}");
 }
@@ -95,7 +115,12 @@ fn api_execute_errors_are_clear_json_with_statuses_to_act_on() {
     let unknown = execute(&server, &request("pow", json!([2, 3])), &[]);
     assert_error(&unknown, 400, "task_failed", &["HTTP 404", "unknown task"]);
     let bad_params = execute(&server, &request("sum", json!("three")), &[]);
-    assert_error(&bad_params, 400, "task_failed", &["HTTP 400", "no list of numbers"]);
+    assert_error(
+        &bad_params,
+        400,
+        "task_failed",
+        &["HTTP 400", "no list of numbers"],
+    );
 
     // Nothing listens on the port asked for: the task's timeout bounds the
     // wait, and the message holds the server's own last lines.
@@ -104,18 +129,37 @@ fn api_execute_errors_are_clear_json_with_statuses_to_act_on() {
     wrong_port["timeout_ms"] = json!(3000);
     let started = Instant::now();
     let never = execute(&server, &wrong_port, &[]);
-    assert_error(&never, 400, "not_listening", &["port 9999", "listening on port 8080"]);
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_error(
+        &never,
+        400,
+        "not_listening",
+        &["port 9999", "listening on port 8080"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 
     // An image whose default command ends at once (the examples image
     // prints its help): the container exited, with its output.
     let (image, tag) = EXAMPLES_IMAGE.split_once(':').unwrap();
     let exits = json!({"image": image, "tag": tag, "port": 8080, "task": "sum", "params": [1]});
     let exited = execute(&server, &exits, &[]);
-    assert_error(&exited, 400, "task_exited", &["before it listened", "applets"]);
+    assert_error(
+        &exited,
+        400,
+        "task_exited",
+        &["before it listened", "applets"],
+    );
 
     let missing = json!({"image": "tcp-task-no-such-image", "tag": "0", "port": 80, "task": "t"});
-    assert_error(&execute(&server, &missing, &[]), 400, "image_not_found", &["tcp-task-no-such-image"]);
+    assert_error(
+        &execute(&server, &missing, &[]),
+        400,
+        "image_not_found",
+        &["tcp-task-no-such-image"],
+    );
     let bad_name = execute(&server, &request("sum x", json!([1])), &[]);
     assert_error(&bad_name, 400, "bad_request", &["task name"]);
 
@@ -123,7 +167,8 @@ fn api_execute_errors_are_clear_json_with_statuses_to_act_on() {
     let mut slow = TcpStream::connect(server.http.as_deref().unwrap()).unwrap();
     let head = "POST /api/execute HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"image\":";
     slow.write_all(head.as_bytes()).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut reply = Vec::new();
     let _ = slow.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply);
@@ -134,16 +179,19 @@ fn api_execute_errors_are_clear_json_with_statuses_to_act_on() {
 #[test]
 fn tokens_and_client_rules_apply_to_api_execute() {
     let token = "http-client-token-1234";
-    let config = format!(
-        "[clients.web]\ntoken = \"{token}\"\nimages = [\"tcp-task-examples:*\"]\n"
-    );
+    let config =
+        format!("[clients.web]\ntoken = \"{token}\"\nimages = [\"tcp-task-examples:*\"]\n");
     let server = start(&[], &config);
     let no_token = execute(&server, &request("sum", json!([1])), &[]);
     assert_error(&no_token, 401, "unauthorized", &["Authorization: Bearer"]);
     let bearer = format!("Authorization: Bearer {token}");
     let refused = execute(&server, &request("sum", json!([1])), &["-H", &bearer]);
     assert_error(&refused, 403, "policy_denied", &["web"]);
-    let metrics = curl(&[&format!("http://{}/metrics", server.http.as_deref().unwrap())]).body;
+    let metrics = curl(&[&format!(
+        "http://{}/metrics",
+        server.http.as_deref().unwrap()
+    )])
+    .body;
     let denied = r#"tcptask_requests_refused_total{kind="policy_denied"}"#;
     assert_eq!(sample(&metrics, denied), Some(1.0), "{metrics}");
     server.assert_clean();
@@ -153,9 +201,26 @@ fn tokens_and_client_rules_apply_to_api_execute() {
 fn call_prints_the_result_over_the_binary_protocol() {
     let server = Server::start();
     let port = HTTP_EXAMPLES_PORT.to_string();
-    let out = server.run(&["call", HTTP_EXAMPLES_IMAGE, "sum", "--port", &port, "--params", "[1, 2]"]);
+    let out = server.run(&[
+        "call",
+        HTTP_EXAMPLES_IMAGE,
+        "sum",
+        "--port",
+        &port,
+        "--params",
+        "[1, 2]",
+    ]);
     assert_eq!((out.code, out.stdout_text().trim()), (0, "3"), "{out:?}");
-    let raw = server.run(&["call", "--raw", HTTP_EXAMPLES_IMAGE, "multiply", "--port", &port, "--params", "[6, 7]"]);
+    let raw = server.run(&[
+        "call",
+        "--raw",
+        HTTP_EXAMPLES_IMAGE,
+        "multiply",
+        "--port",
+        &port,
+        "--params",
+        "[6, 7]",
+    ]);
     let answer: Value = serde_json::from_str(raw.stdout_text().trim()).expect("JSON");
     assert_eq!(answer, json!({"result": 42}), "{raw:?}");
     let failed = server.run(&["call", HTTP_EXAMPLES_IMAGE, "nope", "--port", &port]);
@@ -163,8 +228,17 @@ fn call_prints_the_result_over_the_binary_protocol() {
     assert!(failed.one_line_error().contains("HTTP 404"), "{failed:?}");
     // The server's command given on the command line: it listens late.
     let late = server.run(&[
-        "call", HTTP_EXAMPLES_IMAGE, "sum", "--port", "9000", "--params", "[5]", "http-tasks", "9000",
-        "--delay-ms", "700",
+        "call",
+        HTTP_EXAMPLES_IMAGE,
+        "sum",
+        "--port",
+        "9000",
+        "--params",
+        "[5]",
+        "http-tasks",
+        "9000",
+        "--delay-ms",
+        "700",
     ]);
     assert_eq!((late.code, late.stdout_text().trim()), (0, "5"), "{late:?}");
     server.assert_clean();
@@ -180,11 +254,21 @@ fn a_warm_catalog_http_task_answers_from_a_listening_container() {
     // no port published on the host.
     let deadline = Instant::now() + Duration::from_secs(60);
     let warm = loop {
-        let found: Vec<_> = server.containers().into_iter().filter(cli_server::is_warm).collect();
-        if let Some(container) = found.into_iter().find(|c| c.state.as_ref().map(|s| s.to_string()) == Some("running".into())) {
+        let found: Vec<_> = server
+            .containers()
+            .into_iter()
+            .filter(cli_server::is_warm)
+            .collect();
+        if let Some(container) = found
+            .into_iter()
+            .find(|c| c.state.as_ref().map(|s| s.to_string()) == Some("running".into()))
+        {
             break container;
         }
-        assert!(Instant::now() < deadline, "no warm container for the HTTP task");
+        assert!(
+            Instant::now() < deadline,
+            "no warm container for the HTTP task"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let (runtime, docker) = cli_server::engine();
@@ -198,18 +282,29 @@ fn a_warm_catalog_http_task_answers_from_a_listening_container() {
     // Wait until the pool says it is ready, then the task takes it.
     let ready_by = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = curl(&[&format!("http://{}/metrics", server.http.as_deref().unwrap())]).body;
+        let metrics = curl(&[&format!(
+            "http://{}/metrics",
+            server.http.as_deref().unwrap()
+        )])
+        .body;
         if sample(&metrics, "tcptask_warm_ready_containers") == Some(1.0) {
             break;
         }
-        assert!(Instant::now() < ready_by, "the pool never got ready:\n{metrics}");
+        assert!(
+            Instant::now() < ready_by,
+            "the pool never got ready:\n{metrics}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = server.run(&["task", "add", "--params", "[20, 22]"]);
     assert_eq!(out.code, 0, "{out:?}");
     let answer: Value = serde_json::from_str(out.stdout_text().trim()).expect("the answer");
     assert_eq!(answer, json!({"result": 42}));
-    let metrics = curl(&[&format!("http://{}/metrics", server.http.as_deref().unwrap())]).body;
+    let metrics = curl(&[&format!(
+        "http://{}/metrics",
+        server.http.as_deref().unwrap()
+    )])
+    .body;
     let warm_done = r#"tcptask_tasks_total{outcome="exited",path="warm"}"#;
     assert_eq!(sample(&metrics, warm_done), Some(1.0), "{metrics}");
     server.assert_clean();

@@ -60,7 +60,7 @@ async fn events(handle: &mut TaskHandle) -> Seen {
     let mut seen = Seen::default();
     while let Some(event) = handle.next().await {
         match event {
-            TaskEvent::Accepted => {}
+            TaskEvent::Accepted(_) => {}
             TaskEvent::Progress(p) => seen.progress.push(p),
             TaskEvent::Stdout(chunk) => seen.stdout.extend_from_slice(&chunk),
             TaskEvent::Stderr(chunk) => seen.stderr.extend_from_slice(&chunk),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcp_task::protocol::{ClientMessage, Ending, ErrorKind, Hello, ServerMessage};
-use tcp_task::{Client, Error, RunningServer, Server, ServerConfig, TaskEvent};
+use tcp_task::{Client, ConnectOptions, Error, RunningServer, Server, ServerConfig, TaskEvent};
 use tokio::net::TcpStream;
 
 async fn start(config: ServerConfig) -> (RunningServer, Arc<Counters>) {
@@ -87,7 +87,7 @@ async fn accepted_comes_first_and_stdin_round_trips() {
     let mut spec = script(["cat"]);
     spec.stdin = true;
     let mut handle = client.run(spec).await.unwrap();
-    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
     let stdin = handle.stdin();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let writer = tokio::spawn(async move {
@@ -118,7 +118,7 @@ async fn cancel_ends_the_task_as_cancelled() {
     let (server, counters) = start(ServerConfig::default()).await;
     let client = Client::connect(server.local_addr()).await.unwrap();
     let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
-    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
     handle.cancel().await.unwrap();
     let outcome = handle.wait().await.unwrap();
     assert_eq!(outcome.ending, Ending::Cancelled);
@@ -130,7 +130,7 @@ async fn dropping_a_handle_cancels_its_task() {
     let (server, counters) = start(ServerConfig::default()).await;
     let client = Client::connect(server.local_addr()).await.unwrap();
     let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
-    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
     drop(handle);
     eventually("the server cancels the dropped task", || {
         Counters::get(&counters.cancelled) == 1
@@ -145,7 +145,7 @@ async fn dropping_the_client_closes_the_connection_and_cancels_its_tasks() {
     let (server, counters) = start(ServerConfig::default()).await;
     let client = Client::connect(server.local_addr()).await.unwrap();
     let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
-    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
     drop(client);
     drop(handle);
     eventually("the server cancels the task", || {
@@ -182,14 +182,22 @@ async fn cuttable_proxy(server: SocketAddr) -> (SocketAddr, tokio::sync::oneshot
 }
 
 #[tokio::test]
-async fn connection_loss_ends_every_pending_handle_and_cancels_the_server_side_tasks() {
-    let (server, counters) = start(ServerConfig::default()).await;
+async fn without_a_reattach_grace_connection_loss_ends_every_handle_and_cancels_the_tasks() {
+    let config = ServerConfig {
+        reattach_grace: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let (server, counters) = start(config).await;
     let (proxy, cut) = cuttable_proxy(server.local_addr()).await;
-    let client = Client::connect(proxy).await.unwrap();
+    let options = ConnectOptions {
+        resume: None,
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(proxy, options).await.unwrap();
     let mut handles = Vec::new();
     for _ in 0..5 {
         let mut handle = client.run(script(["sleep", "60000"])).await.unwrap();
-        assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+        assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
         handles.push(handle);
     }
     cut.send(()).unwrap();
@@ -217,8 +225,8 @@ async fn graceful_shutdown_lets_short_tasks_finish_and_cancels_the_rest_after_th
     let client = Client::connect(server.local_addr()).await.unwrap();
     let mut short = client.run(script(["sleep", "200"])).await.unwrap();
     let mut long = client.run(script(["sleep", "60000"])).await.unwrap();
-    assert_eq!(short.next().await, Some(TaskEvent::Accepted));
-    assert_eq!(long.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(short.next().await, Some(TaskEvent::Accepted(_))));
+    assert!(matches!(long.next().await, Some(TaskEvent::Accepted(_))));
     let shutdown = tokio::spawn(server.shutdown());
     // Once draining, the server refuses new tasks but still ends old ones.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -249,9 +257,13 @@ async fn a_duplicate_id_during_shutdown_is_a_duplicate_not_the_running_tasks_end
     let submit = |id| ClientMessage::Submit {
         id,
         spec: Box::new(script(["sleep", "60000"])),
+        detach: false,
     };
     peer.send(&submit(1)).await;
-    assert_eq!(peer.read().await, Some(ServerMessage::Accepted { id: 1 }));
+    assert!(matches!(
+        peer.read().await,
+        Some(ServerMessage::Accepted { id: 1, .. })
+    ));
     let shutdown = tokio::spawn(server.shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Draining now: a new id is refused as shutting down, the running id
@@ -471,10 +483,19 @@ async fn a_duplicate_request_id_is_an_error_that_leaves_the_running_task_alone()
     peer.send(&ClientMessage::Submit {
         id: 5,
         spec: spec.clone(),
+        detach: false,
     })
     .await;
-    assert_eq!(peer.read().await, Some(ServerMessage::Accepted { id: 5 }));
-    peer.send(&ClientMessage::Submit { id: 5, spec }).await;
+    assert!(matches!(
+        peer.read().await,
+        Some(ServerMessage::Accepted { id: 5, .. })
+    ));
+    peer.send(&ClientMessage::Submit {
+        id: 5,
+        spec,
+        detach: false,
+    })
+    .await;
     match peer.read().await {
         Some(ServerMessage::Error { id: Some(5), error }) => {
             assert_eq!(error.kind, ErrorKind::DuplicateId)
@@ -504,7 +525,12 @@ async fn a_client_that_stops_reading_bounds_what_the_server_buffers() {
     let (server, counters) = start(config).await;
     let mut peer = RawPeer::handshaken(server.local_addr()).await;
     let spec = Box::new(script(["flood", &FLOOD.to_string()]));
-    peer.send(&ClientMessage::Submit { id: 1, spec }).await;
+    peer.send(&ClientMessage::Submit {
+        id: 1,
+        spec,
+        detach: false,
+    })
+    .await;
     // Not reading from here on. Wait until the output stalls.
     let mut last = 0;
     loop {
@@ -542,7 +568,7 @@ async fn an_engine_failure_is_the_tasks_only_terminal_frame() {
     let (server, _) = start(ServerConfig::default()).await;
     let client = Client::connect(server.local_addr()).await.unwrap();
     let mut handle = client.run(script(["fail"])).await.unwrap();
-    assert_eq!(handle.next().await, Some(TaskEvent::Accepted));
+    assert!(matches!(handle.next().await, Some(TaskEvent::Accepted(_))));
     assert_eq!(handle.next().await, None);
     let err = handle.wait().await.unwrap_err();
     assert_eq!(err.kind(), Some(ErrorKind::Engine));

@@ -33,20 +33,27 @@ fn usage_of(out: &cli_server::Out) -> Value {
 }
 
 fn assert_spin(usage: &Value, path: &str) {
-    let user = usage["cpu_user_us"].as_u64().unwrap_or_else(|| panic!("{path}: {usage}"));
+    let user = usage["cpu_user_us"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path}: {usage}"));
     let system = usage["cpu_system_us"].as_u64().unwrap();
     let target = SPIN_MS * 1000;
     assert!(
         user >= target * 95 / 100 && user <= target + 300_000,
         "{path}: spin {SPIN_MS} ms reported {user} µs of user time"
     );
-    assert!(system < 300_000, "{path}: {system} µs of system time for a busy loop");
+    assert!(
+        system < 300_000,
+        "{path}: {system} µs of system time for a busy loop"
+    );
 }
 
 fn assert_alloc(usage: &Value, path: &str) {
-    let peak = usage["peak_memory_bytes"].as_u64().unwrap_or_else(|| panic!("{path}: {usage}"));
+    let peak = usage["peak_memory_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path}: {usage}"));
     assert!(
-        peak >= ALLOC_MB * MIB && peak <= (ALLOC_MB + 24) * MIB,
+        (ALLOC_MB * MIB..=(ALLOC_MB + 24) * MIB).contains(&peak),
         "{path}: alloc {ALLOC_MB} MiB reported a peak of {} KiB",
         peak / 1024
     );
@@ -55,14 +62,32 @@ fn assert_alloc(usage: &Value, path: &str) {
 #[test]
 fn cold_tasks_report_their_containers_cpu_and_memory() {
     let server = Server::start();
-    let spin = server.run(&["run", "--json", EXAMPLES_IMAGE, "spin", &SPIN_MS.to_string()]);
+    let spin = server.run(&[
+        "run",
+        "--json",
+        EXAMPLES_IMAGE,
+        "spin",
+        &SPIN_MS.to_string(),
+    ]);
     assert_spin(&usage_of(&spin), "cold");
-    let alloc = server.run(&["run", "--json", "--memory", "256m", EXAMPLES_IMAGE, "alloc", &ALLOC_MB.to_string()]);
+    let alloc = server.run(&[
+        "run",
+        "--json",
+        "--memory",
+        "256m",
+        EXAMPLES_IMAGE,
+        "alloc",
+        &ALLOC_MB.to_string(),
+    ]);
     assert_alloc(&usage_of(&alloc), "cold");
     // The measuring changes nothing the task sees: its output, its exit
     // code, a missing command's 127.
     let out = server.run(&["run", EXAMPLES_IMAGE, "echoerr", "to", "stderr"]);
-    assert_eq!((out.code, out.stderr.as_str()), (0, "to stderr\n"), "{out:?}");
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (0, "to stderr\n"),
+        "{out:?}"
+    );
     assert_eq!(server.run(&["run", EXAMPLES_IMAGE, "exit", "7"]).code, 7);
     let missing = server.run(&["run", EXAMPLES_IMAGE, "no-such-program"]);
     assert_eq!(missing.code, 127, "{missing:?}");
@@ -79,7 +104,11 @@ fn warm_tasks_report_their_process_cpu_and_memory_and_the_metrics_count_them() {
     let server = Server::with_config(&args, &catalog, "");
     let metrics_url = format!("http://{}/metrics", server.http.as_deref().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while curl::sample(&curl::curl(&[&metrics_url]).body, "tcptask_warm_ready_containers") != Some(2.0) {
+    while curl::sample(
+        &curl::curl(&[&metrics_url]).body,
+        "tcptask_warm_ready_containers",
+    ) != Some(2.0)
+    {
         assert!(Instant::now() < deadline, "the warm pools never filled");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -89,11 +118,21 @@ fn warm_tasks_report_their_process_cpu_and_memory_and_the_metrics_count_them() {
     assert_alloc(&usage_of(&alloc), "warm");
     let metrics = curl::curl(&[&metrics_url]).body;
     let warm = r#"tcptask_tasks_total{outcome="exited",path="warm"}"#;
-    assert_eq!(curl::sample(&metrics, warm), Some(2.0), "both ran warm:\n{metrics}");
+    assert_eq!(
+        curl::sample(&metrics, warm),
+        Some(2.0),
+        "both ran warm:\n{metrics}"
+    );
     let user = r#"tcptask_task_cpu_seconds_count{mode="user"}"#;
     assert_eq!(curl::sample(&metrics, user), Some(2.0), "{metrics}");
     let sum = curl::sample(&metrics, r#"tcptask_task_cpu_seconds_sum{mode="user"}"#).unwrap();
-    assert!(sum >= SPIN_MS as f64 / 1000.0 * 0.95, "{sum} s of user CPU in the metrics");
-    assert_eq!(curl::sample(&metrics, "tcptask_task_peak_memory_bytes_count"), Some(2.0));
+    assert!(
+        sum >= SPIN_MS as f64 / 1000.0 * 0.95,
+        "{sum} s of user CPU in the metrics"
+    );
+    assert_eq!(
+        curl::sample(&metrics, "tcptask_task_peak_memory_bytes_count"),
+        Some(2.0)
+    );
     server.assert_clean();
 }

@@ -21,7 +21,9 @@ pub(crate) fn call(
     params: Option<&str>,
 ) -> Result<HttpCall, TaskError> {
     if port == 0 {
-        return Err(bad("port 0 cannot be listened on; give the port the image's server listens on"));
+        return Err(bad(
+            "port 0 cannot be listened on; give the port the image's server listens on",
+        ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || PATH_PUNCTUATION.contains(c);
     if task.is_empty() || task.len() > MAX_TASK_NAME || !task.chars().all(allowed) {
@@ -31,7 +33,9 @@ pub(crate) fn call(
         )));
     }
     if spec.stdin {
-        return Err(bad("an HTTP task takes its input as params, not stdin; unset stdin"));
+        return Err(bad(
+            "an HTTP task takes its input as params, not stdin; unset stdin",
+        ));
     }
     if !spec.labels.is_empty() {
         return Err(bad(
@@ -69,7 +73,10 @@ mod tests {
     fn names_ports_params_and_settings_are_checked() {
         let spec = TaskSpec::default();
         let ok = call(&spec, 8080, "sum", Some("[1,2]")).expect("a good call");
-        assert_eq!((ok.port, ok.task.as_str(), ok.params.as_str()), (8080, "sum", "[1,2]"));
+        assert_eq!(
+            (ok.port, ok.task.as_str(), ok.params.as_str()),
+            (8080, "sum", "[1,2]")
+        );
         assert_eq!(call(&spec, 8080, "a/b-c.d", None).unwrap().params, "null");
         for name in ["", "sum x", "sum\r\nHost: evil", "%41", &"a".repeat(300)] {
             let refused = call(&spec, 8080, name, None).expect_err(name);
@@ -77,7 +84,10 @@ mod tests {
         }
         assert!(call(&spec, 0, "sum", None).is_err());
         assert!(call(&spec, 8080, "sum", Some("{nope")).is_err());
-        let stdin = TaskSpec { stdin: true, ..TaskSpec::default() };
+        let stdin = TaskSpec {
+            stdin: true,
+            ..TaskSpec::default()
+        };
         assert!(call(&stdin, 8080, "sum", None).is_err());
     }
 }

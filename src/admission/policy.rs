@@ -231,6 +231,7 @@ pub(crate) fn plan(
         pull_auth: spec.registry_auth,
         entry,
         http,
+        task: None,
     })
 }
 

@@ -12,6 +12,9 @@ use crate::task::{ErrorKind, TaskError};
 pub enum Scope {
     /// One connection (`max_tasks_per_connection`).
     Connection,
+    /// The Attach and Wait requests of one connection
+    /// (`max_tasks_per_connection` too).
+    Following,
     /// Every connection of one named client (`max_concurrent_tasks`).
     Client(String),
     /// The whole server (`max_tasks`).
@@ -51,6 +54,10 @@ impl Quota {
             Scope::Connection => format!(
                 "this connection already runs {limit} tasks, its maximum; wait for one to end or \
                  open another connection"
+            ),
+            Scope::Following => format!(
+                "this connection already follows {limit} tasks (attach or wait), its maximum; \
+                 stop following one or open another connection"
             ),
             Scope::Client(name) => format!(
                 "the client `{name}` already runs {limit} tasks, its `max_concurrent_tasks` \

@@ -9,7 +9,7 @@
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::AttachContainerOptions;
+use bollard::query_parameters::{AttachContainerOptions, CreateContainerOptions};
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -26,13 +26,14 @@ use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_failure, start_error};
 use super::events::EventSink;
 use super::exit::{container_end, ExitWatch};
+use super::kept::{container_name, stop_with_verdict};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
 use super::tools::{self, MEASURE_PATH, TOOLS_DIR};
 use super::usage::UsageLine;
 use crate::task::ProgressEvent;
-use crate::task::{OutputStream, TaskError, Usage};
+use crate::task::{Ending, OutputStream, TaskError, TaskId, Usage};
 
 /// Starts tasks in new containers.
 #[derive(Debug)]
@@ -130,9 +131,14 @@ impl Cold {
             body.cmd = Some(argv);
             body.volumes = Some(vec![TOOLS_DIR.to_owned()]);
         }
+        // A kept task's container is named after it, for `docker logs`.
+        let options = plan.task.as_ref().map(|tag| CreateContainerOptions {
+            name: Some(container_name(&tag.id)),
+            ..CreateContainerOptions::default()
+        });
         let created = self
             .docker
-            .create_container(None, body)
+            .create_container(options, body)
             .await
             .map_err(|e| create_error(&plan.image, &e))?;
         for warning in &created.warnings {
@@ -315,6 +321,28 @@ impl Process for ColdProcess {
     }
 }
 
+impl ColdProcess {
+    /// Lets go of a kept task's container instead of removing it. When the
+    /// server ended the task (`verdict`), the container may still run: it
+    /// is killed, and the verdict written on it for a restarted server.
+    pub async fn keep(self, id: &TaskId, verdict: Option<Ending>) {
+        let ColdProcess {
+            docker,
+            container,
+            frames,
+            stdin,
+            watch,
+            ..
+        } = self;
+        // As in `finish`: no attach stream may be left unread.
+        drop((frames, stdin, watch));
+        let container = container.keep();
+        if let Some(ending) = verdict {
+            stop_with_verdict(&docker, &container, id, ending).await;
+        }
+    }
+}
+
 /// The attach connection's write half: the container's stdin. Closing it
 /// is end-of-file for the process (the container is created `StdinOnce`).
 pub(crate) struct ColdStdin(Pin<Box<dyn AsyncWrite + Send>>);
@@ -361,7 +389,8 @@ impl InitReport {
         ready: &mut VecDeque<(OutputStream, Bytes)>,
     ) {
         let first = !std::mem::replace(&mut self.seen_output, true);
-        let report = chunk.starts_with(INIT_FAILURE_PREFIX) || chunk.starts_with(MEASURE_FAILURE_PREFIX);
+        let report =
+            chunk.starts_with(INIT_FAILURE_PREFIX) || chunk.starts_with(MEASURE_FAILURE_PREFIX);
         if first && stream == OutputStream::Stderr && report {
             self.held = Some(chunk);
             return;

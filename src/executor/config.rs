@@ -20,11 +20,13 @@ pub struct ExecutorConfig {
     /// killed and its outcome says `OutputLimit`. Default 64 MiB.
     pub output_limit_bytes: u64,
     /// The container log's `max-size` (Docker syntax; the `local` log
-    /// driver, uncompressed). Default `1m`. Output is relayed over the
-    /// attach stream, so the log only matters to whoever runs `docker logs`
-    /// while the container exists.
+    /// driver, uncompressed). Default `64m`. The log is where `attach`,
+    /// `logs` and a resumed client replay a task's output from, so it
+    /// should hold `output_limit_bytes`: output the log has rotated away
+    /// cannot be replayed.
     pub log_max_size: String,
-    /// The container log's `max-file`. Default 1.
+    /// The container log's `max-file`. Default 2 (a rotated file is kept,
+    /// so the log always holds at least `log_max_size` bytes).
     pub log_max_file: u32,
     /// Containers that may run at once; further tasks wait in a FIFO queue.
     /// Default 8.
@@ -42,6 +44,12 @@ pub struct ExecutorConfig {
     pub instance_id: Option<String>,
     /// Extra labels written on every container this server creates.
     pub labels: BTreeMap<String, String>,
+    /// Which server's tasks this one takes over when it starts: those
+    /// whose server is gone and had the same scope (the `tcp-task.scope`
+    /// label). `tcp-task serve` defaults it to its listening address, so a
+    /// server that comes back where its clients reconnect adopts its
+    /// tasks, and other servers sharing the engine leave them alone.
+    pub scope: Option<String>,
     /// Warm-container pools (`[executor.warm]`).
     pub warm: WarmConfig,
 }
@@ -50,13 +58,14 @@ impl Default for ExecutorConfig {
     fn default() -> ExecutorConfig {
         ExecutorConfig {
             output_limit_bytes: 64 * MIB,
-            log_max_size: "1m".to_owned(),
-            log_max_file: 1,
+            log_max_size: "64m".to_owned(),
+            log_max_file: 2,
             max_concurrent: 8,
             max_queue: 256,
             registry_auth: BTreeMap::new(),
             instance_id: None,
             labels: BTreeMap::new(),
+            scope: None,
             warm: WarmConfig::default(),
         }
     }

@@ -7,19 +7,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
+use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
 use super::http::HttpProcess;
+use super::kept;
 use super::observe::{RunPath, SharedObserver, Unobserved};
 use super::plan::Plan;
+use super::plan::TaskTag;
 use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
-use super::warm::{Launcher, Warm};
-use super::{Executor, TaskIo};
-use crate::task::{Ending, ErrorKind, Outcome, ProgressEvent, TaskError};
+use super::warm::{
+    replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
+};
+use super::{no_such_task, Executor, Replay, TaskIo};
+use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Runs tasks as containers on a Docker engine.
 #[derive(Debug)]
@@ -30,8 +37,25 @@ pub struct DockerExecutor {
     /// Processes being finished (containers removed) after their outcome
     /// went out.
     finishing: TaskTracker,
+    /// Kept tasks on warm containers, which carry no task labels: the
+    /// container, and while the task runs here, its agent's input.
+    warm_tasks: Mutex<HashMap<TaskId, WarmTask>>,
     /// Told how each task waited, started and ended (the server's metrics).
     observer: SharedObserver,
+}
+
+struct WarmTask {
+    container: String,
+    agent: Option<AgentInput>,
+}
+
+impl std::fmt::Debug for WarmTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmTask")
+            .field("container", &self.container)
+            .field("agent", &self.agent.is_some())
+            .finish()
+    }
 }
 
 impl DockerExecutor {
@@ -50,6 +74,7 @@ impl DockerExecutor {
             warm,
             slots,
             finishing: TaskTracker::new(),
+            warm_tasks: Mutex::default(),
             observer: Arc::new(Unobserved),
         }
     }
@@ -80,8 +105,15 @@ impl DockerExecutor {
 
     /// Removes containers left behind by server processes that are gone
     /// (the rule is in [`super::cleanup`]). Returns how many.
+    /// Call it after [`Executor::adopt`]: the warm containers of adopted
+    /// tasks are not orphans.
     pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
-        cleanup::reap_orphans(self.docker(), self.owner()).await
+        let adopted: Vec<String> = {
+            let tasks = self.warm_tasks.lock().unwrap();
+            tasks.values().map(|t| t.container.clone()).collect()
+        };
+        let scope = self.config().scope.as_deref();
+        cleanup::reap_orphans(self.docker(), self.owner(), scope, &adopted).await
     }
 
     /// Waits until the background work is done: removal of the containers
@@ -132,13 +164,21 @@ impl DockerExecutor {
             return self.run_http(plan, io, slot, received, path).await;
         }
         let limit = self.config().output_limit_bytes;
+        let clock = (plan.timeout, Duration::ZERO);
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
                 self.started(RunPath::Warm, received, path);
-                let result = supervise(&mut warm, &plan.command, plan.timeout, io, limit).await;
-                // Back to its pool at once (that is cheap), ready for the
-                // next task of its key.
-                warm.finish().await;
+                let events = io.events.clone();
+                if let (Some(tag), Some((container, agent))) = (&plan.task, warm.agent()) {
+                    let task = WarmTask {
+                        container,
+                        agent: Some(agent),
+                    };
+                    self.warm_tasks.lock().unwrap().insert(tag.id.clone(), task);
+                }
+                let result = supervise(&mut warm, &plan.command, clock, io, limit).await;
+                self.end_warm(warm, plan.task.as_ref(), &result, events.attended())
+                    .await;
                 return result;
             }
             Ok(None) => self.cold.start(&plan, &io.events, &io.cancel).await,
@@ -147,8 +187,14 @@ impl DockerExecutor {
         match started {
             Ok(mut cold) => {
                 self.started(RunPath::Cold, received, path);
-                let result = supervise(&mut cold, &plan.command, plan.timeout, io, limit).await;
-                self.remove_later(cold, slot);
+                let result = supervise(&mut cold, &plan.command, clock, io, limit).await;
+                match &plan.task {
+                    // Quick unless the server ended the task: then its
+                    // container is stopped and marked before the outcome
+                    // goes out, so a discard cannot overtake it.
+                    Some(tag) => cold.keep(&tag.id, verdict(&result)).await,
+                    None => self.remove_later(cold, slot),
+                }
                 result
             }
             Err(StartError::Command(failure)) => Err(command_error(&plan.command, failure)),
@@ -169,7 +215,10 @@ impl DockerExecutor {
         path: &mut Option<RunPath>,
     ) -> Result<Outcome, TaskError> {
         let Some(call) = plan.http.clone() else {
-            return Err(TaskError::new(ErrorKind::Internal, "run_http without a call"));
+            return Err(TaskError::new(
+                ErrorKind::Internal,
+                "run_http without a call",
+            ));
         };
         let began = Instant::now();
         let relay = match self.warm.start(&plan, &io.events, &io.cancel).await {
@@ -201,10 +250,48 @@ impl DockerExecutor {
         };
         let limit = self.config().output_limit_bytes;
         let left = plan.timeout.saturating_sub(began.elapsed());
-        let result = supervise(&mut process, &[], left, io, limit).await;
+        let result = supervise(&mut process, &[], (left, Duration::ZERO), io, limit).await;
         process.finish().await;
         drop(slot);
         result
+    }
+
+    /// A warm task ended. Its container goes back to its pool at once (that
+    /// is cheap), ready for the next task of its key, unless its log must
+    /// be kept: for a detached task, or one whose client is away when it
+    /// ends. Then it leaves the pool and waits for
+    /// [`Executor::discard`], stopped and marked when the server ended it.
+    async fn end_warm(
+        &self,
+        warm: WarmProcess,
+        tag: Option<&TaskTag>,
+        result: &Result<Outcome, TaskError>,
+        attended: bool,
+    ) {
+        let Some(tag) = tag else {
+            return warm.finish().await;
+        };
+        if !tag.detach && attended {
+            self.warm_tasks.lock().unwrap().remove(&tag.id);
+            return warm.finish().await;
+        }
+        let Some(container) = warm.keep() else { return };
+        let task = WarmTask {
+            container: container.clone(),
+            agent: None,
+        };
+        self.warm_tasks.lock().unwrap().insert(tag.id.clone(), task);
+        if let Some(ending) = verdict(result) {
+            kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
+        }
+    }
+
+    /// The warm container of kept task `task`, if it ran on one.
+    fn warm_task(&self, task: &TaskId) -> Option<(String, Option<AgentInput>)> {
+        let tasks = self.warm_tasks.lock().unwrap();
+        tasks
+            .get(task)
+            .map(|t| (t.container.clone(), t.agent.clone()))
     }
 
     /// Removes a task's container in the background, so that its outcome
@@ -216,6 +303,13 @@ impl DockerExecutor {
             cold.finish().await;
             drop(slot);
         });
+    }
+
+    /// The container of kept task `task`.
+    async fn kept(&self, task: &TaskId) -> Result<kept::KeptContainer, TaskError> {
+        kept::find(self.docker(), task)
+            .await?
+            .ok_or_else(|| no_such_task(task))
     }
 
     /// Takes a slot, waiting in line (and saying where) while none is free.
@@ -253,9 +347,122 @@ impl DockerExecutor {
     }
 }
 
+/// The ending the server chose for a task, which its container's own state
+/// would not tell.
+fn verdict(result: &Result<Outcome, TaskError>) -> Option<Ending> {
+    match result {
+        Ok(outcome) => match outcome.ending {
+            Ending::Cancelled | Ending::TimedOut | Ending::OutputLimit => Some(outcome.ending),
+            _ => None,
+        },
+        Err(_) => None,
+    }
+}
+
 impl Executor for DockerExecutor {
     async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
         self.observed(plan, io).await
+    }
+
+    async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> Result<Replay, TaskError> {
+        let limit = self.config().output_limit_bytes;
+        if let Some((container, _)) = self.warm_task(task) {
+            let replay = replay_task(self.docker(), &container, task, (from, limit), follow);
+            return Ok(replay);
+        }
+        let container = self.kept(task).await?;
+        let replay = kept::replay(self.docker(), &container.id, from, limit, follow);
+        Ok(replay)
+    }
+
+    async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {
+        match self.warm_task(task) {
+            Some((_, Some(agent))) => {
+                let signal = u8::try_from(signal).unwrap_or(kept::SIGKILL as u8);
+                signal_task(&agent, signal).await.map_err(|e| {
+                    let message = format!(
+                        "could not signal the task through its warm container's agent: {e}"
+                    );
+                    TaskError::new(ErrorKind::Engine, message)
+                })
+            }
+            // Adopted: its agent (PID 1, which ignores the signals it has
+            // no handler for) no longer listens to a server; only SIGKILL
+            // of the whole container reaches the task.
+            Some((container, None)) => kept::signal(self.docker(), &container, kept::SIGKILL).await,
+            None => {
+                let container = self.kept(task).await?;
+                if !container.running {
+                    return Err(kept::ended_already());
+                }
+                kept::signal(self.docker(), &container.id, signal).await
+            }
+        }
+    }
+
+    fn discard(&self, task: &TaskId) {
+        let docker = self.docker().clone();
+        let warm = self.warm_tasks.lock().unwrap().remove(task);
+        let task = task.clone();
+        self.finishing.spawn(async move {
+            let found = match warm {
+                Some(warm) => Ok(Some(warm.container)),
+                None => kept::find(&docker, &task).await.map(|c| c.map(|c| c.id)),
+            };
+            let removed = match found {
+                Ok(Some(container)) => cleanup::remove_container(&docker, &container).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::error!(%task, error = %e, "a kept task's container could not be removed");
+            }
+        });
+    }
+
+    async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
+        let scope = self.config().scope.as_deref();
+        let adopted = adopt::adoptable(self.docker(), self.owner(), scope).await?;
+        let mut tasks = self.warm_tasks.lock().unwrap();
+        for task in adopted.iter().filter(|a| a.warm) {
+            let warm = WarmTask {
+                container: task.container.clone(),
+                agent: None,
+            };
+            tasks.insert(task.tag.id.clone(), warm);
+        }
+        Ok(adopted)
+    }
+
+    async fn resume(&self, adopted: Adopted, io: TaskIo) -> Result<Outcome, TaskError> {
+        let Adopted {
+            tag,
+            command,
+            container,
+            timeout,
+            running_for,
+            warm,
+            ..
+        } = adopted;
+        let limit = self.config().output_limit_bytes;
+        let clock = (timeout, running_for);
+        let docker = self.docker().clone();
+        let result = if warm {
+            let mut process = LoggedWarmProcess::new(docker, container.clone(), &tag.id);
+            supervise(&mut process, &command, clock, io, limit).await
+        } else {
+            let mut process = LoggedProcess::new(docker, container.clone());
+            supervise(&mut process, &command, clock, io, limit).await
+        };
+        if let Some(ending) = verdict(&result) {
+            kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
+        }
+        result
     }
 
     async fn stats(&self) -> ExecutorStats {

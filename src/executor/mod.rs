@@ -7,6 +7,7 @@
 //! ended. Inside, every way of running a task is a [`process::Process`]
 //! (a cold container, a warm one) under the same supervision.
 
+mod adopt;
 mod cleanup;
 mod cold;
 mod config;
@@ -16,6 +17,7 @@ mod engine;
 mod events;
 mod exit;
 mod http;
+mod kept;
 mod observe;
 mod plan;
 mod process;
@@ -27,6 +29,7 @@ mod tools;
 mod usage;
 mod warm;
 
+pub use adopt::Adopted;
 pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
@@ -34,18 +37,37 @@ pub use cleanup::{
 pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
+pub use kept::{
+    container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS,
+};
 pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
-pub use plan::{EntryRef, HttpCall, Plan};
+pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, PoolStats};
 pub use warm::{AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::task::{Outcome, TaskError};
+use crate::task::{ErrorKind, Offsets, Outcome, OutputStream, TaskError, TaskId};
+
+/// A kept task's output, replayed from the engine's log: chunks in the
+/// order they were written, live while the task runs.
+pub type Replay = BoxStream<'static, Result<(OutputStream, Bytes), TaskError>>;
+
+/// What every executor answers about a task it does not keep.
+pub fn no_such_task(task: &TaskId) -> TaskError {
+    TaskError::new(
+        ErrorKind::NoSuchTask,
+        format!(
+            "no task {task} here: it never existed, its result was removed, or it belongs to \
+             another client; `tcp-task ps -a` lists the tasks you may see"
+        ),
+    )
+}
 
 /// One task's channels to and from whoever submitted it.
 pub struct TaskIo {
@@ -82,6 +104,51 @@ pub trait Executor: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Kept task `task`'s output (stdout and stderr) from the engine's
+    /// log: what comes after `from` in each stream, then (with `follow`)
+    /// live output until the task ends, never past the output limit.
+    fn replay(
+        &self,
+        task: &TaskId,
+        _from: Offsets,
+        _follow: bool,
+    ) -> impl Future<Output = Result<Replay, TaskError>> + Send {
+        let error = no_such_task(task);
+        async move { Err(error) }
+    }
+
+    /// Sends `signal` (a Linux signal number) to kept task `task`'s
+    /// process.
+    fn signal(
+        &self,
+        task: &TaskId,
+        _signal: i32,
+    ) -> impl Future<Output = Result<(), TaskError>> + Send {
+        let error = no_such_task(task);
+        async move { Err(error) }
+    }
+
+    /// Removes what is kept of an ended task (its container), in the
+    /// background; [`Executor::shutdown`] waits for it.
+    fn discard(&self, _task: &TaskId) {}
+
+    /// The kept tasks a server that is gone left running or ended, which
+    /// this one takes over. Called once at start-up.
+    fn adopt(&self) -> impl Future<Output = Result<Vec<Adopted>, TaskError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Supervises an adopted task that still runs, as [`Executor::run`]
+    /// does a new one (its deadline counted from its real start).
+    fn resume(
+        &self,
+        adopted: Adopted,
+        _io: TaskIo,
+    ) -> impl Future<Output = Result<Outcome, TaskError>> + Send {
+        let error = no_such_task(&adopted.tag.id);
+        async move { Err(error) }
+    }
 }
 
 /// A shared executor serves as well as an owned one: an embedding program
@@ -105,5 +172,38 @@ impl<E: Executor> Executor for Arc<E> {
 
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
         (**self).shutdown()
+    }
+
+    fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> impl Future<Output = Result<Replay, TaskError>> + Send {
+        (**self).replay(task, from, follow)
+    }
+
+    fn signal(
+        &self,
+        task: &TaskId,
+        signal: i32,
+    ) -> impl Future<Output = Result<(), TaskError>> + Send {
+        (**self).signal(task, signal)
+    }
+
+    fn discard(&self, task: &TaskId) {
+        (**self).discard(task)
+    }
+
+    fn adopt(&self) -> impl Future<Output = Result<Vec<Adopted>, TaskError>> + Send {
+        (**self).adopt()
+    }
+
+    fn resume(
+        &self,
+        adopted: Adopted,
+        io: TaskIo,
+    ) -> impl Future<Output = Result<Outcome, TaskError>> + Send {
+        (**self).resume(adopted, io)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::task::RegistryAuth;
+use crate::task::{RegistryAuth, TaskId};
 
 /// An allowed task, defaults filled in and limits decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub struct Plan {
     /// For an HTTP task: the call to make to the image's own server, whose
     /// command is `command` (empty: the image's default).
     pub http: Option<HttpCall>,
+    /// Set for a task that outlives its connection and its server: its
+    /// container is named and labelled by it, kept after the task ends
+    /// (until [`crate::executor::Executor::discard`]), and found again by a
+    /// server that restarts. `None`: the container goes when the task ends.
+    pub task: Option<TaskTag>,
 }
 
 /// An HTTP task's call: `POST /task/{task}` with `{"params": PARAMS}` to
@@ -46,6 +51,17 @@ pub struct HttpCall {
     pub task: String,
     /// The parameters, JSON text (checked by admission).
     pub params: String,
+}
+
+/// Who a kept task is, written on its container so that a server that
+/// restarts knows it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskTag {
+    pub id: TaskId,
+    /// The named client that submitted it, if any.
+    pub client: Option<String>,
+    /// It runs on without its client, and its result is kept.
+    pub detach: bool,
 }
 
 /// A pre-compiled task's name and how many of its tasks one warm container

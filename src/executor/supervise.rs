@@ -28,11 +28,13 @@ enum Stop {
 /// Runs `process` to its end under the task's timeout, cancel token and
 /// output limit, and gives the task's outcome. A process that still runs
 /// when this returns (cancelled, timed out, over the limit) is ended by its
-/// `finish`, which the caller owes it.
+/// `finish`, which the caller owes it. `running_for` is how long the
+/// process has run already (an adopted one): its deadline is counted from
+/// its real start.
 pub(crate) async fn supervise<P: Process>(
     process: &mut P,
     command: &[String],
-    timeout: Duration,
+    (timeout, running_for): (Duration, Duration),
     io: TaskIo,
     output_limit: u64,
 ) -> Result<Outcome, TaskError> {
@@ -41,8 +43,9 @@ pub(crate) async fn supervise<P: Process>(
         stdin,
         cancel,
     } = io;
-    let started = Instant::now();
-    let deadline = Deadline::now() + timeout;
+    let now = Instant::now();
+    let started = now.checked_sub(running_for).unwrap_or(now);
+    let deadline = deadline_in(timeout.saturating_sub(running_for));
     let feed = feed_stdin(stdin, process.take_stdin());
     let stop = {
         let relay = relay(process, &events, output_limit);
@@ -56,6 +59,13 @@ pub(crate) async fn supervise<P: Process>(
         Ok(result) => result,
         Err(ending) => Ok(killed(ending, started.elapsed())),
     }
+}
+
+/// `left` from now; a timeout too long to add is no timeout.
+fn deadline_in(left: Duration) -> Deadline {
+    let now = Deadline::now();
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(left).unwrap_or(now + century)
 }
 
 /// Runs the output relay and the stdin feed until the output closes, the

@@ -9,8 +9,10 @@
 //! it is longer than any real report.
 
 use bytes::{Bytes, BytesMut};
+use futures::{future, stream, Stream, StreamExt};
+use std::sync::{Arc, Mutex};
 
-use crate::task::Usage;
+use crate::task::{OutputStream, TaskError, Usage};
 
 /// The start of the report line; the same bytes as `measure`'s `TRAILER`.
 pub(crate) const TRAILER: &[u8] = b"\0\x1btcp-task-usage ";
@@ -72,6 +74,28 @@ impl UsageLine {
     }
 }
 
+/// A kept cold task's output, replayed from its container's log, as its
+/// client saw it live: the log holds the report line, as its stderr did,
+/// and the offsets a client resumes from count the output without it.
+pub(crate) fn strip_report<S>(output: S) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream<Item = Result<(OutputStream, Bytes), TaskError>> + Send + 'static,
+{
+    let line = Arc::new(Mutex::new(UsageLine::default()));
+    let end = line.clone();
+    let rest = stream::once(async move { end.lock().unwrap().finish() })
+        .filter_map(|rest| future::ready(rest.map(|r| Ok((OutputStream::Stderr, r)))));
+    output
+        .map(move |item| match item {
+            Ok((OutputStream::Stderr, chunk)) => {
+                Ok((OutputStream::Stderr, line.lock().unwrap().filter(chunk)))
+            }
+            other => other,
+        })
+        .chain(rest)
+        .filter(|item| future::ready(!matches!(item, Ok((_, chunk)) if chunk.is_empty())))
+}
+
 /// How many bytes at the end of `data` could begin a report.
 fn held_tail(data: &[u8]) -> usize {
     (1..TRAILER.len().min(data.len() + 1))
@@ -120,7 +144,9 @@ mod tests {
 
     fn report(user: u64) -> Vec<u8> {
         let mut line = TRAILER.to_vec();
-        line.extend_from_slice(format!("user_us={user} system_us=2 peak_memory_bytes=3\n").as_bytes());
+        line.extend_from_slice(
+            format!("user_us={user} system_us=2 peak_memory_bytes=3\n").as_bytes(),
+        );
         line
     }
 
@@ -137,8 +163,36 @@ mod tests {
             output.extend(line.finish().unwrap_or_default());
             assert_eq!(output, b"last words\n", "split at {split}");
             let usage = line.usage().expect("a report");
-            assert_eq!((usage.cpu_user_us, usage.cpu_system_us, usage.peak_memory_bytes), (1500, 2, 3));
+            assert_eq!(
+                (
+                    usage.cpu_user_us,
+                    usage.cpu_system_us,
+                    usage.peak_memory_bytes
+                ),
+                (1500, 2, 3)
+            );
         }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_log_loses_its_report() {
+        let mut tail = b"err\n".to_vec();
+        tail.extend(report(7));
+        let log = vec![
+            Ok((OutputStream::Stdout, Bytes::from_static(b"out\n"))),
+            Ok((OutputStream::Stderr, Bytes::from(tail))),
+        ];
+        let replayed: Vec<_> = strip_report(stream::iter(log))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(
+            replayed,
+            vec![
+                (OutputStream::Stdout, Bytes::from_static(b"out\n")),
+                (OutputStream::Stderr, Bytes::from_static(b"err\n")),
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BUFFERED_OUTPUT: usize = 4 * 1024 * 1024;
+pub const DEFAULT_REATTACH_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_RETAINED: usize = 1000;
+pub const DEFAULT_MAX_RETAINED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How the server treats its connections. Every bound has a default here and
 /// a key in the `[server]` table of the config file.
@@ -66,6 +70,19 @@ pub struct ServerConfig {
     /// token being checked.
     #[serde(with = "duration_secs")]
     pub auth_failure_window: Duration,
+    /// A task whose connection breaks (not a cancel) runs on this long for
+    /// its client to re-attach; then it is cancelled. Zero: at once.
+    #[serde(with = "duration_secs")]
+    pub reattach_grace: Duration,
+    /// How long the result of a detached task (and its output, in the
+    /// engine) is kept after it ends, unless removed earlier.
+    #[serde(with = "duration_secs")]
+    pub retention: Duration,
+    /// Kept results at most; past it the oldest go first.
+    pub max_retained: usize,
+    /// Output bytes the kept results may hold together; past it the oldest
+    /// go first.
+    pub max_retained_bytes: u64,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -84,6 +101,10 @@ impl fmt::Debug for ServerConfig {
             .field("clients", &self.clients)
             .field("max_auth_failures", &self.max_auth_failures)
             .field("auth_failure_window", &self.auth_failure_window)
+            .field("reattach_grace", &self.reattach_grace)
+            .field("retention", &self.retention)
+            .field("max_retained", &self.max_retained)
+            .field("max_retained_bytes", &self.max_retained_bytes)
             .finish()
     }
 }
@@ -103,6 +124,10 @@ impl Default for ServerConfig {
             clients: Vec::new(),
             max_auth_failures: auth::DEFAULT_MAX_AUTH_FAILURES,
             auth_failure_window: auth::DEFAULT_AUTH_FAILURE_WINDOW,
+            reattach_grace: DEFAULT_REATTACH_GRACE,
+            retention: DEFAULT_RETENTION,
+            max_retained: DEFAULT_MAX_RETAINED,
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
         }
     }
 }

@@ -18,22 +18,23 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 use super::counted::Counted;
 use super::handshake::{protocol_error, read_hello, refuse_plaintext, send_now};
 use super::outgoing::{Outgoing, TaskEvents};
-use super::shared::{log_end, server_name, Shared};
+use super::shared::{server_name, Shared};
 use super::tls;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
 use crate::codec::{self, FrameCodec};
-use crate::executor::{Executor, TaskIo};
+use crate::executor::{Events, Executor};
 use crate::metrics::Listener;
 use crate::protocol::{
-    ClientMessage, ErrorKind, RequestId, ServerMessage, TaskError, TaskSpec, Welcome,
-    PROTOCOL_VERSION,
+    ClientMessage, ErrorKind, Offsets, RequestId, ServerMessage, Task, TaskError, TaskId, TaskSpec,
+    Welcome, PROTOCOL_VERSION,
 };
+use crate::tasks::{Record, Tasks};
 
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
@@ -42,10 +43,14 @@ const OUTGOING_QUEUE: usize = 1024;
 /// Stdin chunks waiting for one task's container to take them.
 const STDIN_QUEUE: usize = 16;
 
-/// A task running for this connection.
+/// A request of this connection that follows a task: a Submit, an
+/// Attach or a Wait.
 struct TaskEntry {
-    /// `None` once stdin is closed (or was never asked for).
+    /// `None` once stdin is closed (or was never asked for, or this
+    /// request did not submit the task).
     stdin: Option<mpsc::Sender<Bytes>>,
+    /// What a `Cancel` of the request fires: the task's own token for a
+    /// Submit, the end of following it for an Attach or Wait.
     cancel: CancellationToken,
 }
 
@@ -163,6 +168,8 @@ struct Connection<E> {
     tasks: TaskTable,
     /// Bounds the tasks running on this connection.
     quota: Quota,
+    /// Bounds the Attach and Wait requests following tasks at once.
+    watches: Quota,
     /// Bytes of output that may wait for the writer, across all tasks.
     output_budget: Arc<Semaphore>,
     /// Woken whenever a task ends, so a draining connection notices when it
@@ -190,6 +197,7 @@ impl<E: Executor> Connection<E> {
         let gone = shared.abort.child_token();
         let output_budget = Arc::new(Semaphore::new(shared.config.output_budget()));
         let quota = Quota::new(shared.config.max_tasks_per_connection, Scope::Connection);
+        let watches = Quota::new(shared.config.max_tasks_per_connection, Scope::Following);
         Connection {
             peer,
             client,
@@ -198,6 +206,7 @@ impl<E: Executor> Connection<E> {
             outgoing_rx: Some(outgoing_rx),
             tasks: Arc::default(),
             quota,
+            watches,
             output_budget,
             task_ended: Arc::default(),
             tracker: TaskTracker::new(),
@@ -263,6 +272,10 @@ impl<E: Executor> Connection<E> {
             active_at = Instant::now();
             let next = match frame {
                 None => Next::Close,
+                Some(Err(codec::CodecError::Io(e))) => {
+                    debug!(peer = %self.peer, error = %e, "the connection broke");
+                    Next::Close
+                }
                 Some(Err(e)) => {
                     info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
                     let error = protocol_error(&e);
@@ -326,7 +339,7 @@ impl<E: Executor> Connection<E> {
 
     async fn dispatch(&mut self, message: ClientMessage) -> Next {
         match message {
-            ClientMessage::Submit { id, spec } => self.submit(id, *spec).await,
+            ClientMessage::Submit { id, spec, detach } => self.submit(id, *spec, detach).await,
             ClientMessage::Stdin { id, chunk } => self.stdin(id, chunk).await,
             ClientMessage::StdinClose { id } => self.stdin_close(id).await,
             ClientMessage::Cancel { id } => self.cancel(id),
@@ -338,13 +351,30 @@ impl<E: Executor> Connection<E> {
                 let entries = self.shared.admission.catalog().infos();
                 self.send(ServerMessage::CatalogReply { id, entries }).await;
             }
+            ClientMessage::Attach {
+                id,
+                task,
+                from,
+                follow,
+            } => self.follow(id, task, Some((from, follow))).await,
+            ClientMessage::Wait { id, task } => self.follow(id, task, None).await,
+            ClientMessage::Kill { id, task, signal } => self.kill(id, task, signal),
+            ClientMessage::Remove { id, task, force } => self.remove(id, task, force),
+            ClientMessage::List { id, all } => {
+                let tasks = self.shared.tasks.list(self.client_name(), all);
+                self.send(ServerMessage::TaskList { id, tasks }).await;
+            }
         }
         Next::Continue
     }
 
-    async fn submit(&mut self, id: RequestId, spec: TaskSpec) {
-        match self.admit(id, spec) {
-            Ok(admitted) => self.start_task(id, admitted).await,
+    fn client_name(&self) -> Option<&str> {
+        self.client.as_deref().map(Credential::name)
+    }
+
+    async fn submit(&mut self, id: RequestId, spec: TaskSpec, detach: bool) {
+        match self.admit(id, spec, detach) {
+            Ok(admitted) => self.start_task(id, admitted, detach).await,
             Err(Refusal::Duplicate(error)) => {
                 self.send(ServerMessage::Error {
                     id: Some(id),
@@ -362,14 +392,11 @@ impl<E: Executor> Connection<E> {
 
     /// Decides whether the task may run, before it is accepted. A refusal
     /// is immediate: the connection never waits for room.
-    fn admit(&self, id: RequestId, spec: TaskSpec) -> Result<Admitted, Refusal> {
+    fn admit(&self, id: RequestId, spec: TaskSpec, detach: bool) -> Result<Admitted, Refusal> {
         // A duplicate first: a Failed frame under a running task's id would
         // read as that task's end.
-        if self.tasks.lock().unwrap().contains_key(&id) {
-            return Err(Refusal::Duplicate(TaskError::new(
-                ErrorKind::DuplicateId,
-                format!("request id {id} is already running on this connection; use a new id"),
-            )));
+        if let Err(error) = self.check_new_id(id) {
+            return Err(Refusal::Duplicate(error));
         }
         if self.draining {
             return Err(Refusal::Terminal(TaskError::new(
@@ -377,8 +404,16 @@ impl<E: Executor> Connection<E> {
                 "the server is shutting down and takes no new tasks; retry against another server or after it restarts",
             )));
         }
+        // An HTTP task's answer goes to its caller only: its container
+        // keeps no log of it to replay to a later attach.
+        if detach && matches!(spec.task, Task::Http { .. }) {
+            return Err(Refusal::Terminal(TaskError::new(
+                ErrorKind::BadRequest,
+                "an HTTP task cannot be detached: its answer goes to the client that submitted it",
+            )));
+        }
         let client = self.client.as_deref();
-        let mut quotas = vec![&self.quota, &self.shared.tasks];
+        let mut quotas = vec![&self.quota, &self.shared.task_quota];
         quotas.extend(client.and_then(Credential::quota));
         let rules = client.map(|c| c.rules.as_ref());
         self.shared
@@ -387,52 +422,135 @@ impl<E: Executor> Connection<E> {
             .map_err(Refusal::Terminal)
     }
 
-    async fn start_task(&mut self, id: RequestId, admitted: Admitted) {
-        let Admitted { plan, permits } = admitted;
+    /// A request id must not name a request that still runs here.
+    fn check_new_id(&self, id: RequestId) -> Result<(), TaskError> {
+        if self.tasks.lock().unwrap().contains_key(&id) {
+            return Err(TaskError::new(
+                ErrorKind::DuplicateId,
+                format!("request id {id} is already running on this connection; use a new id"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn start_task(&mut self, id: RequestId, mut admitted: Admitted, detach: bool) {
+        let tasks = self.shared.tasks.clone();
+        let record = tasks.create(&mut admitted, self.client_name(), detach);
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-        let cancel = self.gone.child_token();
         let entry = TaskEntry {
-            stdin: plan.stdin.then_some(stdin_tx),
-            cancel: cancel.clone(),
+            stdin: admitted.plan.stdin.then_some(stdin_tx),
+            cancel: record.cancel.clone(),
         };
         self.tasks.lock().unwrap().insert(id, entry);
         // Accepted goes on the queue before the task can produce anything, so
         // it is always the task's first frame.
-        self.send(ServerMessage::Accepted { id }).await;
+        let task = record.id.clone();
+        self.send(ServerMessage::Accepted { id, task }).await;
 
         let events = TaskEvents::new(id, self.outgoing.clone(), self.output_budget.clone());
-        let io = TaskIo {
-            events: Arc::new(events),
-            stdin: stdin_rx,
-            cancel,
+        tasks.launch(record.clone(), admitted, Arc::new(events), stdin_rx);
+        // This connection only watches the task: if it breaks, the task
+        // runs on for its client to come back.
+        let watch = self.watcher(id);
+        self.tracker.spawn(async move {
+            let delivered = watch.send_end(&record).await;
+            tasks.unwatch(&record, delivered);
+        });
+    }
+
+    /// Follows a task by its id: its output replayed from `from` and, with
+    /// `follow`, live (an Attach), or only its end (a Wait; `replay` is
+    /// `None`).
+    async fn follow(&mut self, id: RequestId, task: TaskId, replay: Option<(Offsets, bool)>) {
+        if let Err(error) = self.check_new_id(id) {
+            return self
+                .send(ServerMessage::Error {
+                    id: Some(id),
+                    error,
+                })
+                .await;
+        }
+        let found = self.shared.tasks.find(&task, self.client_name());
+        let permit = self.watches.take();
+        let (record, permit) = match (found, permit) {
+            (Ok(record), Ok(permit)) => (record, permit),
+            (Err(error), _) | (_, Err(error)) => {
+                return self.send(ServerMessage::Failed { id, error }).await
+            }
         };
-        let shared = self.shared.clone();
-        let outgoing = self.outgoing.clone();
-        let tasks = self.tasks.clone();
-        let task_ended = self.task_ended.clone();
-        // The executor records which path ran the task in `path`.
-        let span = tracing::info_span!(
-            "task",
-            request = id,
-            image = %plan.image,
-            path = tracing::field::Empty
-        );
-        let task = async move {
-            let result = shared.executor.run(plan, io).await;
-            log_end(&result);
-            let terminal = match result {
-                Ok(outcome) => ServerMessage::Exited { id, outcome },
-                Err(error) => ServerMessage::Failed { id, error },
+        let stop = self.gone.child_token();
+        let entry = TaskEntry {
+            stdin: None,
+            cancel: stop.clone(),
+        };
+        self.tasks.lock().unwrap().insert(id, entry);
+        record.watch();
+        self.send(ServerMessage::Accepted { id, task }).await;
+        let tasks = self.shared.tasks.clone();
+        let events = TaskEvents::new(id, self.outgoing.clone(), self.output_budget.clone());
+        let watch = self.watcher(id);
+        self.tracker.spawn(async move {
+            let delivered = tokio::select! {
+                delivered = async {
+                    match replay {
+                        None => watch.send_end(&record).await,
+                        Some((from, true)) => {
+                            send_output(&tasks, &record, from, true, &events).await;
+                            watch.send_end(&record).await
+                        }
+                        Some((from, false)) => {
+                            send_output(&tasks, &record, from, false, &events).await;
+                            if record.is_running() {
+                                watch.send_detached(&record).await
+                            } else {
+                                watch.send_end(&record).await
+                            }
+                        }
+                    }
+                } => delivered,
+                _ = stop.cancelled() => watch.send_detached(&record).await,
             };
-            shared.record_end(&terminal);
-            // Out of the table before the terminal frame is sent, so that the
-            // client may reuse the id as soon as it sees the frame.
-            tasks.lock().unwrap().remove(&id);
-            drop(permits);
-            let _ = outgoing.send(terminal.into()).await;
-            task_ended.notify_one();
-        };
-        self.tracker.spawn(task.instrument(span));
+            drop(permit);
+            tasks.unwatch(&record, delivered);
+        });
+    }
+
+    fn watcher(&self, id: RequestId) -> Watcher {
+        Watcher {
+            id,
+            outgoing: self.outgoing.clone(),
+            tasks: self.tasks.clone(),
+            task_ended: self.task_ended.clone(),
+            gone: self.gone.clone(),
+        }
+    }
+
+    /// Kill and Remove wait for the engine: answered from their own task so
+    /// the connection keeps reading.
+    fn kill(&self, id: RequestId, task: TaskId, signal: i32) {
+        let tasks = self.shared.tasks.clone();
+        let found = tasks.find(&task, self.client_name());
+        let outgoing = self.outgoing.clone();
+        self.tracker.spawn(async move {
+            let done = match found {
+                Ok(record) => tasks.kill(&record, signal).await,
+                Err(error) => Err(error),
+            };
+            let _ = outgoing.send(answer(id, done).into()).await;
+        });
+    }
+
+    fn remove(&self, id: RequestId, task: TaskId, force: bool) {
+        let tasks = self.shared.tasks.clone();
+        let found = tasks.find(&task, self.client_name());
+        let outgoing = self.outgoing.clone();
+        self.tracker.spawn(async move {
+            let done = match found {
+                Ok(record) => tasks.remove(&record, force).await,
+                Err(error) => Err(error),
+            };
+            let _ = outgoing.send(answer(id, done).into()).await;
+        });
     }
 
     async fn stdin(&self, id: RequestId, chunk: Bytes) {
@@ -501,6 +619,114 @@ impl<E: Executor> Connection<E> {
                 .send(ServerMessage::StatusReply { id, status }.into())
                 .await;
         });
+    }
+}
+
+/// `Done`, or the error as a plain (non-terminal) error frame.
+fn answer(id: RequestId, done: Result<(), TaskError>) -> ServerMessage {
+    match done {
+        Ok(()) => ServerMessage::Done { id },
+        Err(error) => ServerMessage::Error {
+            id: Some(id),
+            error,
+        },
+    }
+}
+
+/// Sends the replayed output of `record` from `from` as this request's
+/// Output frames, until the task's output ends (or, without `follow`, until
+/// what it wrote so far is sent).
+async fn send_output<E: Executor>(
+    tasks: &Tasks<E>,
+    record: &Record,
+    from: Offsets,
+    follow: bool,
+    events: &TaskEvents,
+) {
+    // A task that could not run has no output of its own (a failed exec's
+    // report is in its error).
+    if record.result().is_some_and(|r| r.is_err()) {
+        return;
+    }
+    let mut replay = match tasks.replay(record, from, follow).await {
+        Ok(replay) => replay,
+        Err(error) => {
+            let _ = events.note(error).await;
+            return;
+        }
+    };
+    while let Some(item) = replay.next().await {
+        let sent = match item {
+            Ok((stream, chunk)) => events.output(stream, chunk).await,
+            Err(error) => {
+                let _ = events.note(error).await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// What one request that follows a task needs to end it: the connection's
+/// queue and table.
+struct Watcher {
+    id: RequestId,
+    outgoing: mpsc::Sender<Outgoing>,
+    tasks: TaskTable,
+    task_ended: Arc<Notify>,
+    gone: CancellationToken,
+}
+
+impl Watcher {
+    /// Waits for the task's end and sends its terminal frame. `false` when
+    /// the connection went first. A task that is being cancelled (by its
+    /// client, or by the server's shutdown) ends promptly, and its end is
+    /// still sent if the connection can carry it.
+    async fn send_end(&self, record: &Record) -> bool {
+        let result = tokio::select! {
+            result = record.ended() => result,
+            _ = self.gone.cancelled(), if !record.cancel.is_cancelled() => {
+                if record.cancel.is_cancelled() {
+                    record.ended().await
+                } else {
+                    self.tasks.lock().unwrap().remove(&self.id);
+                    return false;
+                }
+            }
+        };
+        let terminal = match result {
+            Ok(outcome) => ServerMessage::Exited {
+                id: self.id,
+                outcome,
+            },
+            Err(error) => ServerMessage::Failed { id: self.id, error },
+        };
+        self.send_terminal(terminal).await
+    }
+
+    /// The client stopped following: the request ends, the task runs on.
+    async fn send_detached(&self, record: &Record) -> bool {
+        let error = TaskError::new(
+            ErrorKind::Detached,
+            format!(
+                "stopped following task {}; it runs on (`tcp-task attach {}` follows it again)",
+                record.id, record.id
+            ),
+        );
+        self.send_terminal(ServerMessage::Failed { id: self.id, error })
+            .await;
+        false
+    }
+
+    async fn send_terminal(&self, terminal: ServerMessage) -> bool {
+        // Out of the table before the terminal frame is sent, so that the
+        // client may reuse the id as soon as it sees the frame.
+        self.tasks.lock().unwrap().remove(&self.id);
+        let sent = self.outgoing.send(terminal.into()).await.is_ok();
+        self.task_ended.notify_one();
+        sent
     }
 }
 

@@ -76,6 +76,18 @@ impl TaskEvents {
     }
 }
 
+impl TaskEvents {
+    /// A non-terminal error about this request, e.g. output that cannot
+    /// be replayed.
+    pub async fn note(&self, error: crate::protocol::TaskError) -> Result<(), Disconnected> {
+        let message = ServerMessage::Error {
+            id: Some(self.id),
+            error,
+        };
+        self.tx.send(message.into()).await.map_err(|_| Disconnected)
+    }
+}
+
 impl Events for TaskEvents {
     fn progress(&self, event: ProgressEvent) -> Delivery<'_> {
         let message = ServerMessage::Progress { id: self.id, event };

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::config::ServerConfig;
 use crate::access::Credential;
@@ -15,9 +15,9 @@ use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, PoolStats};
 use crate::metrics::{Listener, Metrics};
 use crate::protocol::{
-    Outcome, EngineStatus, ErrorKind, Hello, PoolStatus, ServerMessage, ServerStatus, TaskError,
-    PROTOCOL_VERSION,
+    EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError, PROTOCOL_VERSION,
 };
+use crate::tasks::Tasks;
 
 /// `tcp-task 0.1.0`: how the server names itself to clients.
 pub fn server_name() -> String {
@@ -45,7 +45,9 @@ pub(crate) struct Shared<E> {
     /// What may run: the catalog and the policy.
     pub admission: Admission,
     /// Bounds tasks across all connections (`max_tasks`).
-    pub tasks: Quota,
+    pub task_quota: Quota,
+    /// Every task, by its id: they outlive their connections.
+    pub tasks: Arc<Tasks<E>>,
     /// Set when the server speaks TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub failed_logins: FailedLogins,
@@ -57,8 +59,6 @@ pub(crate) struct Shared<E> {
     /// The Prometheus metrics (`--http` serves them).
     pub metrics: Arc<Metrics>,
     pub connections: AtomicU64,
-    pub finished: AtomicU64,
-    pub failed: AtomicU64,
 }
 
 impl<E: Executor> Shared<E> {
@@ -123,21 +123,19 @@ impl<E: Executor> Shared<E> {
         ))
     }
 
-    pub fn record_end(&self, terminal: &ServerMessage) {
-        self.record_ran(matches!(terminal, ServerMessage::Exited { .. }));
-    }
-
-    /// Counts a task's end for the status: it ran (any ending), or it
+    /// Counts the end of a task that ran outside the task table (an
+    /// `/api/execute` call) for the status: it ran (any ending), or it
     /// could not run.
     pub fn record_ran(&self, ran: bool) {
         match ran {
-            true => self.finished.fetch_add(1, Ordering::Relaxed),
-            false => self.failed.fetch_add(1, Ordering::Relaxed),
+            true => self.tasks.finished.fetch_add(1, Ordering::Relaxed),
+            false => self.tasks.failed.fetch_add(1, Ordering::Relaxed),
         };
     }
 
     pub async fn status(&self) -> ServerStatus {
         let stats = self.executor.stats().await;
+        let (retained, retained_bytes) = self.tasks.retained();
         ServerStatus {
             server: server_name(),
             protocol_version: PROTOCOL_VERSION,
@@ -145,8 +143,8 @@ impl<E: Executor> Shared<E> {
             connections: self.connections.load(Ordering::Relaxed),
             running: stats.running,
             queued: stats.queued,
-            finished: self.finished.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            finished: self.tasks.finished.load(Ordering::Relaxed),
+            failed: self.tasks.failed.load(Ordering::Relaxed),
             engine: EngineStatus {
                 reachable: stats.engine.reachable,
                 version: stats.engine.version,
@@ -155,6 +153,8 @@ impl<E: Executor> Shared<E> {
             },
             catalog_size: self.admission.catalog().len() as u64,
             pools: stats.pools.into_iter().map(pool_status).collect(),
+            retained,
+            retained_bytes,
         }
     }
 }
@@ -166,19 +166,5 @@ fn pool_status(pool: PoolStats) -> PoolStatus {
         in_use: pool.in_use,
         hits: pool.hits,
         misses: pool.misses,
-    }
-}
-
-/// One line per task end, like an access log: the outcome in a few fields
-/// (the task span adds the request, the image and the path).
-pub(crate) fn log_end(result: &Result<Outcome, TaskError>) {
-    match result {
-        Ok(outcome) => info!(
-            ending = outcome.ending.as_str(),
-            exit_code = outcome.exit_code,
-            duration_ms = outcome.duration_ms,
-            "task ended"
-        ),
-        Err(error) => info!(kind = error.kind.as_str(), %error, "task failed"),
     }
 }

@@ -56,6 +56,9 @@ pub struct Server {
     pub http: Option<String>,
     pub instance: String,
     pub log: Arc<Mutex<String>>,
+    /// The config file and extra arguments, for a restart.
+    config: std::path::PathBuf,
+    args: Vec<std::ffi::OsString>,
     pub _dir: tempfile::TempDir,
 }
 
@@ -95,11 +98,59 @@ impl Server {
             format!("{config_toml}\n[executor]\ninstance_id = \"{instance}\"\n{executor_toml}\n"),
         )
         .expect("the config file is written");
+        let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (child, addr, http) = spawn_serve(&config, &args, "127.0.0.1:0", &log);
+        Server {
+            child,
+            addr,
+            http,
+            instance,
+            log,
+            config,
+            args,
+            _dir: dir,
+        }
+    }
 
+    /// Kills the server with SIGKILL, as a crash would, and starts it again
+    /// on the same address with the same config (so the same instance id).
+    pub fn kill_and_restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the (killed) server again on its address.
+    pub fn start_again(&mut self) {
+        self.log.lock().unwrap().push_str("--- restarted ---\n");
+        let (child, addr, http) = spawn_serve(&self.config, &self.args, &self.addr, &self.log);
+        assert_eq!(addr, self.addr, "the server came back on another address");
+        self.child = child;
+        self.http = http;
+    }
+}
+
+/// Starts `tcp-task serve --listen LISTEN --config CONFIG ARGS…` and waits
+/// for its "listening" line; gives the child and its address. Its stderr
+/// goes to `log`.
+fn spawn_serve(
+    config: &std::path::Path,
+    args: &[std::ffi::OsString],
+    listen: &str,
+    log: &Arc<Mutex<String>>,
+) -> (Child, String, Option<String>) {
+    {
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
+            .args(["serve", "--listen", listen, "--config"])
+            .arg(config)
             .args(args)
             // The address is read from the info-level "listening" line.
             .env("RUST_LOG", "info")
@@ -111,7 +162,6 @@ impl Server {
         die_with_parent(&mut command);
         let mut child = command.spawn().expect("tcp-task serve starts");
 
-        let log = Arc::new(Mutex::new(String::new()));
         let (lines, listening) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -162,16 +212,11 @@ impl Server {
                 }
             }
         };
-        Server {
-            child,
-            addr,
-            http,
-            instance,
-            log,
-            _dir: dir,
-        }
+        (child, addr, http)
     }
+}
 
+impl Server {
     /// `tcp-task --server ADDR ARGS…`, with a clean environment.
     pub fn cli<I, S>(&self, args: I) -> Command
     where

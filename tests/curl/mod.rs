@@ -58,4 +58,3 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         value.parse().ok()
     })
 }
-

@@ -132,7 +132,9 @@ fn parse_args(args: &[String]) -> Result<Options, Fail> {
         }
     }
     if options.serve_port.is_some() && options.serve.is_empty() {
-        return Err(Fail::usage("--serve-port needs the server's command after --"));
+        return Err(Fail::usage(
+            "--serve-port needs the server's command after --",
+        ));
     }
     Ok(options)
 }
@@ -157,8 +159,15 @@ fn start_server(argv: &[String], port: u16) -> Result<(), Fail> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| {
-            let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
-            Fail::Exit(code, format!("cannot start the image's command `{program}`: {e}"))
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            Fail::Exit(
+                code,
+                format!("cannot start the image's command `{program}`: {e}"),
+            )
         })?;
     loop {
         if answers(port) {
@@ -330,7 +339,9 @@ fn run_task(
         Ok(child) => child,
         Err(report) => return out.send(proto::EXIT, &report.encode()),
     };
-    out.send(proto::STARTED, &child.id().to_be_bytes())?;
+    let mut started = child.id().to_be_bytes().to_vec();
+    started.extend_from_slice(header.tag.as_bytes());
+    out.send(proto::STARTED, &started)?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let pumps = [
         pump(child.stdout.take(), proto::STDOUT, out),
@@ -424,7 +435,11 @@ fn supervise(
             Ok(Event::Frame(..)) => {
                 return Err(malformed("a task header arrived while a task was running"))
             }
-            Ok(Event::InputEnd(Ok(()))) | Err(_) => return Err(server_gone()),
+            // The server is gone (killed, say): the task runs on, its
+            // output and end going to the container's log, where the next
+            // server finds them. Its stdin ends here.
+            Ok(Event::InputEnd(Ok(()))) => feeder = None,
+            Err(_) => return Err(server_gone()),
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
     }

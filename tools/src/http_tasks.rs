@@ -50,7 +50,9 @@ fn options(args: &[String]) -> Result<(u16, u64), Fail> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         if arg == "--delay-ms" {
-            let value = args.next().ok_or_else(|| Fail::usage("--delay-ms needs a value"))?;
+            let value = args
+                .next()
+                .ok_or_else(|| Fail::usage("--delay-ms needs a value"))?;
             delay_ms = parse("--delay-ms", value)?;
         } else {
             port = parse("PORT", arg)?;
@@ -62,7 +64,9 @@ fn options(args: &[String]) -> Result<(u16, u64), Fail> {
 /// One request, one answer, then the connection is closed.
 fn serve(stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let Ok(writer) = stream.try_clone() else { return };
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
     let (status, body) = match read_request(BufReader::new(stream)) {
         Ok((method, path, body)) => answer(&method, &path, &body),
         Err((status, message)) => (status, json!({ "error": message })),
@@ -99,7 +103,10 @@ fn read_request(mut reader: impl BufRead) -> Result<(String, String, Vec<u8>), R
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().map_err(|_| (400, "bad Content-Length".to_string()))?;
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| (400, "bad Content-Length".to_string()))?;
             }
             if name.trim().eq_ignore_ascii_case("transfer-encoding") {
                 return Err((411, "send a Content-Length, not a chunked body".into()));
@@ -118,7 +125,10 @@ fn read_request(mut reader: impl BufRead) -> Result<(String, String, Vec<u8>), R
 
 fn answer(method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let Some(task) = path.strip_prefix("/task/") else {
-        return (404, json!({ "error": format!("no such path {path}; POST /task/NAME") }));
+        return (
+            404,
+            json!({ "error": format!("no such path {path}; POST /task/NAME") }),
+        );
     };
     if method != "POST" {
         return (405, json!({ "error": "tasks answer POST only" }));
@@ -126,7 +136,12 @@ fn answer(method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let multiply = match task {
         "sum" => false,
         "multiply" => true,
-        other => return (404, json!({ "error": format!("unknown task {other:?}: sum, multiply") })),
+        other => {
+            return (
+                404,
+                json!({ "error": format!("unknown task {other:?}: sum, multiply") }),
+            )
+        }
     };
     let numbers = match numbers(body) {
         Ok(numbers) => numbers,
@@ -215,7 +230,10 @@ mod tests {
 
     #[test]
     fn sums_and_products_in_both_shapes() {
-        assert_eq!(post("/task/sum", r#"{"params":[1,2,3.5]}"#), (200, json!({"result": 6.5})));
+        assert_eq!(
+            post("/task/sum", r#"{"params":[1,2,3.5]}"#),
+            (200, json!({"result": 6.5}))
+        );
         assert_eq!(
             post("/task/multiply", r#"{"params":{"numbers":[6,"7"]}}"#),
             (200, json!({"result": 42}))
@@ -231,8 +249,17 @@ mod tests {
         assert_eq!(post("/task/sum", r#"{"params":"x"}"#).0, 400);
         assert_eq!(post("/other", "{}").0, 404);
         assert_eq!(ask("GET /task/sum HTTP/1.1\r\n\r\n").0, 405);
-        assert_eq!(ask("POST /task/sum HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").0, 413);
-        assert_eq!(ask(&format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD))).0, 431);
-        assert_eq!(ask("POST /task/sum HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}").0, 400);
+        assert_eq!(
+            ask("POST /task/sum HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").0,
+            413
+        );
+        assert_eq!(
+            ask(&format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD))).0,
+            431
+        );
+        assert_eq!(
+            ask("POST /task/sum HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}").0,
+            400
+        );
     }
 }

@@ -105,6 +105,12 @@ const APPLETS: &[Applet] = &[
         "print N lines, one every INTERVAL_MS",
     ),
     Applet::new(
+        "ticks",
+        testing::ticks,
+        "N INTERVAL_MS CODE",
+        "N lines on stdout and stderr, INTERVAL_MS apart, then exit CODE",
+    ),
+    Applet::new(
         "randbytes",
         testing::randbytes,
         "N SEED",
@@ -121,8 +127,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "killself",
         testing::killself,
-        "SIG",
-        "send itself signal SIG (number or name)",
+        "SIG [DELAY_MS]",
+        "send itself signal SIG (number or name), after DELAY_MS",
     ),
     Applet::new("env", testing::env, "", "print the environment, sorted"),
     Applet::new("pwd", testing::pwd, "", "print the current directory"),
@@ -143,8 +149,8 @@ const APPLETS: &[Applet] = &[
     Applet::new(
         "alloc",
         testing::alloc,
-        "MB",
-        "wait 200 ms, then allocate and touch MB MiB",
+        "MB [DELAY_MS]",
+        "wait DELAY_MS (at least 200), then allocate and touch MB MiB",
     ),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(

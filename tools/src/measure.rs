@@ -31,7 +31,11 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
         Err(e) => {
             // The words docker-init uses, which the server reads as a
             // command that is missing (127) or cannot be run (126).
-            let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
             return Err(Fail::Exit(code, format!("exec {program} failed: {e}")));
         }
     };

@@ -191,4 +191,3 @@ pub fn wait_any_with_usage() -> io::Result<(i32, Reaped, Usage)> {
         }
     }
 }
-

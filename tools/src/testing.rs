@@ -10,16 +10,17 @@
 //! | `echoerr ARGS...`       | the same on stderr                                          |
 //! | `mixed N`               | `out i\n` on stdout then `err i\n` on stderr, i in 0..N, each flushed |
 //! | `lines N INTERVAL_MS`   | `line i\n` for i in 0..N, flushed, INTERVAL_MS apart (no wait before the first or after the last) |
+//! | `ticks N INTERVAL_MS CODE` | `out i\n` on stdout and `err i\n` on stderr for i in 0..N, INTERVAL_MS apart, then exit CODE |
 //! | `randbytes N SEED`      | N bytes of xorshift64* output (exact generator in `rng.rs`), 64 KiB writes |
 //! | `zeros N`               | N zero bytes, 1 MiB writes                                  |
 //! | `cat`                   | stdin to stdout until EOF, each read written at once        |
 //! | `sleep SECS`            | sleeps; SECS may have a fraction                            |
-//! | `killself SIG`          | sends itself SIG (a number, `TERM` or `SIGTERM`) with its default action; if still alive 1 s later, says why on stderr and exits 1 |
+//! | `killself SIG [DELAY_MS]` | after DELAY_MS (default 0), sends itself SIG (a number, `TERM` or `SIGTERM`) with its default action; if still alive 1 s later, says why on stderr and exits 1 |
 //! | `env`                   | `KEY=VALUE` per variable, sorted by key                     |
 //! | `pwd`                   | the current directory                                       |
 //! | `id`                    | `uid=U gid=G`                                               |
 //! | `forkbomb`              | spawns `/proc/self/exe forkbomb-child` until that fails, then prints `fork failed: <err>` on stderr, waits 1 s, exits 3 |
-//! | `alloc MB`              | allocates MB MiB, writes every page, prints `allocated MB MiB` |
+//! | `alloc MB [DELAY_MS]`   | after DELAY_MS (at least 200), allocates MB MiB, writes every page, prints `allocated MB MiB` |
 //! | `flood`                 | 64 KiB blocks of `x` on stdout, forever                     |
 //! | `counter N FILE`        | `i` as 15 digits plus `\n` (16 bytes) on stdout for i in 0..N, 256 lines (4 KiB) per write; after each write, FILE holds the lines written so far (20 digits plus `\n`, rewritten in place) |
 //! | `writefile PATH`        | creates PATH and writes `tcp-task\n`: prints `wrote PATH`, or the error on stderr and exit 1 |
@@ -84,6 +85,21 @@ pub fn lines(args: &[String]) -> Result<(), Fail> {
         print_line(format_args!("line {i}"))?;
     }
     Ok(())
+}
+
+pub fn ticks(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 3)?;
+    let n: u64 = parse("N", &args[0])?;
+    let interval = Duration::from_millis(parse("INTERVAL_MS", &args[1])?);
+    let code: u8 = parse("CODE", &args[2])?;
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        print_line(format_args!("out {i}"))?;
+        eprint_line(format_args!("err {i}"))?;
+    }
+    std::process::exit(i32::from(code))
 }
 
 pub fn randbytes(args: &[String]) -> Result<(), Fail> {
@@ -163,9 +179,22 @@ pub fn spin(args: &[String]) -> Result<(), Fail> {
     print_line(format_args!("spun {} ms", sys::own_usage().user_us / 1000))
 }
 
+/// The optional last argument DELAY_MS of an applet with `n` required
+/// ones: how long it waits before it acts.
+fn delay_after(args: &[String], n: usize) -> Result<Duration, Fail> {
+    match args.get(n) {
+        None => expect_args(args, n).map(|()| Duration::ZERO),
+        Some(ms) => {
+            expect_args(args, n + 1)?;
+            Ok(Duration::from_millis(parse("DELAY_MS", ms)?))
+        }
+    }
+}
+
 pub fn killself(args: &[String]) -> Result<(), Fail> {
-    expect_args(args, 1)?;
+    let delay = delay_after(args, 1)?;
     let sig = signal_number(&args[0])?;
+    std::thread::sleep(delay);
     // std handles SIGSEGV/SIGBUS and ignores SIGPIPE: restore the default
     // action so the signal does what it would to any process. (Fails, harmlessly,
     // for KILL and STOP, whose action cannot be changed.)
@@ -308,7 +337,7 @@ pub fn forkbomb_child(_args: &[String]) -> Result<(), Fail> {
 }
 
 pub fn alloc(args: &[String]) -> Result<(), Fail> {
-    expect_args(args, 1)?;
+    let delay = delay_after(args, 1)?;
     let mb: u64 = parse("MB", &args[0])?;
     let bytes = mb
         .checked_mul(1024 * 1024)
@@ -319,7 +348,7 @@ pub fn alloc(args: &[String]) -> Result<(), Fail> {
     // under load an OOM kill in the first milliseconds can come before that,
     // to be reported as a plain SIGKILL. The tests that use this applet
     // check how tcp-task reports an OOM kill, not that race.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200).max(delay));
     let mut block: Vec<u8> = Vec::new();
     block
         .try_reserve_exact(bytes)

@@ -15,7 +15,8 @@ use std::time::Duration;
   tcp-task task pi 100
   tcp-task --server 10.0.0.5:7070 status --json
 
-The client commands (run, task, tasks, status) reach the server named by --server,
+The client commands (run, task, tasks, status, ps, logs, attach, wait, kill, rm)
+reach the server named by --server,
 or by TCP_TASK_SERVER, or 127.0.0.1:7070. A command line that cannot be parsed
 exits with status 125, as `docker run` does."
 )]
@@ -145,11 +146,14 @@ to finish; a second Ctrl-C exits at once.")]
   tcp-task run --memory 64m --cpus 0.5 --timeout 10s tcp-task-examples:0.1.0 primes 100000
   cat photo.png | tcp-task run -i tcp-task-examples:0.1.0 grayscale > gray.png
   tcp-task run --json tcp-task-examples:0.1.0 echo hi | jq -c .
+  tcp-task run -d tcp-task-examples:0.1.0 primes 10000000
   TCP_TASK_SERVER=10.0.0.5:7070 tcp-task run tcp-task-examples:0.1.0 pi 100
 
 Everything after IMAGE is the command: `run IMG pi --json` passes --json to pi.
 Ctrl-C (or SIGTERM) cancels the task and waits until its container is removed;
-a second one stops waiting.
+a second one stops waiting. If the connection breaks (the server restarts, say),
+run reconnects and carries on where the output stopped, within the server's
+reattach grace.
 
 Exit status: the task's own; 128+N when signal N killed it (137 also when it
 ran out of memory); 124 when --timeout killed it; 130/143 when you interrupted
@@ -196,6 +200,105 @@ answered another status (the message says which); 124 on --timeout.")]
   tcp-task status
   tcp-task status --server 10.0.0.5:7070 --json")]
     Status(InfoArgs),
+    /// List tasks: the running ones, and with -a the ended ones whose results are kept.
+    #[command(after_help = "Examples:
+  tcp-task ps
+  tcp-task ps -a --json | jq -r '.[].id'
+
+With named clients, each client sees only its own tasks.")]
+    Ps(PsArgs),
+    /// Print a task's output from the start: its stdout to stdout, its stderr to stderr.
+    #[command(after_help = "Examples:
+  tcp-task logs 4kq2zv7mfx3wa6bty5hd
+  tcp-task logs -f 4kq2zv7mfx3wa6bty5hd
+
+Without -f, prints what the task wrote so far; with -f, follows it until it ends.")]
+    Logs(LogsArgs),
+    /// Follow a task: its output so far, then live, and exit with its status as run does.
+    #[command(after_help = "Example:
+  tcp-task attach 4kq2zv7mfx3wa6bty5hd
+
+Ctrl-C stops following; the task runs on.")]
+    Attach(TaskArg),
+    /// Wait for tasks to end and print each one's exit status.
+    #[command(after_help = "Example:
+  tcp-task wait 4kq2zv7mfx3wa6bty5hd")]
+    Wait(TaskArgs),
+    /// Send a signal to running tasks (SIGKILL unless -s says otherwise).
+    #[command(after_help = "Examples:
+  tcp-task kill 4kq2zv7mfx3wa6bty5hd
+  tcp-task kill -s TERM 4kq2zv7mfx3wa6bty5hd")]
+    Kill(KillArgs),
+    /// Remove ended tasks and their kept output (-f stops running ones first).
+    #[command(after_help = "Example:
+  tcp-task rm -f 4kq2zv7mfx3wa6bty5hd")]
+    Rm(RmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show ended tasks too (their results are kept for the server's retention).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print JSON (for programs) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow the output until the task ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The task's id, as `run -d` printed it or `ps` lists it.
+    #[arg(value_name = "TASK")]
+    pub task: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TaskArg {
+    /// The task's id, as `run -d` printed it or `ps` lists it.
+    #[arg(value_name = "TASK")]
+    pub task: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// Task ids, as `run -d` printed them or `ps` lists them.
+    #[arg(value_name = "TASK", required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// The signal: a name (KILL, SIGTERM, …) or a number.
+    #[arg(short, long, default_value = "KILL", value_name = "SIGNAL")]
+    pub signal: String,
+    /// Task ids, as `run -d` printed them or `ps` lists them.
+    #[arg(value_name = "TASK", required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Stop running tasks first, then remove them.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Task ids, as `run -d` printed them or `ps` lists them.
+    #[arg(value_name = "TASK", required = true)]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -351,8 +454,12 @@ pub struct InfoArgs {
 #[derive(Args, Debug)]
 pub struct TaskOptions {
     /// Send this process's stdin to the task, until end of file.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "detach")]
     pub interactive: bool,
+    /// Run in the background: print the task's id and exit. The task runs
+    /// on without this client; `logs`, `attach` and `wait` find it by id.
+    #[arg(short, long)]
+    pub detach: bool,
     /// Kill the task after this long: 30s, 500ms, 2m, or plain seconds.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,

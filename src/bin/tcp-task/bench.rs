@@ -361,6 +361,7 @@ async fn exchange(
             let submit = ClientMessage::Submit {
                 id,
                 spec: Box::new(shared.spec.clone()),
+                detach: false,
             };
             if let Err(e) = framed.writer.feed(submit).await {
                 // The task was taken but never reached the server: it
@@ -424,7 +425,7 @@ async fn exchange(
         };
         match message {
             ServerMessage::Pong { id, .. } if Some(id) == ping => return Ok(()),
-            ServerMessage::Accepted { id } | ServerMessage::Progress { id, .. } => {
+            ServerMessage::Accepted { id, .. } | ServerMessage::Progress { id, .. } => {
                 if !in_flight.contains_key(&id) {
                     tally.stray += 1;
                 }
@@ -459,7 +460,9 @@ async fn exchange(
             ServerMessage::Welcome(_)
             | ServerMessage::Pong { .. }
             | ServerMessage::StatusReply { .. }
-            | ServerMessage::CatalogReply { .. } => tally.stray += 1,
+            | ServerMessage::CatalogReply { .. }
+            | ServerMessage::Done { .. }
+            | ServerMessage::TaskList { .. } => tally.stray += 1,
         }
     }
 }

@@ -33,15 +33,17 @@ pub async fn call(connection: &ConnectionArgs, args: CallArgs) -> u8 {
     if args.json {
         let options = TaskOptions {
             interactive: false,
+            detach: false,
             timeout: args.timeout,
             json: true,
         };
         return execute(connection, spec, &options).await;
     }
+    let mut interrupts = Interrupts::new();
     let answer = tokio::select! {
         answer = run(connection, spec) => answer,
         // Dropping the task's handle cancels it; its container is removed.
-        _ = Interrupts::new().next() => return 130,
+        _ = interrupts.next() => return 130,
     };
     match answer {
         Ok(body) => print_answer(&body, args.raw),

@@ -9,6 +9,7 @@ mod bench;
 mod call;
 mod demo;
 mod info;
+mod manage;
 mod run;
 mod serve;
 mod signals;
@@ -71,6 +72,14 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Command::Tasks(args) => info::tasks(&args.connection.resolve(outer), args.json).await,
         Command::Status(args) => info::status(&args.connection.resolve(outer), args.json).await,
+        Command::Ps(args) => manage::ps(&args.connection.resolve(outer), &args).await,
+        Command::Logs(args) => manage::logs(&args.connection.resolve(outer), &args).await,
+        Command::Attach(args) => {
+            return manage::attach(&args.connection.resolve(outer), &args).await;
+        }
+        Command::Wait(args) => manage::wait(&args.connection.resolve(outer), &args).await,
+        Command::Kill(args) => manage::kill(&args.connection.resolve(outer), &args).await,
+        Command::Rm(args) => manage::rm(&args.connection.resolve(outer), &args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Image(ImageCommand::BuildExamples) => build_examples().await,
         Command::Demo => demo::demo().await,

@@ -11,7 +11,8 @@ use std::io::Write as _;
 use std::time::Duration;
 use tcp_task::protocol::{Ending, RegistryAuth, Task};
 use tcp_task::{
-    Client, ConnectOptions, Error, Outcome, ProgressEvent, TaskEvent, TaskHandle, TaskSpec,
+    Client, ConnectOptions, Error, ErrorKind, Outcome, ProgressEvent, TaskEvent, TaskHandle,
+    TaskId, TaskSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -140,6 +141,15 @@ pub async fn execute(connection: &ConnectionArgs, mut spec: TaskSpec, options: &
     // than kill this process, so the handlers go in before the submit, and
     // once: a signal that arrives while an event is being printed waits in
     // the stream instead of being lost between two listeners.
+    if options.detach {
+        return match client.run_detached(spec).await {
+            Ok(task) => {
+                println!("{task}");
+                0
+            }
+            Err(e) => display.finish(Err(e), None),
+        };
+    }
     let mut interrupts = Interrupts::new();
     let handle = match client.run(spec).await {
         Ok(handle) => handle,
@@ -149,6 +159,21 @@ pub async fn execute(connection: &ConnectionArgs, mut spec: TaskSpec, options: &
         tokio::spawn(pump_stdin(handle.stdin()));
     }
     follow(handle, display, &mut interrupts).await
+}
+
+/// `tcp-task attach`: the task's output so far, then live, then its exit
+/// status. Ctrl-C stops following; the task runs on.
+pub async fn follow_attached(connection: &ConnectionArgs, task: &TaskId) -> u8 {
+    let display = Display::new(false);
+    let client = match connect(connection).await {
+        Ok(client) => client,
+        Err(e) => return display.finish(Err(e), None),
+    };
+    let mut interrupts = Interrupts::new();
+    match client.attach(task).await {
+        Ok(handle) => follow(handle, display, &mut interrupts).await,
+        Err(e) => display.finish(Err(e), None),
+    }
 }
 
 /// Relays events until the task ends and returns the exit status. The first
@@ -278,8 +303,10 @@ struct Display {
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum JsonEvent<'a> {
-    /// The server admitted the task.
-    Accepted,
+    /// The server admitted the task, and this is its id.
+    Accepted {
+        task: &'a str,
+    },
     /// Waiting for a free slot on the server; position 1 is next.
     Queued {
         position: u32,
@@ -297,6 +324,11 @@ enum JsonEvent<'a> {
     },
     /// The task's process is running.
     Started,
+    /// The connection broke and the client re-attached: the output goes on
+    /// where it stopped.
+    Resumed {
+        attempts: u32,
+    },
     /// Output, base64: output is bytes, not always UTF-8 text.
     Stdout {
         data: String,
@@ -344,7 +376,9 @@ impl Display {
         }
         if self.json {
             let line = match &event {
-                TaskEvent::Accepted => JsonEvent::Accepted,
+                TaskEvent::Accepted(task) => JsonEvent::Accepted {
+                    task: task.as_str(),
+                },
                 TaskEvent::Progress(progress) => match progress {
                     ProgressEvent::Queued { position } => JsonEvent::Queued {
                         position: *position,
@@ -362,6 +396,9 @@ impl Display {
                     },
                     ProgressEvent::Created { container } => JsonEvent::Created { container },
                     ProgressEvent::Started => JsonEvent::Started,
+                    ProgressEvent::Resumed { attempts } => JsonEvent::Resumed {
+                        attempts: *attempts,
+                    },
                 },
                 TaskEvent::Stdout(data) => JsonEvent::Stdout { data: encode(data) },
                 TaskEvent::Stderr(data) => JsonEvent::Stderr { data: encode(data) },
@@ -369,7 +406,7 @@ impl Display {
             return self.json_line(&line).await;
         }
         match event {
-            TaskEvent::Accepted => Ok(()),
+            TaskEvent::Accepted(_) => Ok(()),
             TaskEvent::Progress(progress) => {
                 self.show_progress(progress);
                 Ok(())
@@ -431,6 +468,8 @@ impl Display {
             }
             ProgressEvent::Created { .. } => self.progress.set_message("starting"),
             ProgressEvent::Started => self.progress.finish_and_clear(),
+            // The program sees the same bytes as if nothing had happened.
+            ProgressEvent::Resumed { .. } => {}
         }
     }
 
@@ -452,8 +491,11 @@ impl Display {
             // silently, with the status of death by SIGPIPE.
             return 128 + SIGPIPE as u8;
         }
+        let detached = matches!(&end, Err(e) if e.kind() == Some(ErrorKind::Detached));
         let status = match (&end, interrupted) {
             (Ok(_), Some(signal)) if cancelled => 128 + signal as u8,
+            // Ctrl-C on `attach`: we stopped following; the task runs on.
+            (Err(_), Some(signal)) if detached => 128 + signal as u8,
             (Ok(outcome), _) => outcome.exit_status().clamp(0, 255) as u8,
             (Err(error), _) => error_status(error),
         };

@@ -54,16 +54,42 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 None => tls,
             }
         });
+    // A server that comes back on the same address takes over the tasks it
+    // left; other servers sharing the engine leave them alone.
+    let mut config = config;
+    if config.executor.runtime.scope.is_none() {
+        config.executor.runtime.scope = Some(listener.local_addr()?.to_string());
+    }
     // One registry: the connections and the executor report to it.
     let metrics = Arc::new(Metrics::new());
-    let executor = start_executor(&config)
-        .await?
-        .with_observer(metrics.clone());
+    let executor = Arc::new(
+        start_executor(&config)
+            .await?
+            .with_observer(metrics.clone()),
+    );
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
-    let mut server = Server::new(server_config, executor)
+    let mut server = Server::new(server_config, executor.clone())
         .with_metrics(metrics)
         .with_policy(config.executor.policy.clone())
         .with_catalog(config.catalog());
+    // Tasks an earlier server left running (or ended while none watched)
+    // are taken over before any client can ask for them, and before the
+    // rest of what it left is swept away.
+    match server.adopt().await {
+        Ok(0) => {}
+        Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
+        Err(e) => warn!(error = %e, "could not look for tasks an earlier server left"),
+    }
+    match executor.reap_orphans().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed containers left behind by an earlier server"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not look for containers left behind by an earlier server")
+        }
+    }
     // After the executor's sweep of what an earlier server left, so that
     // the new warm containers are not mistaken for it.
     server.warm_up();
@@ -95,16 +121,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let docker = connect_docker().await?;
     let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
-    match executor.reap_orphans().await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            removed = n,
-            "removed containers left behind by an earlier server"
-        ),
-        Err(e) => {
-            warn!(error = %e, "could not look for containers left behind by an earlier server")
-        }
-    }
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }

@@ -105,7 +105,9 @@ impl Answer {
                 self.state = State::Done;
                 Ok((!self.buffer.is_empty()).then(|| self.buffer.split().freeze()))
             }
-            State::Body(_) => Err("the connection closed in the middle of the answer's body".into()),
+            State::Body(_) => {
+                Err("the connection closed in the middle of the answer's body".into())
+            }
             State::Done => Ok(None),
         }
     }
@@ -140,7 +142,9 @@ impl Answer {
 
     fn body(&mut self, framing: Framing) -> Result<Option<Bytes>, String> {
         match framing {
-            Framing::UntilClose => Ok((!self.buffer.is_empty()).then(|| self.buffer.split().freeze())),
+            Framing::UntilClose => {
+                Ok((!self.buffer.is_empty()).then(|| self.buffer.split().freeze()))
+            }
             Framing::Length(left) => {
                 if self.buffer.is_empty() {
                     return Ok(None);
@@ -164,11 +168,17 @@ impl Answer {
             self.state = State::Body(Framing::Chunked(chunk));
             match chunk {
                 Chunk::Size => {
-                    let Some(line) = self.line()? else { return Ok(None) };
+                    let Some(line) = self.line()? else {
+                        return Ok(None);
+                    };
                     let size = line.split(';').next().unwrap_or_default().trim();
                     let size = u64::from_str_radix(size, 16)
                         .map_err(|_| format!("bad chunk size {size:?} in the answer"))?;
-                    chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                    chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
                 }
                 Chunk::Data(left) => {
                     if self.buffer.is_empty() {
@@ -184,14 +194,18 @@ impl Answer {
                     return Ok(Some(piece));
                 }
                 Chunk::DataEnd => {
-                    let Some(line) = self.line()? else { return Ok(None) };
+                    let Some(line) = self.line()? else {
+                        return Ok(None);
+                    };
                     if !line.is_empty() {
                         return Err("chunk data longer than its size in the answer".into());
                     }
                     chunk = Chunk::Size;
                 }
                 Chunk::Trailers => {
-                    let Some(line) = self.line()? else { return Ok(None) };
+                    let Some(line) = self.line()? else {
+                        return Ok(None);
+                    };
                     if line.is_empty() {
                         self.state = State::Done;
                         return Ok(None);
@@ -209,9 +223,9 @@ impl Answer {
                 let text = String::from_utf8_lossy(&line);
                 Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
             }
-            None if self.buffer.len() > MAX_CHUNK_LINE => {
-                Err(format!("a chunk line longer than {MAX_CHUNK_LINE} bytes in the answer"))
-            }
+            None if self.buffer.len() > MAX_CHUNK_LINE => Err(format!(
+                "a chunk line longer than {MAX_CHUNK_LINE} bytes in the answer"
+            )),
             None => Ok(None),
         }
     }
@@ -278,7 +292,10 @@ mod tests {
             let (code, body, done) = read(chunked, step, false).unwrap();
             assert_eq!((code, &body[..], done), (200, &b"{\"result\":3}"[..], true));
             let (code, body, done) = read(close, step, true).unwrap();
-            assert_eq!((code, &body[..], done), (404, &b"{\"error\":\"no\"}"[..], true));
+            assert_eq!(
+                (code, &body[..], done),
+                (404, &b"{\"error\":\"no\"}"[..], true)
+            );
         }
         let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
         assert_eq!(read(interim, 3, false).unwrap(), (204, Vec::new(), true));
@@ -295,7 +312,10 @@ mod tests {
         assert!(read(bad_chunk, 100, false).is_err());
         let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(MAX_HEAD + 1));
         assert!(read(long.as_bytes(), 4096, false).is_err());
-        let long_chunk = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}", "1".repeat(2000));
+        let long_chunk = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            "1".repeat(2000)
+        );
         assert!(read(long_chunk.as_bytes(), 4096, false).is_err());
     }
 }

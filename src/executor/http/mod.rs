@@ -74,7 +74,9 @@ impl HttpProcess {
     }
 
     fn failed(&mut self, kind: ErrorKind, what: &str) -> TaskError {
-        let relay = String::from_utf8_lossy(&self.relay_stderr).trim().to_owned();
+        let relay = String::from_utf8_lossy(&self.relay_stderr)
+            .trim()
+            .to_owned();
         let server = self.inner.diagnostics();
         let server = server.trim();
         TaskError::new(
@@ -83,7 +85,11 @@ impl HttpProcess {
                 "task `{}` on port {}: {what}{}. The task's last output:\n{}",
                 self.task,
                 self.port,
-                if relay.is_empty() { String::new() } else { format!(" ({relay})") },
+                if relay.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({relay})")
+                },
                 if server.is_empty() { "(none)" } else { server },
             ),
         )
@@ -136,7 +142,8 @@ impl Process for HttpProcess {
                 Some((OutputStream::Stdout, bytes)) => self.answer.push(&bytes),
                 Some((OutputStream::Stderr, bytes)) => {
                     let room = RELAY_STDERR.saturating_sub(self.relay_stderr.len());
-                    self.relay_stderr.extend_from_slice(&bytes[..room.min(bytes.len())]);
+                    self.relay_stderr
+                        .extend_from_slice(&bytes[..room.min(bytes.len())]);
                 }
                 None => {
                     return match self.answer.close() {

@@ -25,8 +25,8 @@ use crate::executor::container::container_body;
 use crate::executor::engine::{create_error, engine_error};
 use crate::task::{ErrorKind, TaskError};
 
-pub use crate::executor::tools::{AGENT_PATH, RELAY_PATH};
 use crate::executor::tools::{self, TOOLS_DIR};
+pub use crate::executor::tools::{AGENT_PATH, RELAY_PATH};
 /// Label carrying the pool key of a warm container.
 pub const LABEL_WARM: &str = "tcp-task.warm";
 
@@ -46,7 +46,8 @@ type OutputFrames = Pin<
 #[derive(Debug)]
 pub(crate) enum Record {
     Ready,
-    Started,
+    /// The task's process started; the server's tag for the task.
+    Started(Bytes),
     Stdout(Bytes),
     Stderr(Bytes),
     Usage(UsageReport),
@@ -166,7 +167,11 @@ impl Launcher {
             args.extend(["--prefetch".to_owned(), program.to_owned()]);
         }
         if let (Some(serve), Some(server)) = (&key.serve, server) {
-            args.extend(["--serve-port".to_owned(), serve.port.to_string(), "--".to_owned()]);
+            args.extend([
+                "--serve-port".to_owned(),
+                serve.port.to_string(),
+                "--".to_owned(),
+            ]);
             args.extend(server);
         }
         body.cmd = Some(args);
@@ -378,7 +383,9 @@ fn record(kind: u8, payload: Bytes) -> Result<Record, ProtoError> {
     match kind {
         proto::READY if payload.as_ref() == [proto::VERSION] => Ok(Record::Ready),
         proto::READY => Err(ProtoError::BadPayload("unsupported agent version")),
-        proto::STARTED => Ok(Record::Started),
+        // The pid (4 bytes), then the tag the server gave the task.
+        proto::STARTED if payload.len() >= 4 => Ok(Record::Started(payload.slice(4..))),
+        proto::STARTED => Err(ProtoError::BadPayload("start report shorter than a pid")),
         proto::STDOUT => Ok(Record::Stdout(payload)),
         proto::STDERR => Ok(Record::Stderr(payload)),
         proto::USAGE => UsageReport::decode(&payload).map(Record::Usage),

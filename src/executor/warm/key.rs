@@ -89,7 +89,11 @@ impl PoolKey {
             image: self.image.clone(),
             command: Vec::new(),
             // An HTTP task's environment is its server's: the container's.
-            env: self.serve.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
+            env: self
+                .serve
+                .as_ref()
+                .map(|s| s.env.clone())
+                .unwrap_or_default(),
             workdir: None,
             user: self.user.clone(),
             stdin: true,
@@ -104,6 +108,7 @@ impl PoolKey {
             pull_auth: None,
             entry: None,
             http: None,
+            task: None,
         }
     }
 }

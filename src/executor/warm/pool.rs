@@ -175,7 +175,11 @@ impl Pool {
     /// Launches a container of `key` for one task now, waiting up to
     /// `ready` for it (an HTTP task that found none ready). It belongs to
     /// no pool: it is removed once the task is done with it.
-    pub async fn launch_now(self: &Arc<Self>, key: &PoolKey, ready: Duration) -> Result<Lease, TaskError> {
+    pub async fn launch_now(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        ready: Duration,
+    ) -> Result<Lease, TaskError> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut container = self.launcher.launch(key, serial, None, ready).await?;
         container.uses = 1;
@@ -212,6 +216,14 @@ impl Pool {
         };
         if let Some(container) = unused {
             self.retire(container);
+        }
+        self.replenish(key);
+    }
+
+    /// A leased container left the pool for good (see [`Lease::keep`]).
+    fn hand_over(self: &Arc<Self>, key: &PoolKey) {
+        if let Some(pool) = self.lock().pools.get_mut(key) {
+            pool.in_use = pool.in_use.saturating_sub(1);
         }
         self.replenish(key);
     }
@@ -453,6 +465,14 @@ impl Lease {
     /// The container; `None` only after `finish`, which consumes the lease.
     pub fn container(&mut self) -> Option<&mut WarmContainer> {
         self.container.as_mut()
+    }
+
+    /// Takes the container out of the pool for good without removing it
+    /// (a kept task's); the pool makes another. Gives its id.
+    pub fn keep(mut self) -> Option<String> {
+        let container = self.container.take()?;
+        self.pool.hand_over(&self.key);
+        Some(container.guard.keep())
     }
 
     /// Gives the container back; `reusable` when it may serve another task.

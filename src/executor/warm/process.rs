@@ -11,13 +11,12 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::container::{
-    diagnostics_of, short, AgentInput, Record, WarmContainer, RELAY_PATH,
-};
+use super::container::{diagnostics_of, short, AgentInput, Record, WarmContainer, RELAY_PATH};
 use super::pool::Lease;
 use super::proto::{self, ExitReport, TaskHeader, UsageReport};
 use crate::executor::events::EventSink;
 use crate::executor::exit::container_end;
+use crate::executor::kept::WarmTag;
 use crate::executor::plan::Plan;
 use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
 use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError, Usage};
@@ -60,7 +59,7 @@ pub(crate) async fn hand(
     };
     let program = header.argv.first().cloned().unwrap_or_default();
     match first {
-        Some(Record::Started) => {}
+        Some(Record::Started(_)) => {}
         None => return Handed::Gone,
         Some(Record::Exit(report)) => {
             let refused = refusal(report, &program, plan.workdir.as_deref(), container);
@@ -101,18 +100,25 @@ pub(crate) async fn hand(
 /// the relay to its server's port, whose stdin and stdout carry the HTTP
 /// exchange (the server's environment was fixed when it started).
 fn task_header(plan: &Plan) -> TaskHeader {
+    let tag = plan
+        .task
+        .as_ref()
+        .map(|tag| WarmTag::new(tag, plan.timeout, &plan.command).encode())
+        .unwrap_or_default();
     match &plan.http {
         Some(call) => TaskHeader {
             argv: vec![RELAY_PATH.to_owned(), call.port.to_string()],
             env: Vec::new(),
             workdir: None,
             stdin: true,
+            tag,
         },
         None => TaskHeader {
             argv: plan.command.clone(),
             env: plan.env.clone(),
             workdir: plan.workdir.clone(),
             stdin: plan.stdin,
+            tag,
         },
     }
 }
@@ -162,7 +168,7 @@ impl Process for WarmProcess {
                     return None;
                 }
                 Record::Usage(usage) => self.usage = Some(usage),
-                Record::Ready | Record::Started => {}
+                Record::Ready | Record::Started(_) => {}
             }
         }
         // The attach stream ended mid-task: the container died under it.
@@ -214,6 +220,29 @@ impl Process for WarmProcess {
         let reusable = ended && self.clean.load(Ordering::Acquire);
         self.lease.finish(reusable);
     }
+}
+
+impl WarmProcess {
+    /// The container and the agent's input, for signals while it runs.
+    pub fn agent(&mut self) -> Option<(String, AgentInput)> {
+        let container = self.lease.container()?;
+        Some((container.id.clone(), container.input.clone()))
+    }
+
+    /// Takes the container out of its pool for good, not removed: it holds
+    /// a kept task's output in its log. Gives its id.
+    pub fn keep(self) -> Option<String> {
+        self.lease.keep()
+    }
+}
+
+/// Sends `signal` to the task through its agent.
+pub(crate) async fn signal_task(input: &AgentInput, signal: u8) -> io::Result<()> {
+    let mut input = input.lock().await;
+    input
+        .write_all(&proto::frame(proto::SIGNAL, &[signal]))
+        .await?;
+    input.flush().await
 }
 
 /// The task's stdin, as frames to the agent.

@@ -26,7 +26,6 @@ use tracing::Instrument;
 use super::body::read_json;
 use super::collect::Collect;
 use super::reply::Reply;
-use crate::server::shared::log_end;
 use super::Context;
 use crate::access::Credential;
 use crate::admission::Admitted;
@@ -35,6 +34,7 @@ use crate::metrics::Listener;
 use crate::protocol::TaskSpec;
 use crate::server::server_name;
 use crate::task::{Ending, ErrorKind, Outcome, TaskError};
+use crate::tasks::log_end;
 
 /// What the original service called itself in `service`.
 const SERVICE: &str = "tcp-task";
@@ -151,7 +151,10 @@ fn spec_of(body: &Value) -> Result<(TaskSpec, String), TaskError> {
     let params = field("params").map(Value::to_string);
     let mut spec = TaskSpec::http(image, port, task.clone(), params);
     spec.timeout_ms = match field("timeout_ms") {
-        Some(v) => Some(v.as_u64().ok_or_else(|| bad("`timeout_ms` must be a whole number".into()))?),
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad("`timeout_ms` must be a whole number".into()))?,
+        ),
         None => None,
     };
     Ok((spec, task))
@@ -191,7 +194,7 @@ fn admit<E>(
             "the server is shutting down and takes no new tasks; retry against another server",
         ));
     }
-    let mut quotas = vec![&shared.tasks];
+    let mut quotas = vec![&shared.task_quota];
     quotas.extend(client.and_then(Credential::quota));
     let rules = client.map(|c| c.rules.as_ref());
     shared.admission.admit(spec, rules, &quotas)
@@ -229,7 +232,10 @@ async fn run<E: Executor>(
     };
     match context.tasks.spawn(task.instrument(span)).await {
         Ok(result) => result,
-        Err(e) => Err(TaskError::new(ErrorKind::Internal, format!("the task's runner failed: {e}"))),
+        Err(e) => Err(TaskError::new(
+            ErrorKind::Internal,
+            format!("the task's runner failed: {e}"),
+        )),
     }
 }
 
@@ -242,7 +248,8 @@ fn answer(task: &str, result: Result<Outcome, TaskError>, collect: Collect) -> R
         Err(error) => return Reply::error(&error),
     };
     if overflowed {
-        let message = "the task's answer is larger than this server's max_answer_bytes; it was stopped";
+        let message =
+            "the task's answer is larger than this server's max_answer_bytes; it was stopped";
         return failure(StatusCode::BAD_GATEWAY, "answer_too_large", message);
     }
     if !outcome.success() {
@@ -252,13 +259,18 @@ fn answer(task: &str, result: Result<Outcome, TaskError>, collect: Collect) -> R
         Ok(answer) => {
             let result = answer.get("result").cloned().unwrap_or(Value::Null);
             let message = format!("task {task} done in {} ms", outcome.duration_ms);
-            let body = json!({"message": message, "result": result, "duration_ms": outcome.duration_ms});
+            let body =
+                json!({"message": message, "result": result, "duration_ms": outcome.duration_ms});
             Reply::json(StatusCode::OK, &body)
         }
         Err(e) => {
             let start = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
             let message = format!("task {task} answered something that is not JSON ({e}): {start}");
-            failure(StatusCode::BAD_REQUEST, ErrorKind::TaskFailed.as_str(), &message)
+            failure(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::TaskFailed.as_str(),
+                &message,
+            )
         }
     }
 }
@@ -269,7 +281,9 @@ fn ended(task: &str, outcome: &Outcome) -> Reply {
     let (status, message) = match outcome.ending {
         Ending::TimedOut => (
             StatusCode::GATEWAY_TIMEOUT,
-            format!("task {task} did not answer within its timeout ({seconds:.1} s); it was stopped"),
+            format!(
+                "task {task} did not answer within its timeout ({seconds:.1} s); it was stopped"
+            ),
         ),
         Ending::Cancelled => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -281,7 +295,10 @@ fn ended(task: &str, outcome: &Outcome) -> Reply {
         ),
         _ => (
             StatusCode::BAD_REQUEST,
-            format!("task {task} ended without an answer ({})", outcome.ending.as_str()),
+            format!(
+                "task {task} ended without an answer ({})",
+                outcome.ending.as_str()
+            ),
         ),
     };
     failure(status, outcome.ending.as_str(), &message)
@@ -376,7 +393,8 @@ mod tests {
 
     #[test]
     fn requests_in_the_original_shape_become_http_tasks() {
-        let body = json!({"image": "img", "tag": "1.0", "port": 8080, "task": "sum", "params": [1, 2]});
+        let body =
+            json!({"image": "img", "tag": "1.0", "port": 8080, "task": "sum", "params": [1, 2]});
         let (spec, task) = spec_of(&body).expect("a good request");
         assert_eq!(task, "sum");
         assert_eq!(
@@ -389,8 +407,11 @@ mod tests {
                 command: Vec::new(),
             }
         );
-        let untagged = spec_of(&json!({"image": "reg:5000/img", "port": "80", "task": "t"})).unwrap();
-        assert!(matches!(untagged.0.task, Task::Http { ref image, params: None, .. } if image == "reg:5000/img:latest"));
+        let untagged =
+            spec_of(&json!({"image": "reg:5000/img", "port": "80", "task": "t"})).unwrap();
+        assert!(
+            matches!(untagged.0.task, Task::Http { ref image, params: None, .. } if image == "reg:5000/img:latest")
+        );
         for bad in [
             json!([1]),
             json!({"port": 80, "task": "t"}),
@@ -400,7 +421,11 @@ mod tests {
             json!({"image": "i", "port": 80, "task": 3}),
             json!({"image": "i", "port": 80, "task": "t", "timeout_ms": "x"}),
         ] {
-            assert_eq!(spec_of(&bad).unwrap_err().kind, ErrorKind::BadRequest, "{bad}");
+            assert_eq!(
+                spec_of(&bad).unwrap_err().kind,
+                ErrorKind::BadRequest,
+                "{bad}"
+            );
         }
     }
 

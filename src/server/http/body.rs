@@ -14,7 +14,10 @@ use super::config::HttpConfig;
 use super::reply::Reply;
 
 /// The body of `request`, parsed as JSON, or the answer that refuses it.
-pub(crate) async fn read_json(request: Request<Incoming>, config: &HttpConfig) -> Result<Value, Reply> {
+pub(crate) async fn read_json(
+    request: Request<Incoming>,
+    config: &HttpConfig,
+) -> Result<Value, Reply> {
     let bytes = read_body(request, config).await?;
     check_depth(&bytes, config.max_json_depth).map_err(|message| bad_json(&message))?;
     serde_json::from_slice(&bytes).map_err(|e| {

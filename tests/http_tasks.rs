@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tcp_task::images::{EXAMPLES_IMAGE, HTTP_EXAMPLES_IMAGE, HTTP_EXAMPLES_PORT};
+use tcp_task::{Client, Error, ErrorKind, TaskSpec};
 
 fn start(args: &[&str], config: &str) -> Server {
     let mut all: Vec<&OsStr> = vec![OsStr::new("--http"), OsStr::new("127.0.0.1:0")];
@@ -307,5 +308,27 @@ fn a_warm_catalog_http_task_answers_from_a_listening_container() {
     .body;
     let warm_done = r#"tcptask_tasks_total{outcome="exited",path="warm"}"#;
     assert_eq!(sample(&metrics, warm_done), Some(1.0), "{metrics}");
+    server.assert_clean();
+}
+
+/// An HTTP task's answer goes to the client that asked: it cannot be
+/// detached (no log of it is kept to replay), and the refusal says so
+/// before anything starts.
+#[test]
+fn an_http_task_cannot_be_detached() {
+    let server = Server::start();
+    let spec = TaskSpec::http(HTTP_EXAMPLES_IMAGE, HTTP_EXAMPLES_PORT, "sum", None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(async {
+        let client = Client::connect(server.addr.as_str()).await.unwrap();
+        client.run_detached(spec).await
+    });
+    match refused {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+            assert!(e.message.contains("cannot be detached"), "{e}");
+        }
+        other => panic!("a detached HTTP task was not refused: {other:?}"),
+    }
     server.assert_clean();
 }

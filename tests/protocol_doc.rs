@@ -30,7 +30,8 @@ use tcp_task::codec::FrameCodec;
 use tcp_task::protocol::{
     CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
     Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
-    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Welcome, MAGIC, PROTOCOL_VERSION,
+    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, MAGIC,
+    PROTOCOL_VERSION,
 };
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
@@ -905,6 +906,7 @@ fn the_source_reading_agrees_with_serde() {
         ("Offsets", probe::<Offsets>()),
         ("TaskState", probe::<TaskState>()),
         ("TaskInfo", probe::<TaskInfo>()),
+        ("Usage", probe::<Usage>()),
     ]
     .into_iter()
     .collect();

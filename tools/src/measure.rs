@@ -36,7 +36,12 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
             } else {
                 126
             };
-            return Err(Fail::Exit(code, format!("exec {program} failed: {e}")));
+            // One write: the server holds back a first stderr chunk that
+            // starts with the whole prefix, and `eprintln!` would write its
+            // pieces one by one, which the engine may relay as frames.
+            let line = format!("measure: exec {program} failed: {e}\n");
+            let _ = io::stderr().lock().write_all(line.as_bytes());
+            std::process::exit(code);
         }
     };
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);

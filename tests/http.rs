@@ -221,7 +221,9 @@ fn json_logs_carry_the_connection_and_task_spans() {
         .expect("a task span");
     assert_eq!(task["image"], tcp_task::images::EXAMPLES_IMAGE);
     assert_eq!(task["path"], "cold");
-    assert!(task["request"].is_u64(), "{task}");
+    // The task's server-wide id, which `tcp-task ps`, `logs` and `wait` take.
+    let id = task["task"].as_str().unwrap_or_default();
+    assert!(tcp_task::TaskId::parse(id).is_ok(), "{task}");
     assert_eq!(ended["fields"]["ending"], "exited");
 }
 

@@ -20,6 +20,7 @@ mod grayscale;
 mod pi;
 mod primes;
 mod rng;
+mod signal_names;
 mod sys;
 mod testing;
 

@@ -304,17 +304,7 @@ impl Process for ColdProcess {
     }
 
     async fn finish(self) {
-        // Close the attach connection first: the engine does not finish
-        // removing a container while it still copies output to a reader
-        // that has stopped reading.
-        let ColdProcess {
-            container,
-            frames,
-            stdin,
-            watch,
-            ..
-        } = self;
-        drop((frames, stdin, watch));
+        let (_, container) = self.detach();
         if let Err(e) = container.remove().await {
             tracing::error!(error = %e, "a task's container could not be removed");
         }
@@ -326,6 +316,20 @@ impl ColdProcess {
     /// server ended the task (`verdict`), the container may still run: it
     /// is killed, and the verdict written on it for a restarted server.
     pub async fn keep(self, id: &TaskId, verdict: Option<Ending>) {
+        let (docker, container) = self.detach();
+        let container = container.keep();
+        if let Some(ending) = verdict {
+            stop_with_verdict(&docker, &container, id, ending).await;
+        }
+    }
+}
+
+impl ColdProcess {
+    /// Closes the attach connection and the event watch, before the
+    /// container is removed or stopped: the engine does not finish removing
+    /// a container while it still copies output to a reader that has
+    /// stopped reading.
+    fn detach(self) -> (Docker, ContainerGuard) {
         let ColdProcess {
             docker,
             container,
@@ -334,12 +338,8 @@ impl ColdProcess {
             watch,
             ..
         } = self;
-        // As in `finish`: no attach stream may be left unread.
         drop((frames, stdin, watch));
-        let container = container.keep();
-        if let Some(ending) = verdict {
-            stop_with_verdict(&docker, &container, id, ending).await;
-        }
+        (docker, container)
     }
 }
 

@@ -23,6 +23,7 @@ mod pi;
 mod primes;
 mod relay;
 mod rng;
+mod signal_names;
 mod sys;
 mod testing;
 

@@ -74,26 +74,7 @@ pub const SIGPIPE: i32 = 13;
 /// `EINTR`: interrupted; try again.
 pub const EINTR: i32 = 4;
 
-/// Linux signal numbers (the same on x86_64 and aarch64) for the names
-/// `killself` accepts.
-pub const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", 1),
-    ("INT", 2),
-    ("QUIT", 3),
-    ("ILL", 4),
-    ("TRAP", 5),
-    ("ABRT", 6),
-    ("BUS", 7),
-    ("FPE", 8),
-    ("KILL", 9),
-    ("USR1", 10),
-    ("SEGV", 11),
-    ("USR2", 12),
-    ("PIPE", 13),
-    ("ALRM", 14),
-    ("TERM", 15),
-    ("STOP", 19),
-];
+pub use crate::signal_names::SIGNALS;
 
 pub fn pid() -> i32 {
     // SAFETY: getpid has no preconditions and cannot fail.

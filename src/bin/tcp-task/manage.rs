@@ -10,6 +10,10 @@ use tokio::io::AsyncWriteExt;
 use crate::args::{ConnectionArgs, KillArgs, LogsArgs, PsArgs, RmArgs, TaskArg, TaskArgs};
 use crate::run::{connect, follow_attached};
 
+#[path = "../../../tools/src/signal_names.rs"]
+mod signal_names;
+use signal_names::SIGNALS;
+
 pub async fn ps(connection: &ConnectionArgs, args: &PsArgs) -> Result<()> {
     let tasks = connect(connection).await?.list(args.all).await?;
     if args.json {
@@ -141,23 +145,6 @@ where
 /// A signal by number, or by name with or without `SIG` (`KILL`,
 /// `SIGTERM`), as `docker kill -s` takes it.
 pub fn parse_signal(text: &str) -> Result<i32> {
-    const NAMES: [(&str, i32); 15] = [
-        ("HUP", 1),
-        ("INT", 2),
-        ("QUIT", 3),
-        ("ILL", 4),
-        ("TRAP", 5),
-        ("ABRT", 6),
-        ("BUS", 7),
-        ("FPE", 8),
-        ("KILL", 9),
-        ("USR1", 10),
-        ("SEGV", 11),
-        ("USR2", 12),
-        ("PIPE", 13),
-        ("ALRM", 14),
-        ("TERM", 15),
-    ];
     if let Ok(number) = text.parse::<i32>() {
         if (1..=64).contains(&number) {
             return Ok(number);
@@ -165,7 +152,7 @@ pub fn parse_signal(text: &str) -> Result<i32> {
     }
     let upper = text.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    match NAMES.iter().find(|(n, _)| *n == name) {
+    match SIGNALS.iter().find(|(n, _)| *n == name) {
         Some((_, number)) => Ok(*number),
         None => bail!(
             "-s {text}: not a signal; give a name such as KILL, TERM or HUP, or a number from 1 to 64"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's: starts
 # what the tests need (a Docker engine; Debian's docker-registry and htpasswd
-# for the private-registry tests; python3 for the Python client's tests),
+# for the private-registry tests; python3 for the Python client's tests;
+# curl and prometheus for the HTTP listener's),
 # then runs every test. .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,17 +14,21 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 # The Python client's tests (tests/python_client.rs) run it with python3.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# The HTTP listener's tests drive it with curl; tests/prometheus.rs has a
+# real Prometheus scrape it.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
     echo "test: installing ${missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # A program that links only the client builds without the server's
 # dependencies (README: "The library by example").
 cargo build --lib --no-default-features
 if cargo tree -p tcp-task --no-default-features -e normal --prefix none |
-    grep -E '^(bollard|clap|indicatif|tar|toml) '; then
+    grep -E '^(bollard|clap|indicatif|tar|toml|hyper|hyper-util|prometheus-client) '; then
     echo "test: the client-only build pulls in server dependencies (above)" >&2
     exit 1
 fi

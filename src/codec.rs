@@ -193,12 +193,28 @@ pub async fn write_batched<S, I>(
 where
     S: Sink<I, Error = CodecError> + Unpin,
 {
+    write_batched_counting(sink, queue, |_| {}).await
+}
+
+/// [`write_batched`], telling `flushed` how many frames each flush carried
+/// (the server counts them in its metrics).
+pub async fn write_batched_counting<S, I>(
+    sink: &mut S,
+    queue: &mut mpsc::Receiver<I>,
+    mut flushed: impl FnMut(u64),
+) -> Result<(), CodecError>
+where
+    S: Sink<I, Error = CodecError> + Unpin,
+{
     while let Some(item) = queue.recv().await {
         sink.feed(item).await?;
+        let mut frames = 1;
         while let Ok(item) = queue.try_recv() {
             sink.feed(item).await?;
+            frames += 1;
         }
         sink.flush().await?;
+        flushed(frames);
     }
     Ok(())
 }

@@ -12,6 +12,9 @@
 //! [executor.policy]
 //! max_memory_bytes = 1073741824
 //!
+//! [http]              # metrics, health, the JSON API (tcp_task::server::HttpConfig)
+//! listen = "127.0.0.1:9090"
+//!
 //! [catalog.pi]        # pre-compiled tasks (tcp_task::catalog::Catalog)
 //! image = "tcp-task-examples:0.1.0"
 //! command = ["pi"]
@@ -31,7 +34,7 @@ use crate::access::ClientConfig;
 use crate::admission::Policy;
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::executor::ExecutorConfig;
-use crate::server::ServerConfig;
+use crate::server::{HttpConfig, ServerConfig};
 
 /// Where `tcp-task serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -50,6 +53,9 @@ pub struct Config {
     pub catalog: Option<Catalog>,
     /// Named clients, each with a token and a policy of its own.
     pub clients: BTreeMap<String, ClientConfig>,
+    /// `[http]`: the HTTP listener (metrics, health, the JSON API); off
+    /// unless `listen` or `serve --http` names an address.
+    pub http: HttpConfig,
 }
 
 impl Config {

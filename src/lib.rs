@@ -30,6 +30,8 @@ pub mod executor;
 #[cfg(feature = "server")]
 pub mod images;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 mod tasks;

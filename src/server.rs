@@ -5,7 +5,9 @@
 
 mod config;
 mod connection;
+mod counted;
 mod handshake;
+pub mod http;
 mod outgoing;
 mod shared;
 mod tls;
@@ -29,16 +31,18 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::admission::{Admission, Policy, Quota, Scope};
 use crate::auth::FailedLogins;
 use crate::catalog::Catalog;
 use crate::codec::FrameCodec;
 use crate::executor::Executor;
+use crate::metrics::{Listener, Metrics};
 use crate::protocol::{ErrorKind, ServerMessage, TaskError};
 use crate::tasks::{Keeping, Tasks};
 use crate::tls::TlsError;
+pub use http::HttpConfig;
 use shared::{all_tokens, Shared};
 
 #[cfg(feature = "fuzzing")]
@@ -47,6 +51,8 @@ pub(crate) use handshake::{check_hello, read_hello};
 /// A tcp-task server: an executor behind a listening socket.
 pub struct Server<E> {
     shared: Arc<Shared<E>>,
+    /// The HTTP listener (`--http`), when there is one, and its settings.
+    http: Option<(TcpListener, HttpConfig)>,
 }
 
 impl<E: Executor> Server<E> {
@@ -78,9 +84,31 @@ impl<E: Executor> Server<E> {
                 shutdown: CancellationToken::new(),
                 abort,
                 started: Instant::now(),
+                metrics: Arc::new(Metrics::new()),
                 connections: AtomicU64::new(0),
             }),
+            http: None,
         }
+    }
+
+    /// Records into `metrics` instead of the server's own: the registry
+    /// the executor also reports to (`DockerExecutor::with_observer`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Server<E> {
+        self.unshared().metrics = metrics;
+        self
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Also serves HTTP on `listener`: `/metrics`, `/healthz`, `/readyz`
+    /// and the original task service's `/api/…` (see [`http`]),
+    /// with the same tokens, TLS and policy as the binary protocol.
+    pub fn with_http(mut self, listener: TcpListener, config: HttpConfig) -> Server<E> {
+        self.http = Some((listener, config));
+        self
     }
 
     /// What clients may ask for (`[executor.policy]` in the config file).
@@ -129,11 +157,15 @@ impl<E: Executor> Server<E> {
     /// gracefully: no new connections or tasks, running tasks get the grace
     /// period to finish, then they are cancelled. Returns when every
     /// connection has closed.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         let sweeper = CancellationToken::new();
         self.shared.tasks.spawn_sweeper(sweeper.clone());
+        if let Some((http, config)) = self.http.take() {
+            let shared = self.shared.clone();
+            connections.spawn(http::serve(http, config, shared, connections.clone()));
+        }
         tokio::select! {
             _ = self.accept_loop(&listener, &connections, &limit) => {}
             _ = shutdown => {}
@@ -168,10 +200,19 @@ impl<E: Executor> Server<E> {
     ) -> std::io::Result<RunningServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let http_addr = match &self.http {
+            Some((http, _)) => Some(http.local_addr()?),
+            None => None,
+        };
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(self.run(listener, async move { stopped.cancelled().await }));
-        Ok(RunningServer { addr, stop, task })
+        Ok(RunningServer {
+            addr,
+            http_addr,
+            stop,
+            task,
+        })
     }
 
     async fn accept_loop(
@@ -180,6 +221,7 @@ impl<E: Executor> Server<E> {
         connections: &TaskTracker,
         limit: &Arc<Semaphore>,
     ) {
+        let mut serial: u64 = 0;
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -192,17 +234,26 @@ impl<E: Executor> Server<E> {
                 }
             };
             let _ = socket.set_nodelay(true);
+            serial += 1;
             match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = self.shared.clone();
-                    connections.spawn(async move {
+                    // Every log line of the connection carries its peer and
+                    // a serial that tells apart connections from one peer.
+                    let span = tracing::info_span!("connection", %peer, connection = serial);
+                    let serve = async move {
+                        let _open = shared.metrics.connection(Listener::Tcp);
                         shared.connections.fetch_add(1, Ordering::Relaxed);
                         connection::serve_socket(socket, peer, shared.clone()).await;
                         shared.connections.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
-                    });
+                    };
+                    connections.spawn(serve.instrument(span));
                 }
                 Err(_) => {
+                    self.shared
+                        .metrics
+                        .connection_refused(Listener::Tcp, "max_connections");
                     connections.spawn(refuse(socket, self.shared.clone()));
                 }
             }
@@ -257,6 +308,7 @@ where
 /// A server running in the background, from [`Server::spawn`].
 pub struct RunningServer {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -264,6 +316,11 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP listener's address, when the server has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Starts a graceful shutdown and waits for it to finish.

@@ -200,6 +200,20 @@ pub struct Outcome {
     pub output_truncated: bool,
 }
 
+impl Ending {
+    /// The snake_case name, as `--json`, metrics and the HTTP API show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Exited => "exited",
+            Ending::Signaled => "signaled",
+            Ending::TimedOut => "timed_out",
+            Ending::OomKilled => "oom_killed",
+            Ending::Cancelled => "cancelled",
+            Ending::OutputLimit => "output_limit",
+        }
+    }
+}
+
 impl Outcome {
     pub fn success(&self) -> bool {
         self.ending == Ending::Exited && self.exit_code == Some(0)
@@ -281,6 +295,32 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The snake_case name, as `--json`, metrics and the HTTP API show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::PolicyDenied => "policy_denied",
+            ErrorKind::Busy => "busy",
+            ErrorKind::DuplicateId => "duplicate_id",
+            ErrorKind::UnknownRequest => "unknown_request",
+            ErrorKind::UnknownTask => "unknown_task",
+            ErrorKind::ImageNotFound => "image_not_found",
+            ErrorKind::RegistryAuth => "registry_auth",
+            ErrorKind::CommandNotFound => "command_not_found",
+            ErrorKind::CommandNotInvokable => "command_not_invokable",
+            ErrorKind::Engine => "engine",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
+            ErrorKind::NoSuchTask => "no_such_task",
+            ErrorKind::Detached => "detached",
+        }
+    }
+
     /// The exit status `docker run` gives for a task that could not run this
     /// way: 127 for a missing command, 126 for one that cannot be invoked,
     /// 125 for everything else (the daemon or the request failed).

@@ -51,6 +51,7 @@ fn task_header(rng: &mut StdRng) -> TaskHeader {
         env,
         workdir: rng.random_bool(0.5).then(|| format!("/{}", text(rng, 8))),
         stdin: rng.random_bool(0.5),
+        tag: text(rng, 16),
     }
 }
 

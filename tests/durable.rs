@@ -331,3 +331,56 @@ fn named_clients_see_and_touch_only_their_own_tasks() {
     assert_eq!(as_client(alice, &["rm", "-f", &id]).code, 0);
     server.assert_clean();
 }
+
+#[test]
+fn tasks_on_warm_containers_outlive_a_server_kill_too() {
+    let config =
+        format!("[catalog.ticker]\nimage = \"{IMAGE}\"\ncommand = [\"ticks\"]\nwarm = 2\n");
+    let mut server = Server::with_config(&[], &config, "");
+    let warm_ready = |server: &Server| {
+        let out = server.run(&["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["pools"]
+            .as_array()
+            .is_some_and(|pools| pools.iter().any(|p| p["warm"].as_u64() >= Some(2)))
+    };
+    eventually(
+        "two warm containers are ready",
+        Duration::from_secs(60),
+        || warm_ready(&server),
+    );
+    let (stdout, stderr) = ticks_output(30);
+    let out = server.run(&["task", "-d", "ticker", "30", "100", "7"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut attached = server.cli(["task", "ticker", "30", "100", "8"]);
+    attached.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (attached, started) = (attached.spawn().unwrap(), Instant::now());
+    std::thread::sleep(Duration::from_millis(1200));
+    server.kill_and_restart(Duration::from_millis(700));
+
+    let attached = Out::wait(attached, started);
+    assert_eq!(attached.code, 8, "{}", attached.stderr);
+    assert_eq!(sha(&attached.stdout), sha(&stdout), "the warm run's stdout");
+    assert_eq!(
+        sha(attached.stderr.as_bytes()),
+        sha(&stderr),
+        "the warm run's stderr"
+    );
+    let waited = server.run(&["wait", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout).trim(),
+        "7",
+        "{}",
+        waited.stderr
+    );
+    let logs = server.run(&["logs", &id]);
+    assert_eq!(
+        sha(&logs.stdout),
+        sha(&stdout),
+        "the detached warm task's stdout"
+    );
+    assert_eq!(sha(logs.stderr.as_bytes()), sha(&stderr), "its stderr");
+    assert_eq!(server.run(&["rm", &id]).code, 0);
+    server.assert_clean();
+}

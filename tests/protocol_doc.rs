@@ -12,7 +12,8 @@
 //!   section in the document's type reference, listing every field in
 //!   order with its type, and every variant with its tag and fields. A new
 //!   type, field or variant that the document does not name fails here,
-//!   and so does one the document names that the code no longer has.
+//!   and so does one the document names that the code no longer has. A
+//!   tuple struct's fields are named `0`, `1`, … as Rust names them.
 //!
 //! The source is read as text (it is rustfmt'ed), and the field and variant
 //! names read from it are checked against what serde itself reports, so a
@@ -27,9 +28,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::FrameCodec;
 use tcp_task::protocol::{
-    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Outcome,
-    OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus, Task,
-    TaskError, TaskSpec, Welcome, MAGIC, PROTOCOL_VERSION,
+    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
+    Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
+    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Welcome, MAGIC, PROTOCOL_VERSION,
 };
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
@@ -554,6 +555,11 @@ fn parse_fields(body: &str, aliases: &BTreeMap<String, String>) -> Vec<(String, 
         .collect()
 }
 
+/// The one serde attribute a wire type may carry: on a struct with one
+/// field it changes nothing in bincode, which encodes any struct as its
+/// fields (a newtype struct as its one field) with no names.
+const TRANSPARENT: &str = "#[serde(transparent)]";
+
 /// The `Serialize` structs and enums of a source file, read as text.
 fn wire_types_in(
     file: &str,
@@ -563,6 +569,7 @@ fn wire_types_in(
     let mut types = BTreeMap::new();
     let lines: Vec<&str> = source.lines().collect();
     let mut serialized = false;
+    let mut transparent = false;
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i].trim();
@@ -572,9 +579,14 @@ fn wire_types_in(
         }
         if line.starts_with("#[derive(") {
             serialized = line.contains("Serialize");
+            transparent = false;
             continue;
         }
         if line.starts_with("#[") {
+            if serialized && line == TRANSPARENT {
+                transparent = true;
+                continue;
+            }
             assert!(
                 !(serialized && line.contains("serde")),
                 "{file}:{i}: a serde attribute on a wire type ({line}); it may change the \
@@ -596,6 +608,35 @@ fn wire_types_in(
             continue;
         }
         serialized = false;
+        // A tuple struct, `pub struct Name(Type, …);`: its fields are
+        // named `0`, `1`, … as in Rust.
+        if let Some(open) = rest.find('(').filter(|_| kind == "struct") {
+            let name = rest[..open].trim();
+            let inner = rest[open + 1..]
+                .trim_end()
+                .strip_suffix(");")
+                .unwrap_or_else(|| panic!("{file}:{i}: cannot read the tuple struct `{line}`"));
+            let fields: Vec<(String, String)> = split_top(inner)
+                .into_iter()
+                .enumerate()
+                .map(|(n, ty)| {
+                    let ty = ty
+                        .trim_start_matches("pub(crate) ")
+                        .trim_start_matches("pub ");
+                    (n.to_string(), normalize_type(ty, aliases))
+                })
+                .collect();
+            assert!(
+                !transparent || fields.len() == 1,
+                "{file}:{i}: {TRANSPARENT} on `{name}`, which has not one field"
+            );
+            types.insert(name.to_owned(), Shape::Struct(fields));
+            continue;
+        }
+        assert!(
+            !transparent || kind == "struct",
+            "{file}:{i}: {TRANSPARENT} on an enum"
+        );
         let name = rest.trim_end_matches('{').trim();
         assert!(
             name.chars().all(|c| c.is_alphanumeric() || c == '_'),
@@ -860,6 +901,10 @@ fn the_source_reading_agrees_with_serde() {
         ("EngineStatus", probe::<EngineStatus>()),
         ("PoolStatus", probe::<PoolStatus>()),
         ("CatalogEntryInfo", probe::<CatalogEntryInfo>()),
+        ("TaskId", probe::<TaskId>()),
+        ("Offsets", probe::<Offsets>()),
+        ("TaskState", probe::<TaskState>()),
+        ("TaskInfo", probe::<TaskInfo>()),
     ]
     .into_iter()
     .collect();
@@ -906,6 +951,9 @@ fn variants_of<T: DeserializeOwned>() -> Vec<String> {
 #[derive(Debug)]
 enum Seen {
     Fields(Vec<String>),
+    /// A struct seen as one unnamed value: a newtype struct, or a
+    /// transparent one (whose field, a string, is asked for directly).
+    Newtype,
     Variants(Vec<String>),
     Unit,
     Tuple(usize),
@@ -954,6 +1002,22 @@ impl<'de> Deserializer<'de> for Probe {
         Err(Seen::Fields(strings(fields)))
     }
 
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: V,
+    ) -> Result<V::Value, Seen> {
+        Err(Seen::Newtype)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Seen> {
+        Err(Seen::Newtype)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Seen> {
+        Err(Seen::Newtype)
+    }
+
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _: &'static str,
@@ -967,8 +1031,8 @@ impl<'de> Deserializer<'de> for Probe {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
+        bytes byte_buf option unit unit_struct seq tuple
         tuple_struct map identifier ignored_any
     }
 }
@@ -1018,6 +1082,7 @@ fn probe<T: DeserializeOwned>() -> Shape {
     let named = |fields: Vec<String>| fields.into_iter().map(|f| (f, String::new())).collect();
     match T::deserialize(Probe { variant: None }) {
         Err(Seen::Fields(fields)) => Shape::Struct(named(fields)),
+        Err(Seen::Newtype) => Shape::Struct(named(vec!["0".to_owned()])),
         Err(Seen::Variants(variants)) => Shape::Enum(
             variants
                 .into_iter()

@@ -229,6 +229,10 @@ fn the_python_clients_own_suite_passes_against_real_servers() {
         return;
     }
     let plain = Server::with_config(&[], "[server]\nmax_tasks_per_connection = 4\n", "");
+    // For the durable-task tests: without warm containers, because a task
+    // that runs in one is not kept by its id yet (an Attach, Kill or logs
+    // of it answers NoSuchTask).
+    let durable = Server::with_config(&[], "", "[executor.warm]\nenabled = false\n");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let token_file = dir.path().join("tokens");
@@ -252,6 +256,7 @@ fn the_python_clients_own_suite_passes_against_real_servers() {
     command
         .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
         .env("TCP_TASK_TEST_SERVER", &plain.addr)
+        .env("TCP_TASK_TEST_DURABLE_SERVER", &durable.addr)
         .env("TCP_TASK_TEST_TLS_SERVER", &tls.addr)
         .env("TCP_TASK_TEST_TLS_CA", &pki.ca)
         .env("TCP_TASK_TEST_TLS_CERT", &pki.client_cert)
@@ -276,6 +281,10 @@ fn the_python_clients_own_suite_passes_against_real_servers() {
         report.contains("\nOK"),
         "no OK at the end of the suite's report:\n{report}"
     );
+    plain.assert_clean();
+    // The durable server keeps a cancelled task's result for the reattach
+    // grace; its drop checks that nothing is left once it has stopped.
+    drop(durable);
 }
 
 // ---------------------------------------------------------------------------
@@ -455,4 +464,167 @@ fn the_python_command_line_matches_tcp_task_run_on_the_corpus() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Durable tasks across the two clients
+// ---------------------------------------------------------------------------
+
+/// The Python library's side of the durable-task test: one step per run,
+/// `python3 -c STEP ADDR ARGS…`, printing what it found as JSON.
+const PY_DURABLE: &str = r#"
+import json, sys
+from tcp_task_client import Client, Offsets, OutputStream, Output, TaskSpec, TaskFailed, RemoteError
+from tcp_task_client.wire import StateEnded, to_plain
+addr, step, *args = sys.argv[1:]
+with Client.connect(addr, client_name="python durable test") as client:
+    if step == "detach":
+        print(json.dumps({"id": client.run_detached(TaskSpec.image(args[0], args[1:]), timeout=120)}))
+    elif step == "list":
+        print(json.dumps([{"id": t.id, "detached": t.detached, "command": t.command,
+                           "ended": isinstance(t.state, StateEnded),
+                           "output_bytes": t.output_bytes} for t in client.list(all=True)]))
+    elif step == "wait":
+        try:
+            print(json.dumps(to_plain(client.wait(args[0], timeout=120))))
+        except TaskFailed as e:
+            print(json.dumps({"failed": e.kind.name}))
+    elif step == "attach":
+        task = client.attach(args[0], Offsets(int(args[1]), int(args[2])))
+        out, err = bytearray(), bytearray()
+        for event in task.events(timeout=120):
+            if isinstance(event, Output):
+                (out if event.stream is OutputStream.STDOUT else err).extend(event.chunk)
+        outcome = task.wait()
+        print(json.dumps({"stdout": out.decode(), "stderr": err.decode(),
+                          "exit": outcome.exit_status(), "task": task.task_id}))
+    elif step == "remove":
+        try:
+            client.remove(args[0], timeout=120)
+            print(json.dumps({"removed": args[0]}))
+        except RemoteError as e:
+            print(json.dumps({"refused": e.kind.name}))
+"#;
+
+fn py_step(server: &Server, step: &[&str]) -> serde_json::Value {
+    let mut command = python();
+    command.args(["-c", PY_DURABLE, &server.addr]).args(step);
+    let (child, writer) = spawn(command, None);
+    let out = finish(child, writer, "the Python durable step");
+    assert_eq!(
+        out.code,
+        0,
+        "python step {step:?} failed:\n{}",
+        out.stderr_text()
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python step {step:?} printed no JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn rust_cli(server: &Server, args: &[&str]) -> Out {
+    let mut command = clean(Command::new(BIN));
+    command.arg("--server").arg(&server.addr).args(args);
+    let (child, writer) = spawn(command, None);
+    finish(child, writer, "tcp-task")
+}
+
+/// A detached task submitted by one client is the same task for the other:
+/// listed, waited for, replayed from offsets and removed by either, with
+/// the same bytes and ids; and no container is left behind.
+#[test]
+fn the_python_client_and_tcp_task_share_durable_tasks() {
+    if !have_python() {
+        return;
+    }
+    // Without warm containers: see the suite's durable server above.
+    let server = Server::with_executor("[executor.warm]\nenabled = false\n");
+
+    // Python detaches, tcp-task follows.
+    let from_python = py_step(&server, &["detach", IMAGE, "mixed", "3"]);
+    let id = from_python["id"].as_str().expect("an id").to_owned();
+    assert!(
+        id.len() == 20 && id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')),
+        "{id:?} is not a task id as the server makes them"
+    );
+    let waited = rust_cli(&server, &["wait", &id]);
+    assert_eq!(waited.code, 0, "tcp-task wait: {}", waited.stderr_text());
+    assert_eq!(waited.stdout, b"0\n");
+    let ps = rust_cli(&server, &["ps", "-a", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
+    let ours: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"] == id.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "tcp-task ps -a lists the task: {listed}");
+    assert_eq!(ours[0]["detached"], true);
+    assert_eq!(ours[0]["output_bytes"], 36);
+    let logs = rust_cli(&server, &["logs", &id]);
+    assert_eq!(logs.code, 0, "tcp-task logs: {}", logs.stderr_text());
+    assert_eq!(logs.stdout, b"out 0\nout 1\nout 2\n");
+    assert_eq!(logs.stderr, b"err 0\nerr 1\nerr 2\n");
+
+    // The Python replay from offsets is the rest of what tcp-task saw.
+    let part = py_step(&server, &["attach", &id, "6", "12"]);
+    assert_eq!(part["stdout"], "out 1\nout 2\n", "{part}");
+    assert_eq!(part["stderr"], "err 2\n");
+    assert_eq!(part["exit"], 0);
+    assert_eq!(part["task"], id.as_str());
+
+    // Removed by Python: gone for both.
+    assert_eq!(py_step(&server, &["remove", &id])["removed"], id.as_str());
+    assert_eq!(
+        py_step(&server, &["remove", &id])["refused"],
+        "NO_SUCH_TASK"
+    );
+    let gone = rust_cli(&server, &["wait", &id]);
+    assert_ne!(gone.code, 0, "tcp-task wait of a removed task succeeded");
+    let ps = rust_cli(&server, &["ps", "-a", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&id),
+        "a removed task is still listed: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+
+    // tcp-task detaches, Python follows.
+    let detached = rust_cli(&server, &["run", "-d", IMAGE, "mixed", "4"]);
+    assert_eq!(
+        detached.code,
+        0,
+        "tcp-task run -d: {}",
+        detached.stderr_text()
+    );
+    let id = String::from_utf8(detached.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let listed = py_step(&server, &["list"]);
+    let ours: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"] == id.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "the Python client lists the task: {listed}");
+    assert_eq!(ours[0]["detached"], true);
+    let waited = py_step(&server, &["wait", &id]);
+    assert_eq!(waited["ending"], "exited", "{waited}");
+    assert_eq!(waited["exit_code"], 0, "{waited}");
+    let whole = py_step(&server, &["attach", &id, "0", "0"]);
+    let logs = rust_cli(&server, &["logs", &id]);
+    assert_eq!(whole["stdout"].as_str().unwrap().as_bytes(), logs.stdout);
+    assert_eq!(whole["stderr"].as_str().unwrap().as_bytes(), logs.stderr);
+    assert_eq!(logs.stdout, b"out 0\nout 1\nout 2\nout 3\n");
+    assert_eq!(logs.stderr, b"err 0\nerr 1\nerr 2\nerr 3\n");
+    assert_eq!(whole["exit"], 0);
+    let removed = rust_cli(&server, &["rm", &id]);
+    assert_eq!(removed.code, 0, "tcp-task rm: {}", removed.stderr_text());
+    assert_eq!(py_step(&server, &["wait", &id])["failed"], "NO_SUCH_TASK");
+
+    server.assert_clean();
 }

@@ -12,7 +12,7 @@ use bollard::Docker;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cleanup::{Liveness, Owner, LABEL_MANAGED};
 use super::cold::ColdStdin;
@@ -22,8 +22,9 @@ use super::kept::{self, tag_of, times_of, verdict_of, LABEL_ID, LABEL_SCOPE, LAB
 use super::plan::TaskTag;
 use super::process::{Process, ProcessEnd};
 use super::supervise::{ended, killed};
+use super::warm::{end_of, last_task, LABEL_WARM};
 use super::Replay;
-use crate::task::{Offsets, Outcome, OutputStream, TaskError};
+use crate::task::{Ending, Offsets, Outcome, OutputStream, TaskError};
 
 /// A kept task found at start-up.
 #[derive(Debug)]
@@ -39,17 +40,83 @@ pub struct Adopted {
     pub(crate) timeout: Duration,
     /// How long it has been running.
     pub(crate) running_for: Duration,
+    /// It ran on a warm container, whose log holds the agent's frames.
+    pub(crate) warm: bool,
 }
 
-/// The kept tasks in `scope` whose server is gone, by their containers.
+/// The kept tasks in `scope` whose server is gone, by their containers:
+/// cold ones by their labels, warm ones by the last task their log names.
 pub(crate) async fn adoptable(
     docker: &Docker,
     me: &Owner,
     scope: Option<&str>,
 ) -> Result<Vec<Adopted>, TaskError> {
+    let mut adopted = Vec::new();
+    for (id, labels) in orphans(docker, me, scope, LABEL_ID).await? {
+        let Some(tag) = tag_of(&labels) else { continue };
+        // One container going away meanwhile must not cost the others.
+        let Some(inspected) = inspect(docker, &id).await else {
+            continue;
+        };
+        let timeout = labels
+            .get(LABEL_TIMEOUT_MS)
+            .and_then(|t| t.parse().ok())
+            .map_or(Duration::MAX, Duration::from_millis);
+        let config = inspected.config.clone().unwrap_or_default();
+        let times = times_of(&inspected);
+        let started = times.started.unwrap_or_else(SystemTime::now);
+        let found = Found {
+            tag,
+            image: config.image.unwrap_or_default(),
+            command: config.cmd.unwrap_or_default(),
+            started,
+            timeout,
+        };
+        adopted.push(found.adopt(id, &inspected, None, false));
+    }
+    for (id, _) in orphans(docker, me, scope, LABEL_WARM).await? {
+        let (tag, report) = match last_task(docker, &id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "could not read a warm container's log; not adopting its task");
+                continue;
+            }
+        };
+        let end = match &report {
+            Some(report) => match end_of(report) {
+                Some(end) => Some(end),
+                // It never started: nothing to adopt.
+                None => continue,
+            },
+            None => None,
+        };
+        let Some(inspected) = inspect(docker, &id).await else {
+            continue;
+        };
+        let image = inspected.config.clone().unwrap_or_default().image;
+        let found = Found {
+            tag: tag.task_tag(),
+            image: image.unwrap_or_default(),
+            command: tag.command.clone(),
+            started: UNIX_EPOCH + Duration::from_millis(tag.started_ms),
+            timeout: Duration::from_millis(tag.timeout_ms),
+        };
+        adopted.push(found.adopt(id, &inspected, end, true));
+    }
+    Ok(adopted)
+}
+
+/// This scope's containers with label `label` whose server is gone.
+async fn orphans(
+    docker: &Docker,
+    me: &Owner,
+    scope: Option<&str>,
+    label: &str,
+) -> Result<Vec<(String, HashMap<String, String>)>, TaskError> {
     let filters = HashMap::from([(
         "label".to_owned(),
-        vec![format!("{LABEL_MANAGED}=true"), LABEL_ID.to_owned()],
+        vec![format!("{LABEL_MANAGED}=true"), label.to_owned()],
     )]);
     let options = ListContainersOptions {
         all: true,
@@ -60,74 +127,86 @@ pub(crate) async fn adoptable(
         .list_containers(Some(options))
         .await
         .map_err(|e| engine_error("listing kept tasks", &e))?;
-    let mut adopted = Vec::new();
-    for summary in containers {
-        let labels = summary.labels.unwrap_or_default();
-        let (Some(id), Some(tag)) = (summary.id, tag_of(&labels)) else {
-            continue;
-        };
-        if me.judge(&labels) != Liveness::Gone
-            || labels.get(LABEL_SCOPE).map(String::as_str) != scope
-        {
-            continue;
-        }
-        let inspected = docker
-            .inspect_container(&id, None)
-            .await
-            .map_err(|e| engine_error("inspecting a kept task", &e))?;
-        let timeout = labels
-            .get(LABEL_TIMEOUT_MS)
-            .and_then(|t| t.parse().ok())
-            .map_or(Duration::MAX, Duration::from_millis);
-        adopted.push(describe(id, tag, timeout, &inspected));
-    }
-    Ok(adopted)
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+        .filter(|(_, labels)| {
+            me.judge(labels) == Liveness::Gone
+                && labels.get(LABEL_SCOPE).map(String::as_str) == scope
+        })
+        .collect())
 }
 
-fn describe(
-    container: String,
-    tag: TaskTag,
-    timeout: Duration,
-    inspected: &ContainerInspectResponse,
-) -> Adopted {
-    let config = inspected.config.clone().unwrap_or_default();
-    let state = inspected.state.clone().unwrap_or_default();
-    let times = times_of(inspected);
-    let now = SystemTime::now();
-    let started = times.started.unwrap_or(now);
-    let running_for = now.duration_since(started).unwrap_or_default();
-    let ended = (!state.running.unwrap_or(false)).then(|| {
-        let ran = times
-            .finished
-            .and_then(|f| f.duration_since(started).ok())
-            .unwrap_or_default();
-        let name = inspected.name.as_deref().unwrap_or_default();
-        match verdict_of(name) {
-            Some(verdict) => killed(verdict, ran),
-            // It ran past its deadline while no server watched: the
-            // server would have ended it then.
-            None if ran > timeout => killed(crate::task::Ending::TimedOut, timeout),
-            None => ended(
-                state.exit_code.unwrap_or(-1),
-                state.oom_killed.unwrap_or(false),
-                ran,
-            ),
+/// The container, unless it went away (or the engine failed, logged).
+async fn inspect(docker: &Docker, id: &str) -> Option<ContainerInspectResponse> {
+    match docker.inspect_container(id, None).await {
+        Ok(inspected) => Some(inspected),
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "could not inspect a kept task's container; not adopting it");
+            None
         }
-    });
-    let created = inspected
-        .created
-        .as_deref()
-        .and_then(kept::parse_rfc3339)
-        .unwrap_or(started);
-    Adopted {
-        tag,
-        image: config.image.unwrap_or_default(),
-        command: config.cmd.unwrap_or_default(),
-        created,
-        ended,
-        container,
-        timeout,
-        running_for,
+    }
+}
+
+/// What a kept task's container says of it.
+struct Found {
+    tag: TaskTag,
+    image: String,
+    command: Vec<String>,
+    started: SystemTime,
+    timeout: Duration,
+}
+
+impl Found {
+    /// The task, running or ended. `end` is how it ended when its warm
+    /// container's log says; otherwise the container's state does.
+    fn adopt(
+        self,
+        container: String,
+        inspected: &ContainerInspectResponse,
+        end: Option<ProcessEnd>,
+        warm: bool,
+    ) -> Adopted {
+        let state = inspected.state.clone().unwrap_or_default();
+        let times = times_of(inspected);
+        let now = SystemTime::now();
+        let running_for = now.duration_since(self.started).unwrap_or_default();
+        let running = state.running.unwrap_or(false) && end.is_none();
+        let ended = (!running).then(|| {
+            let finished = times.finished.unwrap_or(now);
+            let ran = finished.duration_since(self.started).unwrap_or_default();
+            let name = inspected.name.as_deref().unwrap_or_default();
+            let (code, oom) = match end {
+                Some(ProcessEnd::Exited { code, oom_killed }) => (code, oom_killed),
+                _ => (
+                    state.exit_code.unwrap_or(-1),
+                    state.oom_killed.unwrap_or(false),
+                ),
+            };
+            match verdict_of(name) {
+                Some(verdict) => killed(verdict, ran),
+                // It ran past its deadline while no server watched: the
+                // server would have ended it then.
+                None if ran > self.timeout => killed(Ending::TimedOut, self.timeout),
+                None => ended(code, oom, ran),
+            }
+        });
+        let created = inspected
+            .created
+            .as_deref()
+            .and_then(kept::parse_rfc3339)
+            .unwrap_or(self.started);
+        Adopted {
+            tag: self.tag,
+            image: self.image,
+            command: self.command,
+            created,
+            ended,
+            container,
+            timeout: self.timeout,
+            running_for,
+            warm,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::engine::{engine_error, status_code};
-use super::kept::LABEL_ID;
+use super::kept::{LABEL_ID, LABEL_SCOPE};
 use crate::task::TaskError;
 
 pub const LABEL_MANAGED: &str = "tcp-task.managed";
@@ -132,7 +132,12 @@ fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = after_name.split_whitespace();
+    // Field 3, the state: a zombie (killed, not yet reaped) is not alive.
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Filters for the containers this server manages, optionally one instance.
@@ -176,13 +181,22 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), TaskError
 
 /// Removes the containers whose owner is gone (see the module docs).
 /// Returns how many were removed.
-pub async fn reap_orphans(docker: &Docker, me: &Owner) -> Result<usize, TaskError> {
+/// Only containers of `scope` are touched: another scope's belong to a
+/// server that may come back for them. Kept tasks' containers (labelled,
+/// or the warm ones in `adopted`) are adopted, not reaped (see
+/// `super::adopt`).
+pub async fn reap_orphans(
+    docker: &Docker,
+    me: &Owner,
+    scope: Option<&str>,
+    adopted: &[String],
+) -> Result<usize, TaskError> {
     let mut removed = 0;
     for container in managed_containers(docker, None).await? {
         let labels = container.labels.unwrap_or_default();
         let Some(id) = container.id else { continue };
-        // A kept task is adopted, not reaped (see `super::adopt`).
-        if labels.contains_key(LABEL_ID) {
+        let other_scope = labels.get(LABEL_SCOPE).map(String::as_str) != scope;
+        if other_scope || labels.contains_key(LABEL_ID) || adopted.contains(&id) {
             continue;
         }
         if me.judge(&labels) == Liveness::Gone {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::cleanup::{Owner, LABEL_TASK};
 use super::config::ExecutorConfig;
-use super::kept::tag_labels;
+use super::kept::{tag_labels, LABEL_SCOPE};
 use super::plan::Plan;
 
 /// The create request for `plan`'s container; `task` goes into the
@@ -49,12 +49,12 @@ fn labels(
     labels.extend(plan.labels.iter().cloned());
     // The server's own labels go last so nothing can override them.
     labels.extend(owner.labels());
+    // On warm containers too: a restarted server adopts the tasks they ran.
+    if let Some(scope) = &config.scope {
+        labels.insert(LABEL_SCOPE.to_owned(), scope.clone());
+    }
     if let Some(tag) = &plan.task {
-        labels.extend(tag_labels(
-            tag,
-            plan.timeout.as_millis(),
-            config.scope.as_deref(),
-        ));
+        labels.extend(tag_labels(tag, plan.timeout.as_millis()));
     }
     labels.insert(LABEL_TASK.to_owned(), task.to_owned());
     labels

@@ -3,7 +3,8 @@
 //! same supervision either way.
 
 use bollard::Docker;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::adopt::{self, Adopted, LoggedProcess};
@@ -11,14 +12,20 @@ use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::ExecutorConfig;
 use super::kept;
+use super::observe::{RunPath, SharedObserver, Unobserved};
 use super::plan::Plan;
+use super::plan::TaskTag;
 use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
-use super::warm::{Launcher, Warm};
+use super::warm::{
+    replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
+};
 use super::{no_such_task, Executor, Replay, TaskIo};
 use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Runs tasks as containers on a Docker engine.
 #[derive(Debug)]
@@ -29,6 +36,25 @@ pub struct DockerExecutor {
     /// Processes being finished (containers removed) after their outcome
     /// went out.
     finishing: TaskTracker,
+    /// Kept tasks on warm containers, which carry no task labels: the
+    /// container, and while the task runs here, its agent's input.
+    warm_tasks: Mutex<HashMap<TaskId, WarmTask>>,
+    /// Told how each task waited, started and ended (the server's metrics).
+    observer: SharedObserver,
+}
+
+struct WarmTask {
+    container: String,
+    agent: Option<AgentInput>,
+}
+
+impl std::fmt::Debug for WarmTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmTask")
+            .field("container", &self.container)
+            .field("agent", &self.agent.is_some())
+            .finish()
+    }
 }
 
 impl DockerExecutor {
@@ -47,7 +73,16 @@ impl DockerExecutor {
             warm,
             slots,
             finishing: TaskTracker::new(),
+            warm_tasks: Mutex::default(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Reports every task's queue wait, start and end to `observer` (the
+    /// server's metrics, say).
+    pub fn with_observer(mut self, observer: SharedObserver) -> DockerExecutor {
+        self.observer = observer;
+        self
     }
 
     /// The id in the `tcp-task.instance` label of this executor's containers.
@@ -69,8 +104,15 @@ impl DockerExecutor {
 
     /// Removes containers left behind by server processes that are gone
     /// (the rule is in [`super::cleanup`]). Returns how many.
+    /// Call it after [`Executor::adopt`]: the warm containers of adopted
+    /// tasks are not orphans.
     pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
-        cleanup::reap_orphans(self.docker(), self.owner()).await
+        let adopted: Vec<String> = {
+            let tasks = self.warm_tasks.lock().unwrap();
+            tasks.values().map(|t| t.container.clone()).collect()
+        };
+        let scope = self.config().scope.as_deref();
+        cleanup::reap_orphans(self.docker(), self.owner(), scope, &adopted).await
     }
 
     /// Waits until the background work is done: removal of the containers
@@ -89,18 +131,50 @@ impl DockerExecutor {
         self.warm.drain().await
     }
 
-    async fn run_task(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+    /// Runs the task and tells the observer how it went. The path that
+    /// started it is also recorded in the current span (the server's
+    /// per-task span has a `path` field).
+    async fn observed(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
+        let received = Instant::now();
+        let mut path = None;
+        let result = self.run_task(plan, io, received, &mut path).await;
+        self.observer.task_ended(path, &result);
+        result
+    }
+
+    fn started(&self, path: RunPath, received: Instant, seen: &mut Option<RunPath>) {
+        *seen = Some(path);
+        tracing::Span::current().record("path", path.as_str());
+        self.observer.task_started(path, received.elapsed());
+    }
+
+    async fn run_task(
+        &self,
+        plan: Plan,
+        io: TaskIo,
+        received: Instant,
+        path: &mut Option<RunPath>,
+    ) -> Result<Outcome, TaskError> {
         let Some(slot) = self.wait_for_slot(&io).await? else {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
+        self.observer.queue_wait(received.elapsed());
         let limit = self.config().output_limit_bytes;
         let clock = (plan.timeout, Duration::ZERO);
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
+                self.started(RunPath::Warm, received, path);
+                let events = io.events.clone();
+                if let (Some(tag), Some((container, agent))) = (&plan.task, warm.agent()) {
+                    let task = WarmTask {
+                        container,
+                        agent: Some(agent),
+                    };
+                    self.warm_tasks.lock().unwrap().insert(tag.id.clone(), task);
+                }
                 let result = supervise(&mut warm, &plan.command, clock, io, limit).await;
-                // Back to its pool at once (that is cheap), ready for the
-                // next task of its key.
-                warm.finish().await;
+                self.end_warm(warm, plan.task.as_ref(), &result, events.attended())
+                    .await;
                 return result;
             }
             Ok(None) => self.cold.start(&plan, &io.events, &io.cancel).await,
@@ -108,6 +182,7 @@ impl DockerExecutor {
         };
         match started {
             Ok(mut cold) => {
+                self.started(RunPath::Cold, received, path);
                 let result = supervise(&mut cold, &plan.command, clock, io, limit).await;
                 match &plan.task {
                     // Quick unless the server ended the task: then its
@@ -122,6 +197,44 @@ impl DockerExecutor {
             Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
             Err(StartError::Failed(error)) => Err(error),
         }
+    }
+
+    /// A warm task ended. Its container goes back to its pool at once (that
+    /// is cheap), ready for the next task of its key, unless its log must
+    /// be kept: for a detached task, or one whose client is away when it
+    /// ends. Then it leaves the pool and waits for
+    /// [`Executor::discard`], stopped and marked when the server ended it.
+    async fn end_warm(
+        &self,
+        warm: WarmProcess,
+        tag: Option<&TaskTag>,
+        result: &Result<Outcome, TaskError>,
+        attended: bool,
+    ) {
+        let Some(tag) = tag else {
+            return warm.finish().await;
+        };
+        if !tag.detach && attended {
+            self.warm_tasks.lock().unwrap().remove(&tag.id);
+            return warm.finish().await;
+        }
+        let Some(container) = warm.keep() else { return };
+        let task = WarmTask {
+            container: container.clone(),
+            agent: None,
+        };
+        self.warm_tasks.lock().unwrap().insert(tag.id.clone(), task);
+        if let Some(ending) = verdict(result) {
+            kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
+        }
+    }
+
+    /// The warm container of kept task `task`, if it ran on one.
+    fn warm_task(&self, task: &TaskId) -> Option<(String, Option<AgentInput>)> {
+        let tasks = self.warm_tasks.lock().unwrap();
+        tasks
+            .get(task)
+            .map(|t| (t.container.clone(), t.agent.clone()))
     }
 
     /// Removes a task's container in the background, so that its outcome
@@ -191,7 +304,7 @@ fn verdict(result: &Result<Outcome, TaskError>) -> Option<Ending> {
 
 impl Executor for DockerExecutor {
     async fn run(&self, plan: Plan, io: TaskIo) -> Result<Outcome, TaskError> {
-        self.run_task(plan, io).await
+        self.observed(plan, io).await
     }
 
     async fn replay(
@@ -200,31 +313,52 @@ impl Executor for DockerExecutor {
         from: Offsets,
         follow: bool,
     ) -> Result<Replay, TaskError> {
-        let container = self.kept(task).await?;
         let limit = self.config().output_limit_bytes;
-        Ok(kept::replay(
-            self.docker(),
-            &container.id,
-            from,
-            limit,
-            follow,
-        ))
+        if let Some((container, _)) = self.warm_task(task) {
+            let replay = replay_task(self.docker(), &container, task, (from, limit), follow);
+            return Ok(replay);
+        }
+        let container = self.kept(task).await?;
+        let replay = kept::replay(self.docker(), &container.id, from, limit, follow);
+        Ok(replay)
     }
 
     async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {
-        let container = self.kept(task).await?;
-        if !container.running {
-            return Err(kept::ended_already());
+        match self.warm_task(task) {
+            Some((_, Some(agent))) => {
+                let signal = u8::try_from(signal).unwrap_or(kept::SIGKILL as u8);
+                signal_task(&agent, signal).await.map_err(|e| {
+                    let message = format!(
+                        "could not signal the task through its warm container's agent: {e}"
+                    );
+                    TaskError::new(ErrorKind::Engine, message)
+                })
+            }
+            // Adopted: its agent (PID 1, which ignores the signals it has
+            // no handler for) no longer listens to a server; only SIGKILL
+            // of the whole container reaches the task.
+            Some((container, None)) => kept::signal(self.docker(), &container, kept::SIGKILL).await,
+            None => {
+                let container = self.kept(task).await?;
+                if !container.running {
+                    return Err(kept::ended_already());
+                }
+                kept::signal(self.docker(), &container.id, signal).await
+            }
         }
-        kept::signal(self.docker(), &container.id, signal).await
     }
 
     fn discard(&self, task: &TaskId) {
         let docker = self.docker().clone();
+        let warm = self.warm_tasks.lock().unwrap().remove(task);
         let task = task.clone();
         self.finishing.spawn(async move {
-            let removed = match kept::find(&docker, &task).await {
-                Ok(Some(container)) => cleanup::remove_container(&docker, &container.id).await,
+            let found = match warm {
+                Some(warm) => Ok(Some(warm.container)),
+                None => kept::find(&docker, &task).await.map(|c| c.map(|c| c.id)),
+            };
+            let removed = match found {
+                Ok(Some(container)) => cleanup::remove_container(&docker, &container).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -236,7 +370,16 @@ impl Executor for DockerExecutor {
 
     async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
         let scope = self.config().scope.as_deref();
-        adopt::adoptable(self.docker(), self.owner(), scope).await
+        let adopted = adopt::adoptable(self.docker(), self.owner(), scope).await?;
+        let mut tasks = self.warm_tasks.lock().unwrap();
+        for task in adopted.iter().filter(|a| a.warm) {
+            let warm = WarmTask {
+                container: task.container.clone(),
+                agent: None,
+            };
+            tasks.insert(task.tag.id.clone(), warm);
+        }
+        Ok(adopted)
     }
 
     async fn resume(&self, adopted: Adopted, io: TaskIo) -> Result<Outcome, TaskError> {
@@ -246,11 +389,19 @@ impl Executor for DockerExecutor {
             container,
             timeout,
             running_for,
+            warm,
             ..
         } = adopted;
-        let mut process = LoggedProcess::new(self.docker().clone(), container.clone());
         let limit = self.config().output_limit_bytes;
-        let result = supervise(&mut process, &command, (timeout, running_for), io, limit).await;
+        let clock = (timeout, running_for);
+        let docker = self.docker().clone();
+        let result = if warm {
+            let mut process = LoggedWarmProcess::new(docker, container.clone(), &tag.id);
+            supervise(&mut process, &command, clock, io, limit).await
+        } else {
+            let mut process = LoggedProcess::new(docker, container.clone());
+            supervise(&mut process, &command, clock, io, limit).await
+        };
         if let Some(ending) = verdict(&result) {
             kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
         }

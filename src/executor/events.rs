@@ -26,6 +26,13 @@ pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), Disconnected>> + 
 pub trait Events: Send + Sync {
     fn progress(&self, progress: ProgressEvent) -> Delivery<'_>;
     fn output(&self, stream: OutputStream, data: Bytes) -> Delivery<'_>;
+
+    /// Whether a client receives the events live right now. A runtime
+    /// keeps what it would otherwise discard at the task's end (a warm
+    /// container's log) when nobody does.
+    fn attended(&self) -> bool {
+        true
+    }
 }
 
 /// A task's event port, shared by the parts that report on it.

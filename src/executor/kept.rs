@@ -40,11 +40,7 @@ pub fn container_name(id: &TaskId) -> String {
 }
 
 /// The labels that let a restarted server know a kept task again.
-pub(crate) fn tag_labels(
-    tag: &TaskTag,
-    timeout_ms: u128,
-    scope: Option<&str>,
-) -> Vec<(String, String)> {
+pub(crate) fn tag_labels(tag: &TaskTag, timeout_ms: u128) -> Vec<(String, String)> {
     let mut labels = vec![
         (LABEL_ID.to_owned(), tag.id.to_string()),
         (LABEL_DETACH.to_owned(), tag.detach.to_string()),
@@ -52,9 +48,6 @@ pub(crate) fn tag_labels(
     ];
     if let Some(client) = &tag.client {
         labels.push((LABEL_CLIENT.to_owned(), client.clone()));
-    }
-    if let Some(scope) = scope {
-        labels.push((LABEL_SCOPE.to_owned(), scope.to_owned()));
     }
     labels
 }
@@ -67,6 +60,57 @@ pub(crate) fn tag_of(labels: &HashMap<String, String>) -> Option<TaskTag> {
         client: labels.get(LABEL_CLIENT).cloned(),
         detach: labels.get(LABEL_DETACH).is_some_and(|d| d == "true"),
     })
+}
+
+/// A kept task's tag on a warm container, which carries no labels of its
+/// own: handed to the agent with the task, and written by it, in the `A`
+/// frame, to the container's log. JSON, so any client name fits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct WarmTag {
+    pub id: TaskId,
+    pub client: Option<String>,
+    pub detach: bool,
+    pub timeout_ms: u64,
+    /// The task's command, for listings.
+    pub command: Vec<String>,
+    /// When the task started, in milliseconds since the Unix epoch: its
+    /// deadline counts from there, not from the container's start.
+    pub started_ms: u64,
+}
+
+impl WarmTag {
+    pub fn new(tag: &TaskTag, timeout: std::time::Duration, command: &[String]) -> WarmTag {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        WarmTag {
+            id: tag.id.clone(),
+            client: tag.client.clone(),
+            detach: tag.detach,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            command: command.to_vec(),
+            started_ms,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// `None` for an empty tag (a task that is not kept) or a foreign one.
+    pub fn decode(bytes: &[u8]) -> Option<WarmTag> {
+        let tag: WarmTag = serde_json::from_slice(bytes).ok()?;
+        TaskId::parse(tag.id.as_str()).ok()?;
+        Some(tag)
+    }
+
+    pub fn task_tag(&self) -> TaskTag {
+        TaskTag {
+            id: self.id.clone(),
+            client: self.client.clone(),
+            detach: self.detach,
+        }
+    }
 }
 
 /// How the server ended a kept task, as written after its container's
@@ -183,6 +227,41 @@ pub(crate) fn replay(
     limit: u64,
     follow: bool,
 ) -> Replay {
+    if !follow {
+        return read_log(docker, container, from, limit, false);
+    }
+    let (docker, container) = (docker.clone(), container.to_owned());
+    let first = read_log(&docker, &container, from, limit, true);
+    then_drain(first, from, move |rest| {
+        read_log(&docker, &container, rest, limit, false)
+    })
+}
+
+/// A followed log can end (its container stopped) before the engine has
+/// written the last record of it, a line without its newline: seen here.
+/// So a follow is followed by a plain reading from where it stopped,
+/// which gives that record if it was missed, and nothing otherwise.
+pub(crate) fn then_drain(
+    first: Replay,
+    from: Offsets,
+    again: impl FnOnce(Offsets) -> Replay + Send + 'static,
+) -> Replay {
+    let delivered = std::sync::Arc::new(std::sync::Mutex::new(from));
+    let counter = delivered.clone();
+    let first = first.inspect(move |item| {
+        if let Ok((stream, chunk)) = item {
+            counter.lock().unwrap().advance(*stream, chunk.len() as u64);
+        }
+    });
+    let rest = futures::stream::once(async move {
+        let from = *delivered.lock().unwrap();
+        again(from)
+    })
+    .flatten();
+    first.chain(rest).boxed()
+}
+
+fn read_log(docker: &Docker, container: &str, from: Offsets, limit: u64, follow: bool) -> Replay {
     let options = LogsOptions {
         follow,
         stdout: true,
@@ -217,7 +296,7 @@ pub(crate) fn replay(
 
 /// The part of `chunk` that lies past `from` and within `limit`, counting
 /// it in `seen`.
-fn cut(
+pub(crate) fn cut(
     seen: &mut Offsets,
     from: Offsets,
     limit: u64,

@@ -17,6 +17,7 @@ mod engine;
 mod events;
 mod exit;
 mod kept;
+mod observe;
 mod plan;
 mod process;
 mod pull;
@@ -36,6 +37,7 @@ pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use kept::{
     container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS,
 };
+pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, PoolStats};
 pub use warm::{AGENT_PATH, LABEL_WARM};

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::counted::Counted;
 use super::handshake::{protocol_error, read_hello, refuse_plaintext, send_now};
 use super::outgoing::{Outgoing, TaskEvents};
 use super::shared::{server_name, Shared};
@@ -27,8 +28,8 @@ use super::tls;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
 use crate::codec::{self, FrameCodec};
-use crate::executor::Events;
-use crate::executor::Executor;
+use crate::executor::{Events, Executor};
+use crate::metrics::Listener;
 use crate::protocol::{
     ClientMessage, ErrorKind, Offsets, RequestId, ServerMessage, TaskError, TaskId, TaskSpec,
     Welcome, PROTOCOL_VERSION,
@@ -71,12 +72,19 @@ pub(crate) async fn serve_socket<E: Executor>(
     match tokio::time::timeout_at(deadline, tls::accept(&acceptor, socket)).await {
         Ok(Ok(stream)) => serve(stream, peer, shared, deadline).await,
         Ok(Err(tls::Refused::Plaintext(socket))) => {
+            shared
+                .metrics
+                .connection_refused(Listener::Tcp, "plaintext");
             refuse_plaintext(socket, peer, &shared, deadline).await
         }
         Ok(Err(tls::Refused::Failed(reason))) => {
+            shared.metrics.connection_refused(Listener::Tcp, "tls");
             info!(%peer, %reason, "TLS handshake failed")
         }
         Err(_) => {
+            shared
+                .metrics
+                .connection_refused(Listener::Tcp, "handshake_timeout");
             info!(%peer, timeout = ?shared.config.handshake_timeout, "no TLS handshake within the handshake timeout; closed")
         }
     }
@@ -95,6 +103,7 @@ pub(crate) async fn serve<S, E>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     E: Executor,
 {
+    let stream = Counted::new(stream, shared.metrics.clone());
     let (mut reader, writer) = tokio::io::split(stream);
     let max_frame_len = shared.config.max_frame_len;
     let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
@@ -119,6 +128,9 @@ pub(crate) async fn serve<S, E>(
     let login = match handshake {
         Ok(login) => login,
         Err(error) => {
+            shared
+                .metrics
+                .connection_refused(Listener::Tcp, handshake_refusal(error.kind));
             info!(%peer, %error, "handshake refused");
             let _ = send_now(&mut writer, ServerMessage::Error { id: None, error }).await;
             return;
@@ -260,6 +272,10 @@ impl<E: Executor> Connection<E> {
             active_at = Instant::now();
             let next = match frame {
                 None => Next::Close,
+                Some(Err(codec::CodecError::Io(e))) => {
+                    debug!(peer = %self.peer, error = %e, "the connection broke");
+                    Next::Close
+                }
                 Some(Err(e)) => {
                     info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
                     let error = protocol_error(&e);
@@ -269,7 +285,10 @@ impl<E: Executor> Connection<E> {
                         .await;
                     Next::Close
                 }
-                Some(Ok(message)) => self.dispatch(message).await,
+                Some(Ok(message)) => {
+                    self.shared.metrics.frames_received(1);
+                    self.dispatch(message).await
+                }
             };
             if let Next::Close = next {
                 break;
@@ -294,8 +313,10 @@ impl<E: Executor> Connection<E> {
         let mut queue = self.outgoing_rx.take().expect("the writer is spawned once");
         let gone = self.gone.clone();
         let peer = self.peer;
+        let metrics = self.shared.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = codec::write_batched(&mut writer, &mut queue).await {
+            let sent = |frames| metrics.frames_sent(frames);
+            if let Err(e) = codec::write_batched_counting(&mut writer, &mut queue, sent).await {
                 debug!(%peer, error = %e, "write failed; the client is gone");
                 // Nobody will read what the tasks produce: stop them.
                 gone.cancel();
@@ -361,7 +382,11 @@ impl<E: Executor> Connection<E> {
                 })
                 .await
             }
-            Err(Refusal::Terminal(error)) => self.send(ServerMessage::Failed { id, error }).await,
+            Err(Refusal::Terminal(error)) => {
+                self.shared.metrics.request_refused(error.kind);
+                debug!(request = id, kind = error.kind.as_str(), "task refused");
+                self.send(ServerMessage::Failed { id, error }).await
+            }
         }
     }
 
@@ -703,4 +728,14 @@ enum Refusal {
     Duplicate(TaskError),
     /// Refused: the request's only frame is this `Failed`.
     Terminal(TaskError),
+}
+
+/// Why a handshake was refused, as `tcptask_connections_refused` counts it.
+fn handshake_refusal(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::Timeout => "handshake_timeout",
+        ErrorKind::VersionMismatch => "version_mismatch",
+        _ => "handshake",
+    }
 }

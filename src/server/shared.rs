@@ -13,6 +13,7 @@ use crate::access::Credential;
 use crate::admission::{Admission, Quota};
 use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, PoolStats};
+use crate::metrics::{Listener, Metrics};
 use crate::protocol::{
     EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError, PROTOCOL_VERSION,
 };
@@ -55,24 +56,40 @@ pub(crate) struct Shared<E> {
     /// Fired when the shutdown grace runs out: every task is cancelled.
     pub abort: CancellationToken,
     pub started: Instant,
+    /// The Prometheus metrics (`--http` serves them).
+    pub metrics: Arc<Metrics>,
     pub connections: AtomicU64,
 }
 
 impl<E: Executor> Shared<E> {
-    /// Checks the hello's token against the configured ones, in constant
-    /// time, so that timing does not reveal how much of a guess was right.
-    /// An address that failed too often recently is refused without its
-    /// token being looked at. Nothing here logs or returns the token.
+    /// Checks the hello's token (see [`Shared::check_token`]).
     pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Login, TaskError> {
+        let client = self.check_token(hello.token.as_deref(), peer, Listener::Tcp)?;
+        Ok(Login {
+            hello: hello.clone(),
+            client,
+        })
+    }
+
+    /// Checks a token against the configured ones, in constant time, so
+    /// that timing does not reveal how much of a guess was right; `Ok`
+    /// names the client whose token it is (`None`: a plain token, or no
+    /// token is required). An address that failed too often recently is
+    /// refused without its token being looked at. Nothing here logs or
+    /// returns the token.
+    pub fn check_token(
+        &self,
+        token: Option<&str>,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Result<Option<Arc<Credential>>, TaskError> {
         if self.tokens.is_empty() {
-            return Ok(Login {
-                hello: hello.clone(),
-                client: None,
-            });
+            return Ok(None);
         }
         let now = Instant::now();
         if let Some(left) = self.failed_logins.blocked_for(peer.ip(), now) {
             debug!(%peer, "refused: the address is blocked after failed authentications");
+            self.metrics.auth_failed(listener);
             return Err(TaskError::new(
                 ErrorKind::Unauthorized,
                 format!(
@@ -82,17 +99,15 @@ impl<E: Executor> Shared<E> {
                 ),
             ));
         }
-        let offered = hello.token.as_deref().unwrap_or("");
+        let offered = token.unwrap_or("");
         if let Some(index) = auth::matching_token(&self.tokens, offered) {
             // Plain tokens come first in `tokens`, the named clients' after.
             let client = index
                 .checked_sub(self.config.tokens.len())
                 .and_then(|i| self.config.clients.get(i).cloned());
-            return Ok(Login {
-                hello: hello.clone(),
-                client,
-            });
+            return Ok(client);
         }
+        self.metrics.auth_failed(listener);
         let (failures, blocks) = self.failed_logins.record(peer.ip(), now);
         warn!(%peer, failures, "authentication failed");
         if blocks {

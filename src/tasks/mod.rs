@@ -54,6 +54,10 @@ impl Keeping {
     }
 }
 
+/// How often an attach to a task that has no container yet (queued,
+/// pulling) looks again.
+const CONTAINER_POLL: Duration = Duration::from_millis(50);
+
 /// How often kept results are checked for expiry.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -140,12 +144,21 @@ impl<E: Executor> Tasks<E> {
             stdin,
             cancel: record.cancel.clone(),
         };
+        // The executor records which path ran the task.
+        let span = tracing::info_span!(
+            "task",
+            task = %record.id,
+            image = %plan.image,
+            path = tracing::field::Empty
+        );
         let tasks = self.clone();
-        self.runs.spawn(async move {
+        let run = async move {
             let result = tasks.executor.run(plan, io).await;
+            log_end(&result);
             drop(permits);
             tasks.finished(&record, result);
-        });
+        };
+        self.runs.spawn(tracing::Instrument::instrument(run, span));
     }
 
     fn finished(&self, record: &Arc<Record>, result: TaskResult) {
@@ -165,6 +178,8 @@ impl<E: Executor> Tasks<E> {
     /// The task `id`, if `client` may see it. Another client's task is
     /// answered as an unknown one.
     pub fn find(&self, id: &TaskId, client: Option<&str>) -> Result<Arc<Record>, TaskError> {
+        // What a client sent: any string, of any length the frame allows.
+        TaskId::parse(id.as_str())?;
         self.records
             .lock()
             .unwrap()
@@ -204,14 +219,26 @@ impl<E: Executor> Tasks<E> {
         });
     }
 
-    /// Its output from `from`, replayed by the executor.
+    /// Its output from `from`, replayed by the executor. A task still
+    /// waiting for its container has nothing to replay yet: this waits
+    /// for the container (or the task's end).
     pub async fn replay(
         &self,
         record: &Record,
         from: Offsets,
         follow: bool,
     ) -> Result<Replay, TaskError> {
-        self.executor.replay(&record.id, from, follow).await
+        loop {
+            match self.executor.replay(&record.id, from, follow).await {
+                Err(e) if e.kind == ErrorKind::NoSuchTask && follow && record.is_running() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(CONTAINER_POLL) => {}
+                        _ = record.ended() => {}
+                    }
+                }
+                replay => return replay,
+            }
+        }
     }
 
     pub async fn kill(&self, record: &Record, signal: i32) -> Result<(), TaskError> {
@@ -409,6 +436,20 @@ impl<E: Executor> Tasks<E> {
             let _ = record.ended().await;
             self.forget(&record.id);
         }
+    }
+}
+
+/// One line per task end, like an access log: the outcome in a few fields
+/// (the task span adds the task's id, its image and the path).
+fn log_end(result: &Result<crate::task::Outcome, TaskError>) {
+    match result {
+        Ok(outcome) => tracing::info!(
+            ending = outcome.ending.as_str(),
+            exit_code = outcome.exit_code,
+            duration_ms = outcome.duration_ms,
+            "task ended"
+        ),
+        Err(error) => tracing::info!(kind = error.kind.as_str(), %error, "task failed"),
     }
 }
 

@@ -213,6 +213,10 @@ impl Record {
 pub(crate) struct Forward(pub Arc<Record>);
 
 impl Events for Forward {
+    fn attended(&self) -> bool {
+        self.0.submitter().is_some()
+    }
+
     fn progress(&self, progress: ProgressEvent) -> Delivery<'_> {
         Box::pin(async move {
             if let Some(sink) = self.0.submitter() {

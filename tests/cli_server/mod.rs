@@ -52,6 +52,8 @@ pub fn engine() -> &'static (tokio::runtime::Runtime, Docker) {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The HTTP listener's address, when started with `--http`.
+    pub http: Option<String>,
     pub instance: String,
     pub log: Arc<Mutex<String>>,
     /// The config file and extra arguments, for a restart.
@@ -98,10 +100,11 @@ impl Server {
         .expect("the config file is written");
         let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, addr) = spawn_serve(&config, &args, "127.0.0.1:0", &log);
+        let (child, addr, http) = spawn_serve(&config, &args, "127.0.0.1:0", &log);
         Server {
             child,
             addr,
+            http,
             instance,
             log,
             config,
@@ -127,9 +130,10 @@ impl Server {
     /// Starts the (killed) server again on its address.
     pub fn start_again(&mut self) {
         self.log.lock().unwrap().push_str("--- restarted ---\n");
-        let (child, addr) = spawn_serve(&self.config, &self.args, &self.addr, &self.log);
+        let (child, addr, http) = spawn_serve(&self.config, &self.args, &self.addr, &self.log);
         assert_eq!(addr, self.addr, "the server came back on another address");
         self.child = child;
+        self.http = http;
     }
 }
 
@@ -141,7 +145,7 @@ fn spawn_serve(
     args: &[std::ffi::OsString],
     listen: &str,
     log: &Arc<Mutex<String>>,
-) -> (Child, String) {
+) -> (Child, String, Option<String>) {
     {
         let mut command = Command::new(BIN);
         command
@@ -170,18 +174,34 @@ fn spawn_serve(
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let wants_http = args.iter().any(|a| a.to_str() == Some("--http"));
+        let (mut addr, mut http) = (None, None);
+        // A field of a log line, in text (`name=value`) or JSON
+        // (`--log-format json`).
+        let field = |line: &str, name: &str| -> String {
+            if let Ok(json) = serde_json::from_str::<Value>(line) {
+                if let Some(value) = json["fields"][name].as_str() {
+                    return value.to_string();
+                }
+            }
+            let line = strip_ansi(line);
+            let value = line
+                .split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no {name} in the log line {line:?}"));
+            value.to_string()
+        };
         let addr = loop {
+            if let Some(addr) = addr.clone().filter(|_| http.is_some() || !wants_http) {
+                break addr;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match listening.recv_timeout(left) {
-                Ok(line) if line.contains("listening") => {
-                    let line = strip_ansi(&line);
-                    let addr = line
-                        .split("address=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .expect("the listening line names the address");
-                    break addr.to_string();
+                Ok(line) if line.contains("HTTP listening") => {
+                    http = Some(field(&line, "http_address"));
                 }
+                Ok(line) if line.contains("listening") => addr = Some(field(&line, "address")),
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = child.kill();
@@ -192,7 +212,7 @@ fn spawn_serve(
                 }
             }
         };
-        (child, addr)
+        (child, addr, http)
     }
 }
 

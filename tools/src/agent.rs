@@ -253,7 +253,9 @@ fn run_task(
         Ok(child) => child,
         Err(report) => return out.send(proto::EXIT, &report.encode()),
     };
-    out.send(proto::STARTED, &child.id().to_be_bytes())?;
+    let mut started = child.id().to_be_bytes().to_vec();
+    started.extend_from_slice(header.tag.as_bytes());
+    out.send(proto::STARTED, &started)?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let pumps = [
         pump(child.stdout.take(), proto::STDOUT, out),
@@ -337,7 +339,11 @@ fn supervise(pid: i32, mut feeder: Option<Feeder>, rx: &Receiver<Event>) -> Resu
             Ok(Event::Frame(..)) => {
                 return Err(malformed("a task header arrived while a task was running"))
             }
-            Ok(Event::InputEnd(Ok(()))) | Err(_) => return Err(server_gone()),
+            // The server is gone (killed, say): the task runs on, its
+            // output and end going to the container's log, where the next
+            // server finds them. Its stdin ends here.
+            Ok(Event::InputEnd(Ok(()))) => feeder = None,
+            Err(_) => return Err(server_gone()),
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
     }

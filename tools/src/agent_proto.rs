@@ -55,7 +55,7 @@
 use std::fmt;
 
 /// The protocol version the `R` frame announces.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// The largest payload of any frame. Task output is sent in smaller chunks;
 /// a task header (argv and env) must fit.
@@ -140,6 +140,10 @@ pub struct TaskHeader {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub stdin: bool,
+    /// The server's name for the task, echoed after the pid in the `A`
+    /// frame. The agent's frames are the container's log, so a server that
+    /// restarts finds there which task ran, and its output and end.
+    pub tag: String,
 }
 
 impl TaskHeader {
@@ -148,6 +152,7 @@ impl TaskHeader {
         put_list(&mut out, &self.argv);
         put_list(&mut out, &self.env);
         put_str(&mut out, self.workdir.as_deref().unwrap_or(""));
+        put_str(&mut out, &self.tag);
         out
     }
 
@@ -163,6 +168,7 @@ impl TaskHeader {
             return Err(ProtoError::BadPayload("env entry without '='"));
         }
         let workdir = r.string("workdir")?;
+        let tag = r.string("tag")?;
         if !r.0.is_empty() {
             return Err(ProtoError::BadPayload(
                 "trailing bytes after the task header",
@@ -173,6 +179,7 @@ impl TaskHeader {
             env,
             workdir: (!workdir.is_empty()).then_some(workdir),
             stdin: flags & 1 == 1,
+            tag,
         })
     }
 }
@@ -306,6 +313,7 @@ mod tests {
             env: vec!["A=1".into(), "EMPTY=".into()],
             workdir: Some("/tmp".into()),
             stdin: true,
+            tag: "{\"id\":\"x\"}".into(),
         };
         assert_eq!(TaskHeader::decode(&task.encode()), Ok(task));
         let plain = TaskHeader {
@@ -333,7 +341,7 @@ mod tests {
         // A count that promises four billion strings fails on the first.
         let lying = [0, 0xff, 0xff, 0xff, 0xff];
         assert!(TaskHeader::decode(&lying).is_err());
-        let empty_argv = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let empty_argv = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(
             TaskHeader::decode(&empty_argv),
             Err(ProtoError::BadPayload("empty argv"))

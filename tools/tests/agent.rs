@@ -69,6 +69,7 @@ fn task(argv: &[&str], stdin: bool) -> Vec<u8> {
         env: vec!["GREETING=hi there".into()],
         workdir: None,
         stdin,
+        tag: "{\"id\":\"test\"}".into(),
     };
     proto::frame(proto::TASK, &header.encode())
 }
@@ -169,4 +170,30 @@ fn end_of_input_before_any_task_is_a_quiet_exit() {
     let (frames, stderr, code) = agent(&[], &[], false);
     assert_eq!((code, stderr.as_str()), (0, ""));
     assert_eq!(frames, vec![(proto::READY, vec![proto::VERSION])]);
+}
+
+#[test]
+fn a_task_runs_on_when_the_server_goes_and_its_end_is_still_written() {
+    // The task is sent and the input closed at once, as when the server is
+    // killed: the agent no longer stops the task, it finishes it and writes
+    // its output and end, which land in the container's log.
+    let input = task(&[TOOLS, "ticks", "3", "100", "5"], false);
+    let (frames, stderr, code) = agent(&[], &[input], false);
+    assert_eq!(code, 0, "{stderr}");
+    let (kind, started) = &frames[1];
+    assert_eq!(*kind, proto::STARTED);
+    assert_eq!(
+        &started[4..],
+        b"{\"id\":\"test\"}",
+        "the tag follows the pid"
+    );
+    assert_eq!(stream(&frames, proto::STDOUT), b"out 0\nout 1\nout 2\n");
+    assert_eq!(stream(&frames, proto::STDERR), b"err 0\nerr 1\nerr 2\n");
+    assert_eq!(
+        exit_of(&frames),
+        ExitReport::Exited {
+            code: 5,
+            oom: false
+        }
+    );
 }

@@ -7,6 +7,9 @@ Written from the protocol's specification, docs/PROTOCOL.md::
     with Client.connect("127.0.0.1:7070") as client:
         result = client.run(TaskSpec.image("tcp-task-examples:0.1.0", ["sum", "1", "2"]))
         print(result.stdout, result.outcome.exit_status())
+
+        task_id = client.run_detached(TaskSpec.image("tcp-task-examples:0.1.0", ["sleep", "5"]))
+        print(client.wait(task_id).exit_status())
 """
 
 from .client import (
@@ -31,6 +34,7 @@ from .wire import (
     ImageTask,
     Limits,
     NamedTask,
+    Offsets,
     Outcome,
     Output,
     OutputStream,
@@ -39,10 +43,17 @@ from .wire import (
     Pulling,
     Queued,
     RegistryAuth,
+    Resumed,
     ServerStatus,
     Started,
+    StateEnded,
+    StateFailed,
+    StateRunning,
     TaskError,
+    TaskId,
+    TaskInfo,
     TaskSpec,
+    TaskState,
 )
 
 __version__ = "0.1.0"
@@ -60,6 +71,7 @@ __all__ = [
     "ImageTask",
     "Limits",
     "NamedTask",
+    "Offsets",
     "Outcome",
     "Output",
     "OutputStream",
@@ -69,13 +81,20 @@ __all__ = [
     "Queued",
     "RegistryAuth",
     "RemoteError",
+    "Resumed",
     "ServerStatus",
     "Started",
+    "StateEnded",
+    "StateFailed",
+    "StateRunning",
     "Task",
     "TaskError",
     "TaskFailed",
+    "TaskId",
+    "TaskInfo",
     "TaskOutput",
     "TaskSpec",
+    "TaskState",
     "TcpTaskError",
     "parse_address",
     "tls_context",

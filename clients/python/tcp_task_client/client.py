@@ -25,11 +25,13 @@ from .wire import (
     Accepted,
     CatalogEntryInfo,
     CatalogReply,
+    Done,
     Error,
     ErrorKind,
     Exited,
     Failed,
     Limits,
+    Offsets,
     Outcome,
     Output,
     OutputStream,
@@ -38,6 +40,9 @@ from .wire import (
     ServerStatus,
     StatusReply,
     TaskError,
+    TaskId,
+    TaskInfo,
+    TaskList,
     TaskSpec,
     Welcome,
 )
@@ -150,19 +155,37 @@ def _weight(message) -> int:
 
 
 class Task:
-    """One submitted task. Iterate :meth:`events` (or call :meth:`wait` or
+    """One request that follows a task: a submitted task, or one followed by
+    :meth:`Client.attach`. Iterate :meth:`events` (or call :meth:`wait` or
     :meth:`output`) to follow it; :meth:`write`, :meth:`close_stdin` and
-    :meth:`cancel` act on it while it runs."""
+    :meth:`cancel` act on it while it runs.
 
-    def __init__(self, connection: "Client", id: int, spec: TaskSpec, inbox: _Inbox):
+    ``id`` is the request id on this connection; ``task_id`` the task's
+    server-wide id, once ``Accepted`` has been read."""
+
+    def __init__(
+        self,
+        connection: "Client",
+        id: int,
+        spec: Optional[TaskSpec],
+        inbox: _Inbox,
+        offsets: Optional[Offsets] = None,
+    ):
         self._connection = connection
         self.id = id
         self.spec = spec
         self._inbox = inbox
         self._end: Optional[Union[Outcome, TcpTaskError]] = None
         self.accepted = False
+        #: The task's server-wide id, from its ``Accepted``.
+        self.task_id: Optional[TaskId] = None
+        #: Output bytes of each stream handed out so far (counted from the
+        #: offsets an attach started at): where a new ``attach`` would go on
+        #: after a lost connection. This client does not re-attach by itself.
+        self.offsets = Offsets(offsets.stdout, offsets.stderr) if offsets else Offsets()
         #: ``Error`` frames that carried this task's id (they end nothing:
-        #: a stray ``Stdin`` after the end, a duplicate Submit).
+        #: a stray ``Stdin`` after the end, a duplicate Submit, a replay
+        #: that failed).
         self.notes: List[TaskError] = []
 
     def events(self, timeout: Optional[float] = None) -> Iterator[TaskEvent]:
@@ -199,6 +222,12 @@ class Task:
             else:
                 if isinstance(message, Accepted):
                     self.accepted = True
+                    self.task_id = message.task
+                elif isinstance(message, Output):
+                    if message.stream is OutputStream.STDOUT:
+                        self.offsets.stdout += len(message.chunk)
+                    else:
+                        self.offsets.stderr += len(message.chunk)
                 return message
         return None
 
@@ -237,8 +266,10 @@ class Task:
         self._connection._send(wire.StdinClose(self.id))
 
     def cancel(self) -> None:
-        """Asks the server to stop the task; its end follows (``Cancelled``,
-        unless it ended first)."""
+        """For a submitted task: asks the server to stop the task; its end
+        follows (``Cancelled``, unless it ended first). For an attached one:
+        stops following it (the request ends with ``TaskFailed`` of kind
+        ``DETACHED``); the task runs on."""
         if self._end is None:
             self._connection._send(wire.Cancel(self.id))
 
@@ -250,8 +281,14 @@ class Task:
 
 class Client:
     """A connection to a tcp-task server. Thread-safe; use it as a context
-    manager or call :meth:`close`. Closing it cancels the tasks still
-    running on it (the server does so when the connection closes)."""
+    manager or call :meth:`close`. Closing it cancels the tasks it
+    submitted (without ``detach``) that are still running.
+
+    A connection that breaks is not a cancel: the server keeps such a task
+    running for its reattach grace (30 s by default), waiting for an
+    ``attach``. This client does not reconnect or re-attach by itself; a
+    program may do so with :meth:`attach` and the :attr:`Task.offsets` it
+    has."""
 
     def __init__(self, sock, welcome: Welcome):
         self.server = welcome.server
@@ -260,6 +297,9 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._inboxes: Dict[int, _Inbox] = {}
+        # Submitted tasks (not detached) that have not ended: close()
+        # cancels them.
+        self._submitted: Dict[int, Task] = {}
         self._closed: Optional[TcpTaskError] = None
         self._last_error: Optional[TaskError] = None
         self._outgoing = bytearray()
@@ -321,23 +361,106 @@ class Client:
 
     def close(self) -> None:
         with self._lock:
+            running = [t for t in self._submitted.values() if not t.done]
+            self._submitted.clear()
+        for task in running:
+            try:
+                task.cancel()
+            except TcpTaskError:
+                break  # the connection is gone already
+        with self._lock:
             self._stop = True
         self._wake()
         self._thread.join()
 
     # -- requests ---------------------------------------------------------
 
-    def submit(self, spec: TaskSpec) -> Task:
+    def submit(self, spec: TaskSpec, detach: bool = False) -> Task:
         """Submits a task and returns at once; follow it on the returned
-        :class:`Task`."""
+        :class:`Task`. With ``detach`` the task runs on after this
+        connection closes, and the server keeps its result and output for
+        its retention period (1 hour by default)."""
         id, inbox = self._register()
         task = Task(self, id, spec, inbox)
-        self._send(wire.Submit(id, spec))
+        if not detach:
+            with self._lock:
+                self._submitted[id] = task
+        self._send(wire.Submit(id, spec, detach))
         return task
 
     def run(self, spec: TaskSpec, timeout: Optional[float] = None) -> TaskOutput:
         """Submits a task and waits for its end, collecting its output."""
         return self.submit(spec).output(timeout)
+
+    def run_detached(self, spec: TaskSpec, timeout: Optional[float] = None) -> TaskId:
+        """Submits a task with ``detach`` and returns its id once the server
+        has accepted it; raises :class:`TaskFailed` if it was refused. The
+        task's frames on this connection are not read: follow it with
+        :meth:`attach` or :meth:`wait`, from this connection or any other."""
+        task = self.submit(spec, detach=True)
+        first = task.poll(timeout)
+        if isinstance(first, Accepted):
+            self._forget(task.id)
+            return first.task
+        if first is None and not task.done:
+            raise TimeoutError("the server did not accept the task in time")
+        task.wait(0)  # raises the refusal, or the lost connection
+        raise Disconnected(f"the server answered a submit with {first!r} before accepting it")
+
+    def attach(
+        self,
+        task: str,
+        offsets: Optional[Offsets] = None,
+        follow: bool = True,
+    ) -> Task:
+        """Follows task ``task`` by its id (from any connection): ``Accepted``,
+        its output replayed from ``offsets`` (all of it by default), then,
+        with ``follow``, its live output, and its end. Without ``follow``
+        the replay stops at what the task wrote so far, and a task still
+        running ends the request with :class:`TaskFailed` of kind
+        ``DETACHED``. An unknown id (or another client's) fails with kind
+        ``NO_SUCH_TASK``. :meth:`Task.cancel` stops following; the task
+        runs on."""
+        wire.check_task_id(task)
+        offsets = offsets or Offsets()
+        id, inbox = self._register()
+        followed = Task(self, id, None, inbox, offsets)
+        self._send(wire.Attach(id, task, Offsets(offsets.stdout, offsets.stderr), follow))
+        return followed
+
+    def wait(self, task: str, timeout: Optional[float] = None) -> Outcome:
+        """Waits for task ``task`` to end and returns its outcome; raises
+        :class:`TaskFailed` if it could not run, or of kind ``NO_SUCH_TASK``
+        if there is no such task (for this client)."""
+        wire.check_task_id(task)
+        id, inbox = self._register()
+        waiter = Task(self, id, None, inbox)
+        self._send(wire.Wait(id, task))
+        try:
+            return waiter.wait(timeout)
+        finally:
+            self._forget(id)
+
+    def kill(self, task: str, signal: int = 9, timeout: Optional[float] = None) -> None:
+        """Sends ``signal`` (a Linux signal number, 1 to 64: 9 is SIGKILL,
+        15 SIGTERM) to the task's process. Raises :class:`RemoteError` when
+        the server refuses (``NO_SUCH_TASK``; ``BAD_REQUEST`` for a task that
+        has ended or a bad signal number)."""
+        wire.check_task_id(task)
+        self._request(lambda id: wire.Kill(id, task, signal), Done, timeout)
+
+    def remove(self, task: str, force: bool = False, timeout: Optional[float] = None) -> None:
+        """Forgets an ended task's result and removes its kept output; with
+        ``force`` a running task is stopped first. Raises
+        :class:`RemoteError` when the server refuses (``NO_SUCH_TASK``;
+        ``BAD_REQUEST`` for a running task without ``force``)."""
+        wire.check_task_id(task)
+        self._request(lambda id: wire.Remove(id, task, force), Done, timeout)
+
+    def list(self, all: bool = False, timeout: Optional[float] = None) -> List[TaskInfo]:
+        """The tasks this client may see that are running and, with ``all``,
+        the ended ones whose results the server keeps; oldest first."""
+        return self._request(lambda id: wire.List_(id, all), TaskList, timeout).tasks
 
     def ping(self, payload: bytes = b"", timeout: Optional[float] = None) -> Tuple[float, bytes]:
         """A round trip: seconds taken, and the payload as it came back."""
@@ -382,6 +505,7 @@ class Client:
     def _forget(self, id: int) -> None:
         with self._lock:
             self._inboxes.pop(id, None)
+            self._submitted.pop(id, None)
 
     def _send(self, message, wait: bool = False) -> None:
         """Queues a frame for the I/O thread. With ``wait``, first waits

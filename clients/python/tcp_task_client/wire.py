@@ -13,7 +13,10 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
 MAGIC = b"TCPT"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+#: The longest task id a server accepts; the ids it makes have 20 characters.
+MAX_TASK_ID_LEN = 64
 
 #: "What a client should accept": the largest frame body before the
 #: Welcome arrives; afterwards, the Welcome's ``limits.max_frame_len``.
@@ -200,6 +203,8 @@ class ErrorKind(enum.IntEnum):
     VERSION_MISMATCH = 15
     TIMEOUT = 16
     INTERNAL = 17
+    NO_SUCH_TASK = 18
+    DETACHED = 19
 
     def exit_status(self) -> int:
         """"Exit statuses for a command-line client"."""
@@ -213,6 +218,24 @@ class ErrorKind(enum.IntEnum):
 class OutputStream(enum.IntEnum):
     STDOUT = 0
     STDERR = 1
+
+
+class TaskId(str):
+    """A task's server-wide id (``TaskId``): a ``str``, 20 characters of
+    ``a``–``z`` and ``2``–``7`` when the server made it. Any connection may
+    attach to the task, wait for it, kill or remove it by this id."""
+
+    def __repr__(self) -> str:
+        return f"TaskId({str.__repr__(self)})"
+
+
+@dataclass
+class Offsets:
+    """How many bytes of each output stream a client already has: where an
+    ``Attach`` starts its replay."""
+
+    stdout: int = 0
+    stderr: int = 0
 
 
 @dataclass
@@ -310,7 +333,15 @@ class Started:
     pass
 
 
-ProgressEvent = Union[Queued, Pulling, Created, Started]
+@dataclass
+class Resumed:
+    """Made only by a client library that reconnects by itself (this one
+    does not); a server never sends it."""
+
+    attempts: int
+
+
+ProgressEvent = Union[Queued, Pulling, Created, Started, Resumed]
 
 
 @dataclass
@@ -374,6 +405,8 @@ class ServerStatus:
     engine: EngineStatus
     catalog_size: int
     pools: List[PoolStatus]
+    retained: int
+    retained_bytes: int
 
 
 @dataclass
@@ -387,6 +420,48 @@ class CatalogEntryInfo:
     timeout_ms: Optional[int]
 
 
+# ``TaskState``: where a listed task is in its life.
+
+
+@dataclass
+class StateRunning:
+    """``TaskState::Running``: waiting for a slot, starting or running."""
+
+
+@dataclass
+class StateEnded:
+    """``TaskState::Ended``: it ran and ended; its result is kept."""
+
+    outcome: Outcome
+
+
+@dataclass
+class StateFailed:
+    """``TaskState::Failed``: it could not run."""
+
+    error: TaskError
+
+
+TaskState = Union[StateRunning, StateEnded, StateFailed]
+
+
+@dataclass
+class TaskInfo:
+    """One task of a ``TaskList``."""
+
+    id: TaskId
+    image: str
+    command: List[str]
+    detached: bool
+    created_ms: int
+    state: TaskState
+    output_bytes: int
+
+    @property
+    def running(self) -> bool:
+        return isinstance(self.state, StateRunning)
+
+
 # Client messages (``ClientMessage``), in tag order.
 
 
@@ -394,6 +469,7 @@ class CatalogEntryInfo:
 class Submit:
     id: int
     spec: TaskSpec
+    detach: bool = False
 
 
 @dataclass
@@ -428,7 +504,56 @@ class ListCatalog:
     id: int
 
 
-CLIENT_MESSAGES = (Submit, Stdin, StdinClose, Cancel, Ping, Status, ListCatalog)
+@dataclass
+class Attach:
+    id: int
+    task: str
+    from_: Offsets = field(default_factory=Offsets)
+    follow: bool = True
+
+
+@dataclass
+class Wait:
+    id: int
+    task: str
+
+
+@dataclass
+class Kill:
+    id: int
+    task: str
+    signal: int = 9
+
+
+@dataclass
+class Remove:
+    id: int
+    task: str
+    force: bool = False
+
+
+@dataclass
+class List_:
+    """``List`` (named so as not to hide ``typing.List``)."""
+
+    id: int
+    all: bool = False
+
+
+CLIENT_MESSAGES = (
+    Submit,
+    Stdin,
+    StdinClose,
+    Cancel,
+    Ping,
+    Status,
+    ListCatalog,
+    Attach,
+    Wait,
+    Kill,
+    Remove,
+    List_,
+)
 
 # Server messages (``ServerMessage``), in tag order. ``Welcome`` is above.
 
@@ -436,6 +561,7 @@ CLIENT_MESSAGES = (Submit, Stdin, StdinClose, Cancel, Ping, Status, ListCatalog)
 @dataclass
 class Accepted:
     id: int
+    task: TaskId
 
 
 @dataclass
@@ -482,6 +608,19 @@ class CatalogReply:
 
 
 @dataclass
+class Done:
+    """A ``Kill`` or ``Remove`` was carried out."""
+
+    id: int
+
+
+@dataclass
+class TaskList:
+    id: int
+    tasks: List[TaskInfo]
+
+
+@dataclass
 class Error:
     """Not a task's ending: ``id`` None concerns the connection (which the
     server then closes); with an id it concerns one frame and ends nothing."""
@@ -500,13 +639,28 @@ SERVER_MESSAGES = (
     Pong,
     StatusReply,
     CatalogReply,
+    Done,
+    TaskList,
     Error,
 )
 
 ServerMessage = Union[
-    Welcome, Accepted, Progress, Output, Exited, Failed, Pong, StatusReply, CatalogReply, Error
+    Welcome,
+    Accepted,
+    Progress,
+    Output,
+    Exited,
+    Failed,
+    Pong,
+    StatusReply,
+    CatalogReply,
+    Done,
+    TaskList,
+    Error,
 ]
-ClientMessage = Union[Submit, Stdin, StdinClose, Cancel, Ping, Status, ListCatalog]
+ClientMessage = Union[
+    Submit, Stdin, StdinClose, Cancel, Ping, Status, ListCatalog, Attach, Wait, Kill, Remove, List_
+]
 
 
 # ---------------------------------------------------------------------------
@@ -564,11 +718,40 @@ def encode_client(message: ClientMessage) -> bytes:
     w.varint(message.id)
     if isinstance(message, Submit):
         _write_spec(w, message.spec)
+        w.bool(message.detach)
     elif isinstance(message, Stdin):
         w.bytes(message.chunk)
     elif isinstance(message, Ping):
         w.bytes(message.payload)
+    elif isinstance(message, Attach):
+        _write_task_id(w, message.task)
+        w.varint(message.from_.stdout)
+        w.varint(message.from_.stderr)
+        w.bool(message.follow)
+    elif isinstance(message, (Wait, Kill, Remove)):
+        _write_task_id(w, message.task)
+        if isinstance(message, Kill):
+            w.signed(message.signal)
+        elif isinstance(message, Remove):
+            w.bool(message.force)
+    elif isinstance(message, List_):
+        w.bool(message.all)
     return bytes(w.buf)
+
+
+def check_task_id(task) -> str:
+    """``task`` if it can be sent as a task id: a non-empty ``str`` of at
+    most ``MAX_TASK_ID_LEN`` bytes (the server answers any id it does not
+    know with ``NoSuchTask``); else ``ValueError``."""
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"{task!r} is not a task id")
+    if len(task.encode("utf-8")) > MAX_TASK_ID_LEN:
+        raise ValueError(f"a task id has at most {MAX_TASK_ID_LEN} characters: {task!r}")
+    return task
+
+
+def _write_task_id(w: Writer, task: str) -> None:
+    w.string(check_task_id(task))
 
 
 def frame(body: bytes) -> bytes:
@@ -586,14 +769,16 @@ def _read_limits(r: Reader) -> Limits:
 
 
 def _read_progress(r: Reader) -> ProgressEvent:
-    tag = r.tag(("Queued", "Pulling", "Created", "Started"))
+    tag = r.tag(("Queued", "Pulling", "Created", "Started", "Resumed"))
     if tag == 0:
         return Queued(r.varint(32))
     if tag == 1:
         return Pulling(r.string(), r.string(), r.option(r.varint), r.option(r.varint))
     if tag == 2:
         return Created(r.string())
-    return Started()
+    if tag == 3:
+        return Started()
+    return Resumed(r.varint(32))
 
 
 def _read_outcome(r: Reader) -> Outcome:
@@ -622,7 +807,30 @@ def _read_status(r: Reader) -> ServerStatus:
     pools = r.list(
         lambda: PoolStatus(r.string(), r.varint(), r.varint(), r.varint(), r.varint())
     )
-    return ServerStatus(server, protocol_version, *counts, engine, catalog_size, pools)
+    retained, retained_bytes = r.varint(), r.varint()
+    return ServerStatus(
+        server, protocol_version, *counts, engine, catalog_size, pools, retained, retained_bytes
+    )
+
+
+def _read_task_id(r: Reader) -> TaskId:
+    return TaskId(r.string())
+
+
+def _read_task_info(r: Reader) -> TaskInfo:
+    id = _read_task_id(r)
+    image = r.string()
+    command = r.list(r.string)
+    detached = r.bool()
+    created_ms = r.varint()
+    tag = r.tag(("Running", "Ended", "Failed"))
+    if tag == 0:
+        state = StateRunning()
+    elif tag == 1:
+        state = StateEnded(_read_outcome(r))
+    else:
+        state = StateFailed(_read_error(r))
+    return TaskInfo(id, image, command, detached, created_ms, state, r.varint())
 
 
 def _read_entry(r: Reader) -> CatalogEntryInfo:
@@ -643,12 +851,12 @@ def decode_server(body: bytes) -> ServerMessage:
     tag = r.tag(SERVER_MESSAGES)
     if tag == 0:
         message = Welcome(r.varint(16), r.string(), _read_limits(r))
-    elif tag == 9:
+    elif tag == SERVER_MESSAGES.index(Error):
         message = Error(r.option(r.varint), _read_error(r))
     else:
         id = r.varint()
         if tag == 1:
-            message = Accepted(id)
+            message = Accepted(id, _read_task_id(r))
         elif tag == 2:
             message = Progress(id, _read_progress(r))
         elif tag == 3:
@@ -661,8 +869,12 @@ def decode_server(body: bytes) -> ServerMessage:
             message = Pong(id, r.bytes())
         elif tag == 7:
             message = StatusReply(id, _read_status(r))
-        else:
+        elif tag == 8:
             message = CatalogReply(id, r.list(lambda: _read_entry(r)))
+        elif tag == 9:
+            message = Done(id)
+        else:
+            message = TaskList(id, r.list(lambda: _read_task_info(r)))
     r.end()
     return message
 
@@ -697,9 +909,19 @@ def decode_client(body: bytes) -> ClientMessage:
     kind = CLIENT_MESSAGES[r.tag(CLIENT_MESSAGES)]
     id = r.varint()
     if kind is Submit:
-        message = Submit(id, _read_spec(r))
+        message = Submit(id, _read_spec(r), r.bool())
     elif kind in (Stdin, Ping):
         message = kind(id, r.bytes())
+    elif kind is Attach:
+        message = Attach(id, _read_task_id(r), Offsets(r.varint(), r.varint()), r.bool())
+    elif kind is Wait:
+        message = Wait(id, _read_task_id(r))
+    elif kind is Kill:
+        message = Kill(id, _read_task_id(r), r.signed(32))
+    elif kind is Remove:
+        message = Remove(id, _read_task_id(r), r.bool())
+    elif kind is List_:
+        message = List_(id, r.bool())
     else:
         message = kind(id)
     r.end()

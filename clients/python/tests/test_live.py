@@ -8,10 +8,13 @@ repository starts them and runs this suite); without it these tests skip:
   TCP_TASK_TEST_TLS_CA (the CA of both sides' certificates),
   TCP_TASK_TEST_TLS_CERT and TCP_TASK_TEST_TLS_KEY (a client certificate)
   and TCP_TASK_TEST_TOKEN;
+- TCP_TASK_TEST_DURABLE_SERVER: a plaintext server without token for the
+  tests of tasks by their ids (default: TCP_TASK_TEST_SERVER);
 - TCP_TASK_TEST_IMAGE: the examples image (default tcp-task-examples:0.1.0).
 """
 
 import os
+import re
 import threading
 import time
 import unittest
@@ -23,12 +26,16 @@ from tcp_task_client import (
     Created,
     Ending,
     ErrorKind,
+    Offsets,
     Output,
     OutputStream,
     Progress,
     RemoteError,
     Started,
+    StateEnded,
+    StateRunning,
     TaskFailed,
+    TaskId,
     TaskSpec,
     tls_context,
     wire,
@@ -36,6 +43,7 @@ from tcp_task_client import (
 
 SERVER = os.environ.get("TCP_TASK_TEST_SERVER")
 TLS_SERVER = os.environ.get("TCP_TASK_TEST_TLS_SERVER")
+DURABLE_SERVER = os.environ.get("TCP_TASK_TEST_DURABLE_SERVER", SERVER)
 IMAGE = os.environ.get("TCP_TASK_TEST_IMAGE", "tcp-task-examples:0.1.0")
 
 #: No test waits longer than this for anything.
@@ -251,6 +259,182 @@ class PlainServer(unittest.TestCase):
                    and isinstance(e.event, Created)]
         self.assertEqual(len(created), 1)
         self.assertTrue(created[0].container)
+
+
+def streams(task, timeout=PATIENCE):
+    """A followed task's stdout and stderr, once it has ended."""
+    out, err = bytearray(), bytearray()
+    for event in task.events(timeout):
+        if isinstance(event, Output):
+            (out if event.stream is OutputStream.STDOUT else err).extend(event.chunk)
+    return bytes(out), bytes(err)
+
+
+def listed(client, task_id, all=True):
+    """The ``TaskInfo`` of ``task_id`` in the client's list, or None."""
+    found = [t for t in client.list(all=all, timeout=PATIENCE) if t.id == task_id]
+    return found[0] if found else None
+
+
+@unittest.skipUnless(DURABLE_SERVER, "TCP_TASK_TEST_DURABLE_SERVER names no server")
+class DurableTasks(unittest.TestCase):
+    """Tasks by their server-wide ids: detach, list, wait, attach, kill,
+    remove (docs/PROTOCOL.md, "Tasks outlive connections")."""
+
+    def connect(self):
+        client = Client.connect(DURABLE_SERVER, client_name="python tests (durable)")
+        self.addCleanup(client.close)
+        return client
+
+    def test_a_submitted_task_is_accepted_with_its_id(self):
+        client = self.connect()
+        task = client.submit(image("true"))
+        accepted = next(task.events(timeout=PATIENCE))
+        self.assertIsInstance(accepted, Accepted)
+        self.assertIsInstance(accepted.task, TaskId)
+        self.assertRegex(accepted.task, r"^[a-z2-7]{20}$")
+        self.assertEqual(task.task_id, accepted.task)
+        task.wait(timeout=PATIENCE)
+
+    def test_a_detached_task_is_listed_waited_for_replayed_and_removed(self):
+        submitter = self.connect()
+        task_id = submitter.run_detached(image("mixed", "3"), timeout=PATIENCE)
+        self.assertRegex(task_id, r"^[a-z2-7]{20}$")
+        # The submitter leaves; the task runs on.
+        submitter.close()
+
+        client = self.connect()
+        info = listed(client, task_id)
+        self.assertIsNotNone(info, "a detached task is listed from another connection")
+        self.assertEqual((info.image, info.command, info.detached),
+                         (IMAGE, ["mixed", "3"], True))
+        self.assertGreater(info.created_ms, 1_600_000_000_000)
+
+        outcome = client.wait(task_id, timeout=PATIENCE)
+        self.assertEqual((outcome.ending, outcome.exit_code), (Ending.EXITED, 0))
+
+        # Its whole output, replayed: twice, and from offsets.
+        expected_out = b"out 0\nout 1\nout 2\n"
+        expected_err = b"err 0\nerr 1\nerr 2\n"
+        for _ in range(2):
+            attached = client.attach(task_id)
+            self.assertEqual(streams(attached), (expected_out, expected_err))
+            self.assertEqual(attached.task_id, task_id)
+            self.assertEqual(attached.wait().exit_code, 0)
+            self.assertEqual(attached.offsets, Offsets(len(expected_out), len(expected_err)))
+        part = client.attach(task_id, offsets=Offsets(stdout=6, stderr=12), follow=False)
+        self.assertEqual(streams(part), (expected_out[6:], expected_err[12:]))
+        self.assertEqual(part.wait().ending, Ending.EXITED)
+
+        info = listed(client, task_id)
+        self.assertIsInstance(info.state, StateEnded)
+        self.assertEqual(info.state.outcome.exit_code, 0)
+        self.assertEqual(info.output_bytes, len(expected_out) + len(expected_err))
+        self.assertIsNone(listed(client, task_id, all=False), "only running tasks without all")
+
+        client.remove(task_id, timeout=PATIENCE)
+        self.assertIsNone(listed(client, task_id))
+        with self.assertRaises(TaskFailed) as gone:
+            client.wait(task_id, timeout=PATIENCE)
+        self.assertEqual(gone.exception.kind, ErrorKind.NO_SUCH_TASK)
+        with self.assertRaises(RemoteError) as again:
+            client.remove(task_id, timeout=PATIENCE)
+        self.assertEqual(again.exception.kind, ErrorKind.NO_SUCH_TASK)
+
+    def test_following_stops_without_stopping_the_task_and_kill_signals_it(self):
+        client = self.connect()
+        task_id = client.run_detached(image("lines", "600", "100"), timeout=PATIENCE)
+        self.addCleanup(self.remove_quietly, task_id)
+        # Once it has written something its container surely runs.
+        deadline = time.monotonic() + PATIENCE
+        while listed(client, task_id, all=False).output_bytes == 0:
+            self.assertLess(time.monotonic(), deadline, "the task never wrote")
+            time.sleep(0.05)
+        follower = client.attach(task_id)
+        first = None
+        for event in follower.events(timeout=PATIENCE):
+            if isinstance(event, Output):
+                first = event.chunk
+                break
+        self.assertIsNotNone(first, f"no output; notes: {follower.notes}")
+        self.assertTrue(first.startswith(b"line 0\n"), first)
+        follower.cancel()
+        with self.assertRaises(TaskFailed) as stopped:
+            follower.wait(timeout=PATIENCE)
+        self.assertEqual(stopped.exception.kind, ErrorKind.DETACHED)
+
+        # Still running: a look without follow ends Detached too.
+        self.assertIsInstance(listed(client, task_id, all=False).state, StateRunning)
+        look = client.attach(task_id, follow=False)
+        out, _ = streams(look)
+        self.assertTrue(out.startswith(b"line 0\n"), out[:40])
+        with self.assertRaises(TaskFailed) as looked:
+            look.wait()
+        self.assertEqual(looked.exception.kind, ErrorKind.DETACHED)
+
+        with self.assertRaises(RemoteError) as bad:
+            client.kill(task_id, 0, timeout=PATIENCE)
+        self.assertEqual(bad.exception.kind, ErrorKind.BAD_REQUEST)
+        with self.assertRaises(RemoteError) as running:
+            client.remove(task_id, timeout=PATIENCE)
+        self.assertEqual(running.exception.kind, ErrorKind.BAD_REQUEST)
+
+        client.kill(task_id, 15, timeout=PATIENCE)
+        outcome = client.wait(task_id, timeout=PATIENCE)
+        self.assertEqual((outcome.ending, outcome.signal, outcome.exit_status()),
+                         (Ending.SIGNALED, 15, 143))
+        with self.assertRaises(RemoteError) as ended:
+            client.kill(task_id, 9, timeout=PATIENCE)
+        self.assertEqual(ended.exception.kind, ErrorKind.BAD_REQUEST)
+
+    def test_remove_with_force_stops_a_running_task(self):
+        client = self.connect()
+        task_id = client.run_detached(image("sleep", "60"), timeout=PATIENCE)
+        # Someone follows it (from another connection) before it goes.
+        follower = self.connect().attach(task_id)
+        self.assertIsInstance(next(follower.events(timeout=PATIENCE)), Accepted)
+        client.remove(task_id, force=True, timeout=PATIENCE)
+        self.assertEqual(follower.wait(timeout=PATIENCE).ending, Ending.CANCELLED)
+        self.assertIsNone(listed(client, task_id))
+
+    def test_unknown_task_ids_are_no_such_task(self):
+        client = self.connect()
+        unknown = "a" * 20
+        with self.assertRaises(TaskFailed) as waited:
+            client.wait(unknown, timeout=PATIENCE)
+        self.assertEqual(waited.exception.kind, ErrorKind.NO_SUCH_TASK)
+        attached = client.attach(unknown)
+        with self.assertRaises(TaskFailed) as refused:
+            attached.wait(timeout=PATIENCE)
+        self.assertEqual(refused.exception.kind, ErrorKind.NO_SUCH_TASK)
+        self.assertFalse(attached.accepted, "a refused attach is a single Failed frame")
+        for action in (lambda: client.kill(unknown, 9, timeout=PATIENCE),
+                       lambda: client.remove(unknown, timeout=PATIENCE)):
+            with self.assertRaises(RemoteError) as error:
+                action()
+            self.assertEqual(error.exception.kind, ErrorKind.NO_SUCH_TASK)
+        for bad in ("", "a" * (wire.MAX_TASK_ID_LEN + 1)):
+            with self.assertRaises(ValueError):
+                client.wait(bad)
+
+    def test_closing_the_client_cancels_the_tasks_it_submitted(self):
+        submitter = self.connect()
+        task = submitter.submit(image("sleep", "60"))
+        self.assertIsInstance(next(task.events(timeout=PATIENCE)), Accepted)
+        started = time.monotonic()
+        submitter.close()
+        # Left alone it would run on for the server's reattach grace (30 s).
+        client = self.connect()
+        while listed(client, task.task_id, all=False) is not None:
+            self.assertLess(time.monotonic() - started, 20, "the task still runs")
+            time.sleep(0.1)
+
+    def remove_quietly(self, task_id):
+        with Client.connect(DURABLE_SERVER) as client:
+            try:
+                client.remove(task_id, force=True, timeout=PATIENCE)
+            except RemoteError:
+                pass
 
 
 @unittest.skipUnless(TLS_SERVER, "TCP_TASK_TEST_TLS_SERVER names no server")

@@ -64,13 +64,25 @@ def rust_bytes(data: bytes) -> str:
 
 
 # How the document names the Python classes that differ from the Rust ones.
-RUST_NAMES = {"ImageTask": "Image", "NamedTask": "Named"}
+RUST_NAMES = {
+    "ImageTask": "Image",
+    "NamedTask": "Named",
+    "List_": "List",
+    "StateRunning": "Running",
+    "StateEnded": "Ended",
+    "StateFailed": "Failed",
+}
+
+# Enum variants with one unnamed field, which Rust shows as ``Name(value)``.
+TUPLE_VARIANTS = ("StateEnded", "StateFailed")
 
 
 def show(value, optional_fields=()) -> str:
     """A value in the document's notation (Rust's ``Debug``)."""
     if value is None:
         return "None"
+    if isinstance(value, wire.TaskId):
+        return f"TaskId({rust_str(value)})"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, enum.Enum):
@@ -87,13 +99,17 @@ def show(value, optional_fields=()) -> str:
         return "[" + ", ".join(show(v) for v in value) + "]"
     if is_dataclass(value):
         name = RUST_NAMES.get(type(value).__name__, type(value).__name__)
+        if type(value).__name__ in TUPLE_VARIANTS:
+            (only,) = fields(value)
+            return f"{name}({show(getattr(value, only.name))})"
         parts = []
         for f in fields(value):
             v = getattr(value, f.name)
             text = show(v)
             if f.name in OPTIONAL.get(type(value).__name__, ()) and v is not None:
                 text = f"Some({text})"
-            parts.append(f"{f.name}: {text}")
+            # ``from_``: a Python name for the field ``from``.
+            parts.append(f"{f.name.rstrip('_')}: {text}")
         if not parts:
             return name
         return name + " { " + ", ".join(parts) + " }"
@@ -225,16 +241,45 @@ class Values(unittest.TestCase):
         self.assertEqual(wire.Reader(bytes.fromhex("fb0500")).varint(16), 5)
 
     def test_trailing_bytes_and_bad_tags_are_errors(self):
+        # Accepted{7, "a"} decodes; with a stray byte after it, it does not.
+        self.assertEqual(wire.decode_server(bytes.fromhex("01070161")),
+                         wire.Accepted(7, wire.TaskId("a")))
         with self.assertRaises(wire.DecodeError):
-            wire.decode_server(bytes.fromhex("010700"))  # Accepted{7} and a stray byte
+            wire.decode_server(bytes.fromhex("0107016100"))
         with self.assertRaises(wire.DecodeError):
-            wire.decode_server(bytes.fromhex("0a07"))  # tag 10: no such message
+            wire.decode_server(bytes.fromhex("0c07"))  # tag 12: no such message
         with self.assertRaises(wire.DecodeError):
             wire.decode_server(bytes.fromhex("04010002"))  # Exited, bad Option tag 2
         with self.assertRaises(wire.DecodeError):
-            wire.decode_server(bytes.fromhex("0901"))  # Error: body ends too soon
+            wire.decode_server(bytes.fromhex("0b01"))  # Error: body ends too soon
         with self.assertRaises(wire.DecodeError):
-            wire.decode_server(bytes.fromhex("09000d01ff"))  # a message that is not UTF-8
+            wire.decode_server(bytes.fromhex("0b000d01ff"))  # a message that is not UTF-8
+        with self.assertRaises(wire.DecodeError):
+            wire.decode_server(bytes.fromhex("0a0101"))  # TaskList: its one task is missing
+        with self.assertRaises(wire.DecodeError):
+            wire.decode_client(bytes.fromhex("0b0102"))  # List with a bool of 2
+
+    def test_the_new_requests_round_trip(self):
+        messages = [
+            wire.Submit(1, wire.TaskSpec.image("img", ["true"]), detach=True),
+            wire.Attach(2, wire.TaskId("abc"), wire.Offsets(2**40, 70000), follow=False),
+            wire.Wait(3, "abc"),
+            wire.Kill(4, "abc", signal=-1),
+            wire.Remove(5, "abc", force=True),
+            wire.List_(6, all=False),
+        ]
+        for message in messages:
+            with self.subTest(message=message):
+                body = wire.encode_client(message)
+                self.assertEqual(wire.decode_client(body), message)
+        # The task id is a plain string on the wire: length, then UTF-8.
+        self.assertEqual(wire.encode_client(wire.Wait(3, "abc")).hex(), "080303616263")
+
+    def test_task_ids_that_cannot_be_sent_are_refused_before_sending(self):
+        for bad in ("", "x" * (wire.MAX_TASK_ID_LEN + 1), None, 7):
+            with self.assertRaises(ValueError):
+                wire.encode_client(wire.Wait(1, bad))
+        self.assertEqual(wire.check_task_id("x" * wire.MAX_TASK_ID_LEN), "x" * 64)
 
     def test_exit_statuses(self):
         o = lambda ending, code=None, sig=None: wire.Outcome(ending, code, sig, 0, False)

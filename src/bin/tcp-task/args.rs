@@ -116,6 +116,7 @@ pub enum Command {
     #[command(after_help = "Examples:
   tcp-task serve
   tcp-task serve --listen 0.0.0.0:7070 --config /etc/tcp-task.toml
+  tcp-task serve --http 127.0.0.1:9090 --log-format json
   tcp-task serve -v
   RUST_LOG=tcp_task=debug tcp-task serve
 
@@ -293,9 +294,19 @@ pub struct ServeArgs {
     /// Config file (TOML): limits, policy, catalog, registry credentials.
     #[arg(long, value_name = "FILE", env = "TCP_TASK_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Also serve HTTP here: /metrics, /healthz, /readyz and the JSON API
+    /// (/api/execute, /api/status) [default: off, or `listen` in [http]].
+    /// Keep it on loopback or behind a firewall: /metrics and the health
+    /// endpoints need no token.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text (for people) or as JSON objects, one per line
+    /// (for log shippers).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Require a token from this file (one per line; several allow rotation).
     #[arg(long, value_name = "FILE", env = "TCP_TASK_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
@@ -308,6 +319,13 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+/// How `serve` writes its log.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

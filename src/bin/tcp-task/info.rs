@@ -71,6 +71,10 @@ pub async fn status(connection: &ConnectionArgs, json: bool) -> Result<()> {
         "tasks:       {} running, {} queued, {} finished, {} failed",
         status.running, status.queued, status.finished, status.failed
     );
+    println!(
+        "kept:        {} ended tasks' results, {} output bytes in their logs (tcp-task ps -a)",
+        status.retained, status.retained_bytes
+    );
     println!("catalog:     {} pre-compiled tasks", status.catalog_size);
     if !status.pools.is_empty() {
         println!("warm pools:");

@@ -2,18 +2,20 @@
 
 use anyhow::Result;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
 use tcp_task::executor::DockerExecutor;
+use tcp_task::metrics::Metrics;
 use tcp_task::{Server, TlsConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::args::ServeArgs;
+use crate::args::{LogFormat, ServeArgs};
 use crate::signals::Interrupts;
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.log_format);
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -28,7 +30,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // the one holding it).
     let listener = TcpListener::bind(&listen)
         .await
-        .map_err(|e| anyhow::anyhow!(bind_error(&listen, &e)))?;
+        .map_err(|e| anyhow::anyhow!(bind_error(&listen, &e, "--listen")))?;
+    let http = match args.http.as_ref().or(config.http.listen.as_ref()) {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!(bind_error(address, &e, "--http")))?,
+        ),
+        None => None,
+    };
     let mut server_config = config.server_config()?;
     if let Some(path) = &args.token_file {
         server_config = server_config.with_token_file(path)?;
@@ -50,17 +60,35 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if config.executor.runtime.scope.is_none() {
         config.executor.runtime.scope = Some(listener.local_addr()?.to_string());
     }
-    let executor = start_executor(&config).await?;
+    // One registry: the connections and the executor report to it.
+    let metrics = Arc::new(Metrics::new());
+    let executor = Arc::new(
+        start_executor(&config)
+            .await?
+            .with_observer(metrics.clone()),
+    );
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
-    let mut server = Server::new(server_config, executor)
+    let mut server = Server::new(server_config, executor.clone())
+        .with_metrics(metrics)
         .with_policy(config.executor.policy.clone())
         .with_catalog(config.catalog());
     // Tasks an earlier server left running (or ended while none watched)
-    // are taken over before any client can ask for them.
+    // are taken over before any client can ask for them, and before the
+    // rest of what it left is swept away.
     match server.adopt().await {
         Ok(0) => {}
         Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
         Err(e) => warn!(error = %e, "could not look for tasks an earlier server left"),
+    }
+    match executor.reap_orphans().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed containers left behind by an earlier server"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not look for containers left behind by an earlier server")
+        }
     }
     // After the executor's sweep of what an earlier server left, so that
     // the new warm containers are not mistaken for it.
@@ -78,6 +106,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if tls.is_none() && open_to_all && !listener.local_addr()?.ip().is_loopback() {
         warn!("listening beyond loopback with neither TLS nor tokens: anyone who reaches this port can run containers here");
     }
+    if let Some(http) = http {
+        let address = http.local_addr()?;
+        info!(http_address = %address, tls = tls.is_some(), "HTTP listening: /metrics, /healthz, /readyz, /api/");
+        if !address.ip().is_loopback() {
+            warn!("HTTP beyond loopback: /metrics, /healthz and /readyz answer anyone who reaches this port (they need no token); keep it behind a firewall");
+        }
+        server = server.with_http(http, config.http.clone());
+    }
     server.run(listener, stop_signal()).await;
     Ok(())
 }
@@ -85,37 +121,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let docker = connect_docker().await?;
     let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
-    match executor.reap_orphans().await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            removed = n,
-            "removed containers left behind by an earlier server"
-        ),
-        Err(e) => {
-            warn!(error = %e, "could not look for containers left behind by an earlier server")
-        }
-    }
     info!(instance = executor.instance_id(), "engine ready");
     Ok(executor)
 }
 
-/// Why `listen` cannot be bound, and what to do about it.
-fn bind_error(listen: &str, error: &std::io::Error) -> String {
+/// Why `listen` (given by `flag`, or its key in the config) cannot be
+/// bound, and what to do about it.
+fn bind_error(listen: &str, error: &std::io::Error, flag: &str) -> String {
     use std::io::ErrorKind;
     let advice = match error.kind() {
-        ErrorKind::AddrInUse => {
+        ErrorKind::AddrInUse => format!(
             "Another program (perhaps another `tcp-task serve`) is listening there; stop it, or \
-             pick another address with --listen"
-        }
-        ErrorKind::AddrNotAvailable => {
-            "No network interface of this machine has that address; listen on one it has, such \
-             as 127.0.0.1:7070, or 0.0.0.0:7070 for every interface"
-        }
-        ErrorKind::PermissionDenied => {
+             pick another address with {flag}"
+        ),
+        ErrorKind::AddrNotAvailable => "No network interface of this machine has that address; \
+             listen on one it has, such as 127.0.0.1:7070, or 0.0.0.0:7070 for every interface"
+            .to_owned(),
+        ErrorKind::PermissionDenied => format!(
             "Ports below 1024 need root (or CAP_NET_BIND_SERVICE); pick a port above 1023 with \
-             --listen"
-        }
-        _ => "Check the address given by --listen or `listen` in the config: HOST:PORT, e.g. 127.0.0.1:7070",
+             {flag}"
+        ),
+        _ => format!(
+            "Check the address given by {flag} or in the config: HOST:PORT, e.g. 127.0.0.1:7070"
+        ),
     };
     format!("cannot listen on {listen}: {error}. {advice}")
 }
@@ -133,8 +161,10 @@ async fn stop_signal() {
     });
 }
 
-/// Logs go to stderr; the level comes from RUST_LOG, or from -v.
-pub fn init_logging(verbose: u8) {
+/// Logs go to stderr; the level comes from RUST_LOG, or from -v. As JSON,
+/// each line is one object with the fields of the event and of the spans
+/// it is in (the connection, the task).
+pub fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -142,10 +172,14 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_span_list(true).try_init(),
         // Colours for a person at a terminal; plain text for a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }

@@ -53,7 +53,8 @@ type OutputFrames = Pin<
 #[derive(Debug)]
 pub(crate) enum Record {
     Ready,
-    Started,
+    /// The task's process started; the server's tag for the task.
+    Started(Bytes),
     Stdout(Bytes),
     Stderr(Bytes),
     Exit(ExitReport),
@@ -343,7 +344,9 @@ fn record(kind: u8, payload: Bytes) -> Result<Record, ProtoError> {
     match kind {
         proto::READY if payload.as_ref() == [proto::VERSION] => Ok(Record::Ready),
         proto::READY => Err(ProtoError::BadPayload("unsupported agent version")),
-        proto::STARTED => Ok(Record::Started),
+        // The pid (4 bytes), then the tag the server gave the task.
+        proto::STARTED if payload.len() >= 4 => Ok(Record::Started(payload.slice(4..))),
+        proto::STARTED => Err(ProtoError::BadPayload("start report shorter than a pid")),
         proto::STDOUT => Ok(Record::Stdout(payload)),
         proto::STDERR => Ok(Record::Stderr(payload)),
         proto::EXIT => ExitReport::decode(&payload).map(Record::Exit),

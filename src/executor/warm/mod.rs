@@ -7,21 +7,25 @@
 //! - [`process`]: one task on a warm container, as a
 //!   [`crate::executor::process::Process`];
 //! - [`key`]: what a task must match to use a pool;
+//! - [`log`]: a kept task read back from its warm container's log;
 //! - `proto`: the agent's wire format, shared with the agent's source.
 //!
 //! docs/WARM.md describes the design for operators.
 
 mod container;
 mod key;
+mod log;
 mod pool;
 mod process;
 #[path = "../../../tools/src/agent_proto.rs"]
 #[allow(dead_code)]
 mod proto;
 
+pub(crate) use container::AgentInput;
 pub(crate) use container::Launcher;
 pub use container::{AGENT_PATH, LABEL_WARM};
-pub(crate) use process::WarmProcess;
+pub(crate) use log::{end_of, last_task, replay as replay_task, LoggedWarmProcess};
+pub(crate) use process::{signal_task, WarmProcess};
 
 use bollard::Docker;
 use std::sync::Arc;

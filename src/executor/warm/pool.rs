@@ -200,6 +200,14 @@ impl Pool {
         self.replenish(key);
     }
 
+    /// A leased container left the pool for good (see [`Lease::keep`]).
+    fn hand_over(self: &Arc<Self>, key: &PoolKey) {
+        if let Some(pool) = self.lock().pools.get_mut(key) {
+            pool.in_use = pool.in_use.saturating_sub(1);
+        }
+        self.replenish(key);
+    }
+
     /// Removes a container in the background.
     fn retire(self: &Arc<Self>, container: WarmContainer) {
         self.background(async move {
@@ -430,6 +438,14 @@ impl Lease {
     /// The container; `None` only after `finish`, which consumes the lease.
     pub fn container(&mut self) -> Option<&mut WarmContainer> {
         self.container.as_mut()
+    }
+
+    /// Takes the container out of the pool for good without removing it
+    /// (a kept task's); the pool makes another. Gives its id.
+    pub fn keep(mut self) -> Option<String> {
+        let container = self.container.take()?;
+        self.pool.hand_over(&self.key);
+        Some(container.guard.keep())
     }
 
     /// Gives the container back; `reusable` when it may serve another task.

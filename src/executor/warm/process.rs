@@ -16,6 +16,7 @@ use super::pool::Lease;
 use super::proto::{self, ExitReport, TaskHeader};
 use crate::executor::events::EventSink;
 use crate::executor::exit::container_end;
+use crate::executor::kept::WarmTag;
 use crate::executor::plan::Plan;
 use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
 use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError};
@@ -46,6 +47,11 @@ pub(crate) async fn hand(
         env: plan.env.clone(),
         workdir: plan.workdir.clone(),
         stdin: plan.stdin,
+        tag: plan
+            .task
+            .as_ref()
+            .map(|tag| WarmTag::new(tag, plan.timeout, &plan.command).encode())
+            .unwrap_or_default(),
     };
     let clean = Arc::new(AtomicBool::new(true));
     let input = container.input.clone();
@@ -62,7 +68,7 @@ pub(crate) async fn hand(
     };
     let program = plan.command.first().cloned().unwrap_or_default();
     match first {
-        Some(Record::Started) => {}
+        Some(Record::Started(_)) => {}
         None => return Handed::Gone,
         Some(Record::Exit(report)) => {
             let refused = refusal(report, &program, plan.workdir.as_deref(), container);
@@ -129,7 +135,7 @@ impl Process for WarmProcess {
                     self.report = Some(report);
                     return None;
                 }
-                Record::Ready | Record::Started => {}
+                Record::Ready | Record::Started(_) => {}
             }
         }
         // The attach stream ended mid-task: the container died under it.
@@ -173,6 +179,29 @@ impl Process for WarmProcess {
         let reusable = ended && self.clean.load(Ordering::Acquire);
         self.lease.finish(reusable);
     }
+}
+
+impl WarmProcess {
+    /// The container and the agent's input, for signals while it runs.
+    pub fn agent(&mut self) -> Option<(String, AgentInput)> {
+        let container = self.lease.container()?;
+        Some((container.id.clone(), container.input.clone()))
+    }
+
+    /// Takes the container out of its pool for good, not removed: it holds
+    /// a kept task's output in its log. Gives its id.
+    pub fn keep(self) -> Option<String> {
+        self.lease.keep()
+    }
+}
+
+/// Sends `signal` to the task through its agent.
+pub(crate) async fn signal_task(input: &AgentInput, signal: u8) -> io::Result<()> {
+    let mut input = input.lock().await;
+    input
+        .write_all(&proto::frame(proto::SIGNAL, &[signal]))
+        .await?;
+    input.flush().await
 }
 
 /// The task's stdin, as frames to the agent.

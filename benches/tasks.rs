@@ -12,9 +12,13 @@
 //!   268435456` (the network as tcp-task's tasks have it), stdout read to
 //!   the end; `stream/tcp_task`: the same task through tcp-task, its output
 //!   events consumed. Throughput in bytes of stdout.
+//! - `durable/attach_finished` and `durable/docker_logs`: a finished
+//!   detached task's output, through `Client::attach` and through
+//!   `docker logs` on its container (benches/durable/mod.rs).
 //!
 //! The goals (issue 3): `tcp_task_cold` ≤ 0.8 × `docker_cli` and ≤ 1.1 ×
 //! `engine_api`; `stream/tcp_task` throughput ≥ 1.0 × `stream/docker_cli`.
+//! Issue 10: `durable/attach_finished` ≤ 2 × `durable/docker_logs`.
 //!
 //! Needs a Docker engine (`DOCKER_HOST` or the local socket) and builds the
 //! examples image itself; without an engine it says why and exits 0. The
@@ -24,8 +28,10 @@
 //! (created, attached, started, output-ended, exit-status, removed) with
 //! timestamps, to see where a task's time goes.
 
-// The warm pool's benchmarks (`task_latency/tcp_task_warm`,
-// `throughput/warm_reuse`) live in their own module.
+// The durable tasks' benchmarks (`durable/…`) and the warm pool's
+// (`task_latency/tcp_task_warm`, `throughput/warm_reuse`) live in modules
+// of their own.
+mod durable;
 mod warm;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -72,6 +78,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     task_latency(&mut c, &rt, &setup);
     stream(&mut c, &rt, &setup);
+    durable::durable_benches(&mut c, &rt, &setup);
     rt.block_on(setup.server.shutdown());
     // The warm pool's benchmarks, after the cold path's, so that all of them
     // share this run's noise.

@@ -363,6 +363,25 @@ pub struct ServerStatus {
     pub retained: u64,
     /// Output bytes the kept results hold.
     pub retained_bytes: u64,
+    /// On the Swarm backend, the swarm's nodes; empty on the local one.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A Docker Swarm node, as the Swarm backend sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its host name.
+    pub name: String,
+    /// Swarm's word: `ready`, `down`, `unknown`, `disconnected`.
+    pub state: String,
+    /// `active`, `pause` or `drain`: whether it takes new tasks.
+    pub availability: String,
+    pub manager: bool,
+    /// What it has, in billionths of a CPU and in bytes.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    /// This server's tasks running on it.
+    pub tasks: u64,
 }
 
 /// Whether the container engine answers, and what it is.

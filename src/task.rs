@@ -160,6 +160,11 @@ pub enum ProgressEvent {
     /// byte lost or repeated. Only the client library makes this event; a
     /// server never sends it.
     Resumed { attempts: u32 },
+    /// On a Docker Swarm: where the scheduler is with the task. `state` is
+    /// Swarm's word for it (`pending`: waiting for a node with room;
+    /// `assigned`, `preparing`, `starting`: placed on `node`, the node's
+    /// host name, once known). Only the Swarm backend sends it.
+    Scheduling { state: String, node: Option<String> },
 }
 
 /// Which of the task's output streams a chunk belongs to.
@@ -329,6 +334,13 @@ pub enum ErrorKind {
     /// An HTTP task answered with a status other than 2xx, or with no
     /// valid HTTP; the message holds the status and the start of the body.
     TaskFailed,
+    /// The backend cannot do what the task asks (stdin on the Swarm
+    /// backend); the message says what to change.
+    Unsupported,
+    /// On a Docker Swarm, no node could take the task in time (none has
+    /// the memory or CPU it asks for, or none is available); the message
+    /// holds the scheduler's reason.
+    Unschedulable,
 }
 
 impl ErrorKind {
@@ -358,6 +370,8 @@ impl ErrorKind {
             ErrorKind::NotListening => "not_listening",
             ErrorKind::TaskExited => "task_exited",
             ErrorKind::TaskFailed => "task_failed",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Unschedulable => "unschedulable",
         }
     }
 

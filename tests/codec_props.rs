@@ -31,10 +31,10 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::{CodecError, FrameCodec};
 use tcp_task::protocol::{
-    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
-    Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
-    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, DEFAULT_MAX_FRAME_LEN,
-    MAGIC, MAX_CHUNK_LEN, PROTOCOL_VERSION,
+    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, NodeStatus,
+    Offsets, Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage,
+    ServerStatus, Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome,
+    DEFAULT_MAX_FRAME_LEN, MAGIC, MAX_CHUNK_LEN, PROTOCOL_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -184,6 +184,7 @@ fn progress_event() -> impl Strategy<Value = ProgressEvent> {
         text().prop_map(|container| ProgressEvent::Created { container }),
         Just(ProgressEvent::Started),
         any::<u32>().prop_map(|attempts| ProgressEvent::Resumed { attempts }),
+        (text(), opt(text())).prop_map(|(state, node)| ProgressEvent::Scheduling { state, node }),
     ]
 }
 
@@ -308,6 +309,8 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         TaskFailed,
         NoSuchTask,
         Detached,
+        Unsupported,
+        Unschedulable,
     ];
     fn _every_variant_is_listed(k: ErrorKind) {
         match k {
@@ -315,7 +318,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
             | ImageNotFound | RegistryAuth | CommandNotFound | CommandNotInvokable | Engine
             | ShuttingDown | Unauthorized | Protocol | FrameTooLarge | VersionMismatch
             | Timeout | Internal | NotListening | TaskExited | TaskFailed | NoSuchTask
-            | Detached => {}
+            | Detached | Unsupported | Unschedulable => {}
         }
     }
     prop::sample::select(ALL.to_vec())
@@ -357,6 +360,7 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
         varint(),
         prop::collection::vec(pool_status(), 0..3),
         (varint(), varint()),
+        prop::collection::vec(node_status(), 0..3),
     )
         .prop_map(
             |(
@@ -366,6 +370,7 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
                 catalog_size,
                 pools,
                 (retained, retained_bytes),
+                nodes,
             )| ServerStatus {
                 server,
                 protocol_version,
@@ -380,6 +385,26 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
                 pools,
                 retained,
                 retained_bytes,
+                nodes,
+            },
+        )
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    (
+        (text(), text(), text()),
+        any::<bool>(),
+        (varint(), varint(), varint()),
+    )
+        .prop_map(
+            |((name, state, availability), manager, (nano_cpus, memory_bytes, tasks))| NodeStatus {
+                name,
+                state,
+                availability,
+                manager,
+                nano_cpus,
+                memory_bytes,
+                tasks,
             },
         )
 }

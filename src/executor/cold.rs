@@ -374,7 +374,7 @@ const MAX_HELD: usize = 4096;
 
 /// Holds back what may be docker-init's exec-failure report.
 #[derive(Debug, Default)]
-struct InitReport {
+pub(crate) struct InitReport {
     seen_output: bool,
     held: Option<Bytes>,
 }
@@ -382,7 +382,7 @@ struct InitReport {
 impl InitReport {
     /// Takes one chunk of output; whatever is no longer held goes to
     /// `ready`, in order.
-    fn offer(
+    pub(crate) fn offer(
         &mut self,
         stream: OutputStream,
         chunk: Bytes,
@@ -418,7 +418,7 @@ impl InitReport {
         ready.push_back((stream, chunk));
     }
 
-    fn take_held(&mut self) -> Option<Bytes> {
+    pub(crate) fn take_held(&mut self) -> Option<Bytes> {
         self.held.take()
     }
 }

@@ -52,6 +52,46 @@ pub struct ExecutorConfig {
     pub scope: Option<String>,
     /// Warm-container pools (`[executor.warm]`).
     pub warm: WarmConfig,
+    /// Where tasks run: `local` (containers on this server's engine, the
+    /// default) or `swarm` (one service per task on the Docker Swarm whose
+    /// manager this server's engine is). `tcp-task serve --backend`
+    /// overrides it.
+    pub backend: Backend,
+    /// The Swarm backend's settings (`[executor.swarm]`).
+    pub swarm: SwarmConfig,
+}
+
+/// Where tasks run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Containers on the server's own engine (cold or warm).
+    #[default]
+    Local,
+    /// Services on a Docker Swarm; the server's engine is a manager.
+    Swarm,
+}
+
+/// The Swarm backend's settings. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// How long a task may wait for a node (no node has the resources it
+    /// asks for, or none is available) before it fails as
+    /// `Unschedulable`. Default 30 s.
+    pub schedule_timeout_ms: u64,
+    /// How often the task's state is read from the manager while it is
+    /// scheduled and while it runs. Default 100 ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> SwarmConfig {
+        SwarmConfig {
+            schedule_timeout_ms: 30_000,
+            poll_interval_ms: 100,
+        }
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -67,6 +107,8 @@ impl Default for ExecutorConfig {
             labels: BTreeMap::new(),
             scope: None,
             warm: WarmConfig::default(),
+            backend: Backend::Local,
+            swarm: SwarmConfig::default(),
         }
     }
 }
@@ -154,6 +196,16 @@ mod tests {
         assert_eq!(config.registry_auth["127.0.0.1:5000"].username, "u");
         assert_eq!(config.warm.max_containers, 4);
         assert_eq!(config.warm.on_demand, WarmConfig::default().on_demand);
+    }
+
+    #[test]
+    fn the_swarm_backend_is_chosen_by_name() {
+        let config: ExecutorConfig =
+            toml::from_str("backend = \"swarm\"\n[swarm]\nschedule_timeout_ms = 5000")
+                .expect("config parses");
+        assert_eq!(config.backend, Backend::Swarm);
+        assert_eq!(config.swarm.schedule_timeout_ms, 5000);
+        assert!(toml::from_str::<ExecutorConfig>("backend = \"nomad\"").is_err());
     }
 
     #[test]

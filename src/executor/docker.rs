@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
-use super::config::ExecutorConfig;
+use super::config::{Backend, ExecutorConfig};
 use super::http::HttpProcess;
 use super::kept;
 use super::observe::{RunPath, SharedObserver, Unobserved};
@@ -20,6 +20,7 @@ use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::{EngineHealth, ExecutorStats};
 use super::supervise::{command_error, killed, supervise};
+use super::swarm::Swarm;
 use super::warm::{
     replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
 };
@@ -33,6 +34,8 @@ use std::sync::Mutex;
 pub struct DockerExecutor {
     cold: Cold,
     warm: Warm,
+    /// Set on the Swarm backend: every task runs there, none cold or warm.
+    swarm: Option<Swarm>,
     slots: Slots,
     /// Processes being finished (containers removed) after their outcome
     /// went out.
@@ -69,7 +72,10 @@ impl DockerExecutor {
             config: config.clone(),
             owner: owner.clone(),
         });
+        let swarm = (config.backend == Backend::Swarm)
+            .then(|| Swarm::new(docker.clone(), config.clone(), owner.clone()));
         DockerExecutor {
+            swarm,
             cold: Cold::new(docker, config, owner),
             warm,
             slots,
@@ -108,6 +114,9 @@ impl DockerExecutor {
     /// Call it after [`Executor::adopt`]: the warm containers of adopted
     /// tasks are not orphans.
     pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
+        if let Some(swarm) = &self.swarm {
+            return swarm.reap_orphans().await;
+        }
         let adopted: Vec<String> = {
             let tasks = self.warm_tasks.lock().unwrap();
             tasks.values().map(|t| t.container.clone()).collect()
@@ -160,6 +169,11 @@ impl DockerExecutor {
             return Ok(killed(Ending::Cancelled, Duration::ZERO));
         };
         self.observer.queue_wait(received.elapsed());
+        if let Some(swarm) = &self.swarm {
+            return self
+                .run_swarm(swarm, plan, io, slot, (received, path))
+                .await;
+        }
         if plan.http.is_some() {
             return self.run_http(plan, io, slot, received, path).await;
         }
@@ -201,6 +215,34 @@ impl DockerExecutor {
             Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
             Err(StartError::Failed(error)) => Err(error),
         }
+    }
+
+    /// A task on the swarm: a service of its own, supervised like a local
+    /// container, removed (with its network) after the outcome went out,
+    /// the slot held until then.
+    async fn run_swarm(
+        &self,
+        swarm: &Swarm,
+        plan: Plan,
+        io: TaskIo,
+        slot: Slot,
+        (received, path): (Instant, &mut Option<RunPath>),
+    ) -> Result<Outcome, TaskError> {
+        let mut process = match swarm.start(&plan, &io.events, &io.cancel).await {
+            Ok(process) => process,
+            Err(StartError::Command(failure)) => return Err(command_error(&plan.command, failure)),
+            Err(StartError::Cancelled) => return Ok(killed(Ending::Cancelled, Duration::ZERO)),
+            Err(StartError::Failed(error)) => return Err(error),
+        };
+        self.started(RunPath::Swarm, received, path);
+        let limit = self.config().output_limit_bytes;
+        let clock = (plan.timeout, Duration::ZERO);
+        let result = supervise(&mut process, &plan.command, clock, io, limit).await;
+        self.finishing.spawn(async move {
+            process.finish().await;
+            drop(slot);
+        });
+        result
     }
 
     /// An HTTP task: on a warm container whose server already listens, or
@@ -426,6 +468,10 @@ impl Executor for DockerExecutor {
     }
 
     async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
+        // A Swarm task's service goes with its server (docs/ARCHITECTURE.md).
+        if self.swarm.is_some() {
+            return Ok(Vec::new());
+        }
         let scope = self.config().scope.as_deref();
         let adopted = adopt::adoptable(self.docker(), self.owner(), scope).await?;
         let mut tasks = self.warm_tasks.lock().unwrap();
@@ -472,17 +518,34 @@ impl Executor for DockerExecutor {
             queued: queued as u64,
             engine: engine_health(self.docker()).await,
             pools: self.warm.stats(),
+            nodes: match &self.swarm {
+                Some(swarm) => swarm.nodes().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not list the swarm's nodes");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            },
         }
     }
 
     fn keep_warm(&self, plan: &Plan, containers: u32) {
-        self.warm.keep(plan, containers)
+        // No warm containers on a swarm: every task is a service.
+        if self.swarm.is_none() {
+            self.warm.keep(plan, containers)
+        }
     }
 
     async fn shutdown(&self) {
         self.finishing.close();
         self.finishing.wait().await;
         self.drain_warm().await;
+        if let Some(swarm) = &self.swarm {
+            match swarm.remove_instance().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(removed = n, "services were still there at shutdown"),
+                Err(e) => tracing::error!(error = %e, "could not clean up the swarm at shutdown"),
+            }
+        }
         match cleanup::remove_instance(self.docker(), self.instance_id()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),

@@ -5,7 +5,8 @@
 //! [`Plan`] that admission already allowed and a [`TaskIo`] (where to
 //! report, where stdin comes from, when to stop), and returns how the task
 //! ended. Inside, every way of running a task is a [`process::Process`]
-//! (a cold container, a warm one) under the same supervision.
+//! (a cold container, a warm one, a Swarm service's task) under the same
+//! supervision.
 
 mod adopt;
 mod cleanup;
@@ -25,6 +26,7 @@ mod pull;
 mod queue;
 mod stats;
 mod supervise;
+mod swarm;
 mod tools;
 mod usage;
 mod warm;
@@ -34,7 +36,7 @@ pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
 };
-pub use config::{ExecutorConfig, RegistryCredentials, WarmConfig};
+pub use config::{Backend, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use kept::{
@@ -42,7 +44,8 @@ pub use kept::{
 };
 pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
-pub use stats::{EngineHealth, ExecutorStats, PoolStats};
+pub use stats::{EngineHealth, ExecutorStats, NodeStats, PoolStats};
+pub use swarm::LABEL_SERVICE;
 pub use warm::{AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;

@@ -17,6 +17,8 @@ pub enum RunPath {
     Cold,
     /// A container started ahead of time (docs/WARM.md).
     Warm,
+    /// A service on a Docker Swarm (the Swarm backend).
+    Swarm,
 }
 
 impl RunPath {
@@ -25,6 +27,7 @@ impl RunPath {
         match self {
             RunPath::Cold => "cold",
             RunPath::Warm => "warm",
+            RunPath::Swarm => "swarm",
         }
     }
 }

@@ -9,6 +9,21 @@ pub struct ExecutorStats {
     pub queued: u64,
     pub engine: EngineHealth,
     pub pools: Vec<PoolStats>,
+    /// The swarm's nodes, on the Swarm backend.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One Swarm node: its name, state and resources, and this server's tasks
+/// on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub name: String,
+    pub state: String,
+    pub availability: String,
+    pub manager: bool,
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub tasks: u64,
 }
 
 /// Whether the container engine answers, and what it is.

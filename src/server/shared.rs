@@ -12,10 +12,11 @@ use super::config::ServerConfig;
 use crate::access::Credential;
 use crate::admission::{Admission, Quota};
 use crate::auth::{self, FailedLogins};
-use crate::executor::{Executor, PoolStats};
+use crate::executor::{Executor, NodeStats, PoolStats};
 use crate::metrics::{Listener, Metrics};
 use crate::protocol::{
-    EngineStatus, ErrorKind, Hello, PoolStatus, ServerStatus, TaskError, PROTOCOL_VERSION,
+    EngineStatus, ErrorKind, Hello, NodeStatus, PoolStatus, ServerStatus, TaskError,
+    PROTOCOL_VERSION,
 };
 use crate::tasks::Tasks;
 
@@ -155,7 +156,20 @@ impl<E: Executor> Shared<E> {
             pools: stats.pools.into_iter().map(pool_status).collect(),
             retained,
             retained_bytes,
+            nodes: stats.nodes.into_iter().map(node_status).collect(),
         }
+    }
+}
+
+fn node_status(node: NodeStats) -> NodeStatus {
+    NodeStatus {
+        name: node.name,
+        state: node.state,
+        availability: node.availability,
+        manager: node.manager,
+        nano_cpus: node.nano_cpus,
+        memory_bytes: node.memory_bytes,
+        tasks: node.tasks,
     }
 }
 

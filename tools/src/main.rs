@@ -184,6 +184,12 @@ const APPLETS: &[Applet] = &[
         "",
         "list the network interfaces (from /proc/net/dev)",
     ),
+    Applet::new(
+        "routes",
+        testing::routes,
+        "",
+        "list the IPv4 routes (from /proc/net/route)",
+    ),
     // The warm-container agent, an HTTP task's way to its port, and what
     // measures a cold task.
     Applet::new(

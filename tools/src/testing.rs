@@ -452,6 +452,49 @@ pub fn ifaces(args: &[String]) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Prints the IPv4 routing table, one route a line: `IFACE DEST/PREFIX
+/// via GATEWAY` (`default` for 0.0.0.0/0), from `/proc/net/route`. How the
+/// Swarm backend's tests see that a task has no way out without sending
+/// a packet.
+pub fn routes(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 0)?;
+    let table = std::fs::read_to_string("/proc/net/route")
+        .map_err(|e| Fail::usage(format!("cannot read /proc/net/route: {e}")))?;
+    for line in route_lines(&table) {
+        print_line(line)?;
+    }
+    Ok(())
+}
+
+/// `/proc/net/route`: a header, then `Iface Destination Gateway Flags
+/// RefCnt Use Metric Mask …`, addresses in hex, in the host's byte order.
+fn route_lines(table: &str) -> Vec<String> {
+    let ip = |hex: &str| {
+        let n = u32::from_str_radix(hex, 16).unwrap_or(0);
+        std::net::Ipv4Addr::from(n.to_le_bytes())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (iface, dest, gateway, mask) = (
+                fields.first()?,
+                fields.get(1)?,
+                fields.get(2)?,
+                fields.get(7)?,
+            );
+            let prefix = u32::from_str_radix(mask, 16).ok()?.count_ones();
+            let dest = if prefix == 0 {
+                "default".to_owned()
+            } else {
+                format!("{}/{prefix}", ip(dest))
+            };
+            Some(format!("{iface} {dest} via {}", ip(gateway)))
+        })
+        .collect()
+}
+
 /// `/proc/net/dev` has two header lines, then `name: counters…` per line.
 fn interface_names(table: &str) -> Vec<&str> {
     table
@@ -479,6 +522,21 @@ fn connect(target: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_read_from_the_kernel_table() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        assert_eq!(
+            route_lines(table),
+            [
+                "eth0 default via 172.17.0.1",
+                "eth0 172.17.0.0/16 via 0.0.0.0"
+            ]
+        );
+    }
 
     #[test]
     fn signals_by_number_and_name() {

@@ -290,6 +290,11 @@ def info(args) -> int:
                     for pool in status.pools:
                         print(f"pool        {pool.key}: {pool.warm} warm, {pool.in_use} in use, "
                               f"{pool.hits} hits, {pool.misses} misses")
+                    for node in status.nodes:
+                        role = "manager" if node.manager else "worker"
+                        print(f"node        {node.name} ({role}): {node.state}, "
+                              f"{node.availability}, {node.nano_cpus / 1e9:g} CPUs, "
+                              f"{node.memory_bytes // (1024 * 1024)} MiB, {node.tasks} tasks")
                 return 0
             entries = client.catalog()
             if args.json:

@@ -208,6 +208,8 @@ class ErrorKind(enum.IntEnum):
     NOT_LISTENING = 20
     TASK_EXITED = 21
     TASK_FAILED = 22
+    UNSUPPORTED = 23
+    UNSCHEDULABLE = 24
 
     def exit_status(self) -> int:
         """"Exit statuses for a command-line client"."""
@@ -361,7 +363,16 @@ class Resumed:
     attempts: int
 
 
-ProgressEvent = Union[Queued, Pulling, Created, Started, Resumed]
+@dataclass
+class Scheduling:
+    """On a Docker Swarm: the scheduler's state for the task (``pending``,
+    ``assigned``, ...) and the node it was placed on, once known."""
+
+    state: str
+    node: Optional[str]
+
+
+ProgressEvent = Union[Queued, Pulling, Created, Started, Resumed, Scheduling]
 
 
 @dataclass
@@ -424,6 +435,19 @@ class PoolStatus:
 
 
 @dataclass
+class NodeStatus:
+    """A Swarm node, as the Swarm backend's status lists it."""
+
+    name: str
+    state: str
+    availability: str
+    manager: bool
+    nano_cpus: int
+    memory_bytes: int
+    tasks: int
+
+
+@dataclass
 class ServerStatus:
     server: str
     protocol_version: int
@@ -438,6 +462,7 @@ class ServerStatus:
     pools: List[PoolStatus]
     retained: int
     retained_bytes: int
+    nodes: List[NodeStatus]
 
 
 @dataclass
@@ -807,7 +832,7 @@ def _read_limits(r: Reader) -> Limits:
 
 
 def _read_progress(r: Reader) -> ProgressEvent:
-    tag = r.tag(("Queued", "Pulling", "Created", "Started", "Resumed"))
+    tag = r.tag(("Queued", "Pulling", "Created", "Started", "Resumed", "Scheduling"))
     if tag == 0:
         return Queued(r.varint(32))
     if tag == 1:
@@ -816,7 +841,9 @@ def _read_progress(r: Reader) -> ProgressEvent:
         return Created(r.string())
     if tag == 3:
         return Started()
-    return Resumed(r.varint(32))
+    if tag == 4:
+        return Resumed(r.varint(32))
+    return Scheduling(r.string(), r.option(r.string))
 
 
 def _read_outcome(r: Reader) -> Outcome:
@@ -847,8 +874,21 @@ def _read_status(r: Reader) -> ServerStatus:
         lambda: PoolStatus(r.string(), r.varint(), r.varint(), r.varint(), r.varint())
     )
     retained, retained_bytes = r.varint(), r.varint()
+    nodes = r.list(
+        lambda: NodeStatus(
+            r.string(), r.string(), r.string(), r.bool(), r.varint(), r.varint(), r.varint()
+        )
+    )
     return ServerStatus(
-        server, protocol_version, *counts, engine, catalog_size, pools, retained, retained_bytes
+        server,
+        protocol_version,
+        *counts,
+        engine,
+        catalog_size,
+        pools,
+        retained,
+        retained_bytes,
+        nodes,
     )
 
 

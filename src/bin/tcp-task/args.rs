@@ -315,6 +315,11 @@ pub struct ServeArgs {
     /// endpoints need no token.
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<String>,
+    /// Where tasks run: `local` (containers on this engine) or `swarm`
+    /// (a service per task on the Docker Swarm this engine manages)
+    /// [default: local, or `backend` in [executor]].
+    #[arg(long, value_name = "BACKEND", value_enum)]
+    pub backend: Option<BackendArg>,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -337,6 +342,12 @@ pub struct ServeArgs {
 }
 
 /// How `serve` writes its log.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendArg {
+    Local,
+    Swarm,
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

@@ -89,6 +89,26 @@ pub async fn status(connection: &ConnectionArgs, json: bool) -> Result<()> {
             );
         }
     }
+    if !status.nodes.is_empty() {
+        println!("swarm nodes:");
+        println!(
+            "  {:<24} {:<8} {:<12} {:<8} {:>5} {:>10} {:>6}",
+            "NAME", "ROLE", "STATE", "AVAIL", "CPUS", "MEMORY", "TASKS"
+        );
+        for node in &status.nodes {
+            let role = if node.manager { "manager" } else { "worker" };
+            println!(
+                "  {:<24} {:<8} {:<12} {:<8} {:>5} {:>6} MiB {:>6}",
+                node.name,
+                role,
+                node.state,
+                node.availability,
+                node.nano_cpus as f64 / 1e9,
+                node.memory_bytes / (1024 * 1024),
+                node.tasks
+            );
+        }
+    }
     Ok(())
 }
 

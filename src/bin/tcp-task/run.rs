@@ -329,6 +329,11 @@ enum JsonEvent<'a> {
     Resumed {
         attempts: u32,
     },
+    /// On a Docker Swarm: the scheduler's state, and the node once placed.
+    Scheduling {
+        state: &'a str,
+        node: Option<&'a str>,
+    },
     /// Output, base64: output is bytes, not always UTF-8 text.
     Stdout {
         data: String,
@@ -398,6 +403,10 @@ impl Display {
                     ProgressEvent::Started => JsonEvent::Started,
                     ProgressEvent::Resumed { attempts } => JsonEvent::Resumed {
                         attempts: *attempts,
+                    },
+                    ProgressEvent::Scheduling { state, node } => JsonEvent::Scheduling {
+                        state,
+                        node: node.as_deref(),
                     },
                 },
                 TaskEvent::Stdout(data) => JsonEvent::Stdout { data: encode(data) },
@@ -470,6 +479,13 @@ impl Display {
             ProgressEvent::Started => self.progress.finish_and_clear(),
             // The program sees the same bytes as if nothing had happened.
             ProgressEvent::Resumed { .. } => {}
+            ProgressEvent::Scheduling { state, node } => {
+                self.show_bar();
+                self.progress.set_message(match node {
+                    Some(node) => format!("{state} on node {node}"),
+                    None => format!("{state} (waiting for a swarm node)"),
+                });
+            }
         }
     }
 

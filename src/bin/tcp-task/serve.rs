@@ -5,13 +5,13 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
 use tcp_task::docker::connect_docker;
-use tcp_task::executor::DockerExecutor;
+use tcp_task::executor::{Backend, DockerExecutor};
 use tcp_task::metrics::Metrics;
 use tcp_task::{Server, TlsConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::args::{LogFormat, ServeArgs};
+use crate::args::{BackendArg, LogFormat, ServeArgs};
 use crate::signals::Interrupts;
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -57,6 +57,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // A server that comes back on the same address takes over the tasks it
     // left; other servers sharing the engine leave them alone.
     let mut config = config;
+    match args.backend {
+        Some(BackendArg::Local) => config.executor.runtime.backend = Backend::Local,
+        Some(BackendArg::Swarm) => config.executor.runtime.backend = Backend::Swarm,
+        None => {}
+    }
     if config.executor.runtime.scope.is_none() {
         config.executor.runtime.scope = Some(listener.local_addr()?.to_string());
     }
@@ -120,9 +125,31 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn start_executor(config: &Config) -> Result<DockerExecutor> {
     let docker = connect_docker().await?;
-    let executor = DockerExecutor::new(docker, config.executor.runtime.clone());
-    info!(instance = executor.instance_id(), "engine ready");
+    let runtime = &config.executor.runtime;
+    if runtime.backend == Backend::Swarm {
+        check_swarm_manager(&docker).await?;
+    }
+    let executor = DockerExecutor::new(docker, runtime.clone());
+    info!(instance = executor.instance_id(), backend = ?runtime.backend, "engine ready");
     Ok(executor)
+}
+
+/// The Swarm backend needs an engine that manages a swarm: say so at
+/// start-up rather than at the first task.
+async fn check_swarm_manager(docker: &bollard::Docker) -> Result<()> {
+    let info = docker.info().await?;
+    let manager = info
+        .swarm
+        .as_ref()
+        .and_then(|s| s.control_available)
+        .unwrap_or(false);
+    if !manager {
+        anyhow::bail!(
+            "--backend swarm needs an engine that is a Docker Swarm manager, and the engine at              {} is not; run `docker swarm init` there, point DOCKER_HOST at a manager, or use              --backend local",
+            tcp_task::docker::docker_host()
+        );
+    }
+    Ok(())
 }
 
 /// Why `listen` (given by `flag`, or its key in the config) cannot be

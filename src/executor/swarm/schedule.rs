@@ -1,0 +1,176 @@
+//! From a created service to a running task: reads the task's state from
+//! the manager until it runs (or has run already), reporting where the
+//! scheduler is, and turns a task that cannot be placed or started into a
+//! clear error instead of a wait without end.
+
+use bollard::models::{Task, TaskState};
+use bollard::query_parameters::ListTasksOptions;
+use bollard::Docker;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::engine::engine_error;
+use super::super::events::EventSink;
+use super::super::process::{CommandFailure, StartError};
+use super::nodes::NodeNames;
+use crate::task::{ErrorKind, ProgressEvent, TaskError};
+
+/// The service's task as the manager last reported it. A service of one
+/// replica that is never restarted has one task.
+pub(crate) async fn task_of(docker: &Docker, service: &str) -> Result<Option<Task>, TaskError> {
+    let options = ListTasksOptions {
+        filters: Some(HashMap::from([(
+            "service".to_owned(),
+            vec![service.to_owned()],
+        )])),
+    };
+    let tasks = docker
+        .list_tasks(Some(options))
+        .await
+        .map_err(|e| engine_error("reading the task's state from the swarm", &e))?;
+    Ok(tasks
+        .into_iter()
+        .max_by_key(|t| t.created_at.clone().map(|d| d.to_string())))
+}
+
+pub(crate) fn state(task: &Task) -> Option<TaskState> {
+    task.status.as_ref()?.state
+}
+
+/// Whether the task has come to an end of any kind.
+pub(crate) fn is_terminal(state: Option<TaskState>) -> bool {
+    matches!(
+        state,
+        Some(
+            TaskState::COMPLETE
+                | TaskState::FAILED
+                | TaskState::SHUTDOWN
+                | TaskState::REJECTED
+                | TaskState::REMOVE
+                | TaskState::ORPHANED
+        )
+    )
+}
+
+/// The container's exit code, once the task has one.
+pub(crate) fn exit_code(task: &Task) -> Option<i64> {
+    let status = task.status.as_ref()?;
+    match status.state? {
+        TaskState::COMPLETE => Some(status.container_status.as_ref()?.exit_code.unwrap_or(0)),
+        _ => status.container_status.as_ref()?.exit_code,
+    }
+}
+
+/// The scheduler's or the node's words about the task.
+pub(crate) fn reason(task: &Task) -> String {
+    let status = task.status.clone().unwrap_or_default();
+    match (status.err, status.message) {
+        (Some(err), _) if !err.is_empty() => err,
+        (_, Some(message)) => message,
+        _ => "no reason given".to_owned(),
+    }
+}
+
+/// Where the waiting is: what has been reported, since when pending.
+pub(crate) struct Scheduling<'a> {
+    pub docker: &'a Docker,
+    pub service: &'a str,
+    pub image: &'a str,
+    pub events: &'a EventSink,
+    pub poll: Duration,
+    pub patience: Duration,
+}
+
+impl Scheduling<'_> {
+    /// Waits until the task runs or has run (its container exists and has
+    /// an exit code): gives it, and the host name of its node.
+    pub async fn until_running(
+        &self,
+        cancel: &CancellationToken,
+        nodes: &NodeNames,
+    ) -> Result<(Task, Option<String>), StartError> {
+        let began = Instant::now();
+        let mut reported: Option<(String, Option<String>)> = None;
+        loop {
+            let task = task_of(self.docker, self.service).await?;
+            let state = task.as_ref().and_then(state);
+            let node = match task.as_ref().and_then(|t| t.node_id.clone()) {
+                Some(id) if !id.is_empty() => nodes.name(self.docker, &id).await,
+                _ => None,
+            };
+            match (state, task) {
+                (Some(TaskState::RUNNING), Some(task)) => return Ok((task, node)),
+                (Some(_), Some(task)) if exit_code(&task).is_some() => return Ok((task, node)),
+                (s, Some(task)) if is_terminal(s) => return Err(self.not_started(&task)),
+                (s, task) => {
+                    let word = s.map_or("pending".to_owned(), |s| s.to_string());
+                    let pending = matches!(
+                        s,
+                        None | Some(TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING)
+                    );
+                    if pending && began.elapsed() >= self.patience {
+                        let why = task.as_ref().map_or("no task yet".to_owned(), reason);
+                        return Err(StartError::Failed(unschedulable(self.patience, &why)));
+                    }
+                    let now = (if pending { "pending".to_owned() } else { word }, node);
+                    if reported.as_ref() != Some(&now) {
+                        let (state, node) = now.clone();
+                        let _ = self
+                            .events
+                            .progress(ProgressEvent::Scheduling { state, node })
+                            .await;
+                        reported = Some(now);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(StartError::Cancelled),
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// A task that ended with no container run: the image, the command,
+    /// or anything else the node refused.
+    fn not_started(&self, task: &Task) -> StartError {
+        let why = reason(task);
+        let lower = why.to_lowercase();
+        if lower.contains("no such image")
+            || lower.contains("pull access denied")
+            || lower.contains("manifest unknown")
+            || lower.contains("not found: manifest")
+        {
+            return StartError::Failed(TaskError::new(
+                ErrorKind::ImageNotFound,
+                format!(
+                    "image `{}` is on no node the task was placed on, nor in a registry it \
+                     could be pulled from ({why}); load or push it where the swarm's nodes find it",
+                    self.image
+                ),
+            ));
+        }
+        if lower.contains("executable file not found") {
+            return StartError::Command(CommandFailure::NotFound { detail: why });
+        }
+        if lower.contains("permission denied") {
+            return StartError::Command(CommandFailure::NotInvokable { detail: why });
+        }
+        StartError::Failed(TaskError::new(
+            ErrorKind::Engine,
+            format!("the swarm could not start the task: {why}"),
+        ))
+    }
+}
+
+fn unschedulable(patience: Duration, why: &str) -> TaskError {
+    TaskError::new(
+        ErrorKind::Unschedulable,
+        format!(
+            "no swarm node took the task within {:.0?} ({why}); ask for less memory or CPU, or \
+             add nodes (or make them available: `docker node ls`)",
+            patience
+        ),
+    )
+}

@@ -8,7 +8,7 @@
 //! remove per task (docs/SECURITY.md weighs it).
 
 use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::ListNetworksOptions;
+use bollard::query_parameters::{InspectNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -42,13 +42,32 @@ pub(crate) async fn create(
     Ok(created.id)
 }
 
-/// Removes network `id`, waiting while a container still leaves it. A
-/// network that is gone already counts as removed.
+/// Removes network `id`, waiting while a container still leaves it, and
+/// until it is gone: the manager only marks a network whose tasks it has
+/// not yet let go of, and deletes it a moment later. A network that is
+/// gone already counts as removed.
 pub(crate) async fn remove(docker: &Docker, id: &str) -> Result<(), TaskError> {
     let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
     loop {
-        match docker.remove_network(id).await {
-            Ok(()) => return Ok(()),
+        let removed = match docker.remove_network(id).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let gone = || async {
+            let options = InspectNetworkOptions::default();
+            matches!(docker.inspect_network(id, Some(options)).await, Err(e) if status_code(&e) == Some(404))
+        };
+        match removed {
+            Ok(()) if gone().await => return Ok(()),
+            Ok(()) if tokio::time::Instant::now() >= deadline => {
+                return Err(TaskError::new(
+                    crate::task::ErrorKind::Engine,
+                    format!(
+                    "the task's network {id} was still there {REMOVE_PATIENCE:?} after its removal"
+                ),
+                ))
+            }
+            Ok(()) => tokio::time::sleep(REMOVE_RETRY).await,
             Err(e) if status_code(&e) == Some(404) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(engine_error("removing the task's network", &e))

@@ -54,12 +54,22 @@ pub(crate) fn is_terminal(state: Option<TaskState>) -> bool {
     )
 }
 
-/// The container's exit code, once the task has one.
+/// The container's exit code, once the task has one: it completed, or
+/// its container ran and failed (a task the node rejected has none).
 pub(crate) fn exit_code(task: &Task) -> Option<i64> {
     let status = task.status.as_ref()?;
+    let container = status.container_status.as_ref();
     match status.state? {
-        TaskState::COMPLETE => Some(status.container_status.as_ref()?.exit_code.unwrap_or(0)),
-        _ => status.container_status.as_ref()?.exit_code,
+        TaskState::COMPLETE => Some(container.and_then(|c| c.exit_code).unwrap_or(0)),
+        TaskState::FAILED => {
+            let container = container?;
+            let ran = container
+                .container_id
+                .as_ref()
+                .is_some_and(|id| !id.is_empty());
+            ran.then_some(container.exit_code?)
+        }
+        _ => None,
     }
 }
 

@@ -33,6 +33,20 @@ if cargo tree -p tcp-task --no-default-features -e normal --prefix none |
     exit 1
 fi
 
+# The Swarm backend's tests (tests/swarm_executor.rs) run on a two-node
+# swarm of their own engines in network namespaces, never on the machine's
+# engine; it is torn down when the tests end, unless it was up already.
+swarm_was_up=0
+if docker -H unix:///run/tcp-task-swarm/n1.sock info >/dev/null 2>&1; then
+    swarm_was_up=1
+fi
+TCP_TASK_SWARM_HOST=$(bash scripts/swarm.sh up)
+TCP_TASK_SWARM_NODES=$(bash scripts/swarm.sh nodes)
+export TCP_TASK_SWARM_HOST TCP_TASK_SWARM_NODES
+if ((!swarm_was_up)); then
+    trap 'bash scripts/swarm.sh down' EXIT
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
     # nextest does not run doctests (the README's examples among them).

@@ -285,7 +285,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 /// Every `ErrorKind`, kept complete by the same exhaustive match.
 fn error_kind() -> impl Strategy<Value = ErrorKind> {
     use ErrorKind::*;
-    const ALL: [ErrorKind; 23] = [
+    const ALL: [ErrorKind; 25] = [
         BadRequest,
         PolicyDenied,
         Busy,

@@ -29,7 +29,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tcp_task::codec::FrameCodec;
 use tcp_task::protocol::{
     CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
-    Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
+    NodeStatus, Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
     Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, MAGIC,
     PROTOCOL_VERSION,
 };
@@ -901,6 +901,7 @@ fn the_source_reading_agrees_with_serde() {
         ("ServerStatus", probe::<ServerStatus>()),
         ("EngineStatus", probe::<EngineStatus>()),
         ("PoolStatus", probe::<PoolStatus>()),
+        ("NodeStatus", probe::<NodeStatus>()),
         ("CatalogEntryInfo", probe::<CatalogEntryInfo>()),
         ("TaskId", probe::<TaskId>()),
         ("Offsets", probe::<Offsets>()),

@@ -125,6 +125,7 @@ OPTIONAL = {
     "HttpTask": ("params",),
     "RegistryAuth": ("server",),
     "Pulling": ("current", "total"),
+    "Scheduling": ("node",),
     "Outcome": ("exit_code", "signal", "usage"),
     "EngineStatus": ("version", "api_version", "error"),
     "CatalogEntryInfo": ("memory_bytes", "nano_cpus", "timeout_ms"),

@@ -28,9 +28,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use tcp_task::codec::FrameCodec;
 use tcp_task::protocol::{
-    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, Offsets,
-    NodeStatus, Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage, ServerStatus,
-    Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, MAGIC,
+    CatalogEntryInfo, ClientMessage, Ending, EngineStatus, ErrorKind, Hello, Limits, NodeStatus,
+    Offsets, Outcome, OutputStream, PoolStatus, ProgressEvent, RegistryAuth, ServerMessage,
+    ServerStatus, Task, TaskError, TaskId, TaskInfo, TaskSpec, TaskState, Usage, Welcome, MAGIC,
     PROTOCOL_VERSION,
 };
 

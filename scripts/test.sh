@@ -7,7 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/start-docker.sh
+# start-docker.sh prints an address only when it had to start an engine of
+# its own beside a hung one: the tests then use that engine.
+engine=$(bash scripts/start-docker.sh)
+if [[ -n $engine ]]; then
+    export DOCKER_HOST=$engine
+    echo "test: using the engine at $DOCKER_HOST" >&2
+fi
 
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
@@ -48,7 +54,10 @@ if ((!swarm_was_up)); then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast "$@"
+    # Each test has its own time limit (.config/nextest.toml); this bounds the
+    # whole run below CI's 90 minutes, so a stuck run still reports.
+    timeout --kill-after=60 "${TEST_RUN_SECS:-4200}" \
+        cargo nextest run --workspace --no-fail-fast "$@"
     # nextest does not run doctests (the README's examples among them).
     cargo test --workspace --doc
 else

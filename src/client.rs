@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -40,7 +40,7 @@ use crate::codec::{self, FrameCodec};
 use crate::protocol::{
     CatalogEntryInfo, ClientMessage, ErrorKind, Hello, Limits, Offsets, Outcome, OutputStream,
     ProgressEvent, RequestId, ServerMessage, ServerStatus, TaskError, TaskId, TaskInfo, TaskSpec,
-    DEFAULT_MAX_FRAME_LEN, MAX_CHUNK_LEN,
+    DEFAULT_MAX_FRAME_LEN, MAX_CHUNK_LEN, STDIN_WINDOW,
 };
 use crate::tls::{self, ClientTlsConfig, TlsError};
 
@@ -181,6 +181,9 @@ struct Dialer {
 struct Inner {
     outgoing: mpsc::Sender<ClientMessage>,
     pending: Mutex<HashMap<RequestId, Pending>>,
+    /// The stdin window of each running task that has stdin: permits are
+    /// bytes the server will take; `StdinCredit` frames add them back.
+    stdin_credit: Mutex<HashMap<RequestId, Arc<Semaphore>>>,
     next_id: AtomicU64,
     limits: Limits,
     server: String,
@@ -321,6 +324,7 @@ impl Client {
         let inner = Arc::new(Inner {
             outgoing,
             pending: Mutex::default(),
+            stdin_credit: Mutex::default(),
             next_id: AtomicU64::new(1),
             limits: welcome.limits,
             server: welcome.server,
@@ -478,6 +482,7 @@ impl Client {
         let id = self.inner.next_id();
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         self.inner.register(id, Pending::Task(events))?;
+        let credit = stdin.then(|| self.inner.open_stdin(id));
         self.inner.send(message(id)).await?;
         Ok(TaskHandle {
             id,
@@ -489,7 +494,7 @@ impl Client {
             stdin: StdinWriter {
                 id,
                 inner: self.inner.clone(),
-                open: stdin,
+                credit,
             },
             inner: self.inner.clone(),
             end: None,
@@ -562,6 +567,27 @@ impl Inner {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A task's stdin window starts full.
+    fn open_stdin(&self, id: RequestId) -> Arc<Semaphore> {
+        let credit = Arc::new(Semaphore::new(STDIN_WINDOW as usize));
+        self.stdin_credit.lock().unwrap().insert(id, credit.clone());
+        credit
+    }
+
+    /// The task ended (or the connection did): writers waiting for credit
+    /// stop waiting.
+    fn close_stdin(&self, id: RequestId) {
+        if let Some(credit) = self.stdin_credit.lock().unwrap().remove(&id) {
+            credit.close();
+        }
+    }
+
+    fn credit_stdin(&self, id: RequestId, bytes: u32) {
+        if let Some(credit) = self.stdin_credit.lock().unwrap().get(&id) {
+            credit.add_permits(bytes as usize);
+        }
+    }
+
     /// Registers before sending, so the answer always finds its waiter.
     fn register(&self, id: RequestId, pending: Pending) -> Result<(), Error> {
         // Holding `closed` while inserting: the reader drains `pending` after
@@ -597,6 +623,9 @@ impl Inner {
             .drain()
             .map(|(_, p)| p)
             .collect();
+        for (_, credit) in self.stdin_credit.lock().unwrap().drain() {
+            credit.close();
+        }
         drop(closed);
         for waiter in pending {
             match waiter {
@@ -684,9 +713,13 @@ async fn deliver(inner: &Inner, message: ServerMessage) {
         | M::CatalogReply { id, .. }
         | M::Done { id }
         | M::TaskList { id, .. } => return answer(inner, id, Ok(message)),
+        M::StdinCredit { id, bytes } => return inner.credit_stdin(id, bytes),
         M::Welcome(_) | M::Error { id: None, .. } => return,
     };
     let ends = matches!(delivery, Delivery::End(_));
+    if ends {
+        inner.close_stdin(id);
+    }
     let waiter = {
         let mut pending = inner.pending.lock().unwrap();
         if ends {
@@ -877,7 +910,7 @@ impl TaskHandle {
         self.stdin = StdinWriter {
             id: self.id,
             inner: self.inner.clone(),
-            open: false,
+            credit: None,
         };
         // `fresh` now holds the dead connection's parts: nothing to cancel.
         fresh.end = Some(Err(Error::Disconnected("replaced".into())));
@@ -932,6 +965,7 @@ impl Drop for TaskHandle {
         if self.end.is_some() {
             return;
         }
+        self.inner.close_stdin(self.id);
         let removed = self.inner.pending.lock().unwrap().remove(&self.id);
         if removed.is_none() {
             return; // already ended, only not read yet
@@ -948,20 +982,34 @@ impl Drop for TaskHandle {
 
 /// Streams bytes into a task's stdin. Cloneable; every clone writes to the
 /// same stdin.
+///
+/// A write waits while the task has not taken what was sent before (the
+/// server's window, [`STDIN_WINDOW`]): a task that does not read its stdin
+/// stalls its own writer, never the connection or its other tasks.
 #[derive(Clone)]
 pub struct StdinWriter {
     id: RequestId,
     inner: Arc<Inner>,
-    open: bool,
+    /// `None` when the task has no stdin.
+    credit: Option<Arc<Semaphore>>,
 }
 
 impl StdinWriter {
-    /// Sends `data`, split into chunks the server accepts.
+    /// Sends `data`, split into chunks the server accepts, each once the
+    /// task's window has room for it. Fails once the task has ended.
     pub async fn write(&self, mut data: Bytes) -> Result<(), Error> {
-        self.check_open()?;
-        let max = (self.inner.limits.max_chunk_len as usize).clamp(1, MAX_CHUNK_LEN);
+        let credit = self.credit()?;
+        let max = (self.inner.limits.max_chunk_len as usize)
+            .clamp(1, MAX_CHUNK_LEN)
+            .min(STDIN_WINDOW as usize);
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(max));
+            let room = credit
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| self.ended())?;
+            // The bytes leave the window; the server's credit brings them back.
+            room.forget();
             self.inner
                 .send(ClientMessage::Stdin { id: self.id, chunk })
                 .await?;
@@ -971,20 +1019,28 @@ impl StdinWriter {
 
     /// Ends the task's stdin: it reads end-of-file.
     pub async fn close(&self) -> Result<(), Error> {
-        self.check_open()?;
+        self.credit()?;
         self.inner
             .send(ClientMessage::StdinClose { id: self.id })
             .await
     }
 
-    fn check_open(&self) -> Result<(), Error> {
-        if self.open {
-            Ok(())
-        } else {
-            Err(Error::Remote(TaskError::new(
+    fn credit(&self) -> Result<&Semaphore, Error> {
+        self.credit.as_deref().ok_or_else(|| {
+            Error::Remote(TaskError::new(
                 ErrorKind::BadRequest,
                 "this task has no stdin: set `stdin: true` in its TaskSpec",
-            )))
+            ))
+        })
+    }
+
+    fn ended(&self) -> Error {
+        match self.inner.closed.lock().unwrap().clone() {
+            Some(reason) => Error::Disconnected(reason),
+            None => Error::Remote(TaskError::new(
+                ErrorKind::UnknownRequest,
+                format!("request {} has ended: its stdin takes no more", self.id),
+            )),
         }
     }
 }

@@ -37,6 +37,12 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024;
 /// split, so one busy task cannot hold the connection for long.
 pub const MAX_CHUNK_LEN: usize = 64 * 1024;
 
+/// Stdin bytes of one task a client may have sent and not yet had credited
+/// back by `StdinCredit` frames. A chunk past it cancels the task. Waiting
+/// for credit, rather than for the connection, is what keeps a task that
+/// does not read its stdin from stalling the others on its connection.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
+
 /// Chosen by the client, unique among its requests that are still running on
 /// one connection.
 pub type RequestId = u64;
@@ -214,6 +220,12 @@ pub enum ServerMessage {
     Error {
         id: Option<RequestId>,
         error: TaskError,
+    },
+    /// `bytes` more of request `id`'s stdin may be sent: that much of what
+    /// the client sent has gone to the task (see [`STDIN_WINDOW`]).
+    StdinCredit {
+        id: RequestId,
+        bytes: u32,
     },
 }
 

@@ -10,6 +10,7 @@ mod handshake;
 pub mod http;
 mod outgoing;
 mod shared;
+mod stdin;
 mod tls;
 
 pub use config::{

@@ -539,6 +539,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         request_id().prop_map(|id| ServerMessage::Done { id }),
         (request_id(), prop::collection::vec(task_info(), 0..3))
             .prop_map(|(id, tasks)| ServerMessage::TaskList { id, tasks }),
+        (request_id(), any::<u32>())
+            .prop_map(|(id, bytes)| ServerMessage::StdinCredit { id, bytes }),
     ]
 }
 
@@ -556,9 +558,10 @@ fn server_variant(message: &ServerMessage) -> usize {
         ServerMessage::Error { .. } => 9,
         ServerMessage::Done { .. } => 10,
         ServerMessage::TaskList { .. } => 11,
+        ServerMessage::StdinCredit { .. } => 12,
     }
 }
-const SERVER_VARIANTS: usize = 12;
+const SERVER_VARIANTS: usize = 13;
 
 // ---------------------------------------------------------------------------
 // Helpers

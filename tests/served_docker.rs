@@ -169,6 +169,54 @@ async fn cancel_through_the_server_ends_cancelled_and_removes_the_container() {
     server.shutdown().await;
 }
 
+/// A task that reads none of its stdin holds back its own writer and
+/// nothing else: another task on the same connection runs to its end, and
+/// a cancel of the stalled task gets through (before stdin had flow
+/// control, the connection stopped reading until the task read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_does_not_read_its_stdin_stalls_only_its_own_writer() {
+    let (h, server) = serve(ServerConfig::default()).await;
+    let _cleanup = RemoveOnPanic::new(h.exec.instance_id());
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let mut sleeper = spec(&["sleep", "60.25"]);
+    sleeper.stdin = true;
+    let stalled = client.run(sleeper).await.unwrap();
+    container_running(&h.docker, h.exec.instance_id(), "sleep 60.25").await;
+
+    let stdin = stalled.stdin();
+    let writer = tokio::spawn(async move { stdin.write(Bytes::from(vec![b'x'; 8 << 20])).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !writer.is_finished(),
+        "8 MiB of stdin went in, though the task reads none"
+    );
+
+    let beside = tokio::time::timeout(Duration::from_secs(120), async {
+        let task = client.run(spec(&["echo", "beside"])).await.unwrap();
+        task.output().await.unwrap()
+    })
+    .await
+    .expect("a task beside the stalled one runs to its end");
+    assert_eq!(beside.stdout, b"beside\n");
+
+    stalled.cancel().await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), stalled.wait())
+        .await
+        .expect("the cancel reaches the stalled task")
+        .unwrap();
+    assert_eq!(outcome.ending, Ending::Cancelled, "{outcome:?}");
+    // Its writer stops waiting for credit: the task has ended.
+    let written = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the writer stops waiting once the task ended")
+        .unwrap();
+    assert!(written.is_err(), "{written:?}");
+
+    drop(client);
+    h.assert_clean().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_has_its_container_removed() {
     let (h, server) = serve(ServerConfig::default()).await;

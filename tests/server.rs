@@ -11,7 +11,7 @@ use script::{chunk_bytes, script, Counters, ScriptExecutor};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tcp_task::protocol::{ClientMessage, Ending, ErrorKind, Hello, ServerMessage};
+use tcp_task::protocol::{ClientMessage, Ending, ErrorKind, Hello, ServerMessage, STDIN_WINDOW};
 use tcp_task::{Client, ConnectOptions, Error, RunningServer, Server, ServerConfig, TaskEvent};
 use tokio::net::TcpStream;
 
@@ -599,4 +599,50 @@ async fn a_wrong_token_is_refused_and_a_right_one_admitted() {
             .unwrap();
         client.ping().await.unwrap();
     }
+}
+
+/// A client that sends stdin past its window without waiting for credit
+/// breaks the protocol for that task only: one error naming the window,
+/// the task cancelled (its input would have a hole), and the connection
+/// still serving. The server never held more than the window.
+#[tokio::test]
+async fn stdin_past_its_window_cancels_that_task_and_nothing_else() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let mut peer = RawPeer::handshaken(server.local_addr()).await;
+    let mut spec = script(["sleep", "60000"]);
+    spec.stdin = true;
+    let spec = Box::new(spec);
+    peer.send(&ClientMessage::Submit {
+        id: 1,
+        spec,
+        detach: false,
+    })
+    .await;
+    // The task reads none of it: the server takes the window, plus one
+    // chunk handed on to the task, and no more.
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let sent = STDIN_WINDOW as usize + 2 * chunk.len();
+    for _ in 0..sent / chunk.len() {
+        let chunk = chunk.clone();
+        peer.send(&ClientMessage::Stdin { id: 1, chunk }).await;
+    }
+    let payload = Bytes::from_static(b"still reading");
+    peer.send(&ClientMessage::Ping { id: 2, payload }).await;
+
+    let (mut errors, mut credit, mut outcome, mut pong) = (Vec::new(), 0, None, false);
+    while outcome.is_none() || !pong {
+        match peer.read().await.expect("the connection stays open") {
+            ServerMessage::Accepted { id: 1, .. } | ServerMessage::Progress { id: 1, .. } => {}
+            ServerMessage::Error { id: Some(1), error } => errors.push(error),
+            ServerMessage::StdinCredit { id: 1, bytes } => credit += bytes as usize,
+            ServerMessage::Exited { id: 1, outcome: o } => outcome = Some(o),
+            ServerMessage::Pong { id: 2, .. } => pong = true,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].kind, ErrorKind::BadRequest);
+    assert!(errors[0].message.contains("window"), "{}", errors[0]);
+    assert_eq!(outcome.unwrap().ending, Ending::Cancelled);
+    assert!(credit <= chunk.len(), "credit for {credit} bytes");
 }

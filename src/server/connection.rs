@@ -24,6 +24,7 @@ use super::counted::Counted;
 use super::handshake::{protocol_error, read_hello, refuse_plaintext, send_now};
 use super::outgoing::{Outgoing, TaskEvents};
 use super::shared::{server_name, Shared};
+use super::stdin::StdinWindow;
 use super::tls;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
@@ -32,7 +33,7 @@ use crate::executor::{Events, Executor};
 use crate::metrics::Listener;
 use crate::protocol::{
     ClientMessage, ErrorKind, Offsets, RequestId, ServerMessage, Task, TaskError, TaskId, TaskSpec,
-    Welcome, PROTOCOL_VERSION,
+    Welcome, PROTOCOL_VERSION, STDIN_WINDOW,
 };
 use crate::tasks::{Record, Tasks};
 
@@ -40,15 +41,17 @@ use crate::tasks::{Record, Tasks};
 /// the connection's output budget; this bounds the small ones.
 const OUTGOING_QUEUE: usize = 1024;
 
-/// Stdin chunks waiting for one task's container to take them.
-const STDIN_QUEUE: usize = 16;
+/// Stdin chunks between a task's stdin window and its runtime: one, so
+/// that nearly all of what a client sent and the task did not take yet is
+/// counted in its window.
+const STDIN_QUEUE: usize = 1;
 
 /// A request of this connection that follows a task: a Submit, an
 /// Attach or a Wait.
 struct TaskEntry {
     /// `None` once stdin is closed (or was never asked for, or this
     /// request did not submit the task).
-    stdin: Option<mpsc::Sender<Bytes>>,
+    stdin: Option<StdinWindow>,
     /// What a `Cancel` of the request fires: the task's own token for a
     /// Submit, the end of following it for an Attach or Wait.
     cancel: CancellationToken,
@@ -438,7 +441,10 @@ impl<E: Executor> Connection<E> {
         let record = tasks.create(&mut admitted, self.client_name(), detach);
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let entry = TaskEntry {
-            stdin: admitted.plan.stdin.then_some(stdin_tx),
+            stdin: admitted
+                .plan
+                .stdin
+                .then(|| StdinWindow::start(id, stdin_tx, self.outgoing.clone())),
             cancel: record.cancel.clone(),
         };
         self.tasks.lock().unwrap().insert(id, entry);
@@ -553,35 +559,37 @@ impl<E: Executor> Connection<E> {
         });
     }
 
+    /// Never waits: a task that does not read its stdin holds only its own
+    /// window (src/server/stdin.rs), not this connection's reading.
     async fn stdin(&self, id: RequestId, chunk: Bytes) {
-        let sender = self.tasks.lock().unwrap().get(&id).map(|t| t.stdin.clone());
-        match sender {
-            Some(Some(sender)) => {
-                // Waiting here pauses this connection's reading while the
-                // task's stdin queue is full: TCP carries the backpressure to
-                // the client. The wait ends if the task ends.
-                let cancel = self
-                    .tasks
-                    .lock()
-                    .unwrap()
-                    .get(&id)
-                    .map(|t| t.cancel.clone());
-                let cancel = cancel.unwrap_or_default();
-                tokio::select! {
-                    _ = sender.send(chunk) => {}
-                    _ = cancel.cancelled() => {}
-                }
-            }
-            Some(None) => {
-                let message = format!("stdin for request {id}, whose stdin is closed or was not requested (set `stdin` in the task spec); ignored");
-                self.send_error(Some(id), ErrorKind::UnknownRequest, message)
-                    .await;
-            }
-            None => {
-                let message = format!("stdin for request {id}, which is not running (it ended or was never submitted); ignored");
-                self.send_error(Some(id), ErrorKind::UnknownRequest, message)
-                    .await;
-            }
+        let pushed = self
+            .tasks
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|task| task.stdin.as_ref().map(|window| window.push(chunk)));
+        let message = match pushed {
+            Some(Some(Ok(()))) => return,
+            Some(Some(Err(overrun))) => return self.stdin_overrun(id, overrun.held).await,
+            Some(None) => format!("stdin for request {id}, whose stdin is closed or was not requested (set `stdin` in the task spec); ignored"),
+            None => format!("stdin for request {id}, which is not running (it ended or was never submitted); ignored"),
+        };
+        self.send_error(Some(id), ErrorKind::UnknownRequest, message)
+            .await;
+    }
+
+    /// A client that sends past its window broke the protocol for this
+    /// task: the task's input would have a hole, so the task is cancelled
+    /// (its end follows) rather than fed the rest.
+    async fn stdin_overrun(&self, id: RequestId, held: usize) {
+        let message = format!(
+            "stdin for request {id} went past its window of {STDIN_WINDOW} bytes ({held} unacknowledged): a client must wait for StdinCredit before sending more; the task is cancelled"
+        );
+        self.send_error(Some(id), ErrorKind::BadRequest, message)
+            .await;
+        if let Some(task) = self.tasks.lock().unwrap().get_mut(&id) {
+            task.stdin = None;
+            task.cancel.cancel();
         }
     }
 

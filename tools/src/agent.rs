@@ -29,6 +29,11 @@
 //! two pump its stdout and stderr. The main thread owns the state and takes
 //! their news from one channel. Signals reach the task as `K` frames: the
 //! server sends them; the agent forwards them.
+//!
+//! Stdin the task has not read yet is bounded ([`STDIN_QUEUE_BYTES`]): past
+//! it the reader stops reading until the task takes some, so the pipe to
+//! the server fills and the server stops sending (it holds one window per
+//! task and no more). Frames behind that stdin (a signal) wait with it.
 
 use std::fmt::Display;
 use std::fs::{self, File};
@@ -37,7 +42,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -49,6 +54,9 @@ use crate::sys::{self, Reaped};
 /// server's chunk size, so chunks pass through unsplit.
 const CHUNK: usize = 64 * 1024;
 
+/// Stdin bytes received and not yet written to the task (or dropped).
+const STDIN_QUEUE_BYTES: usize = 1024 * 1024;
+
 /// `EINVAL`: what a spawn error without an errno (a NUL in an argument)
 /// is reported as.
 const EINVAL: i32 = 22;
@@ -57,6 +65,8 @@ const EINVAL: i32 = 22;
 enum Event {
     /// A well-formed frame from the server.
     Frame(u8, Vec<u8>),
+    /// A stdin frame's payload, counted against the stdin bound.
+    Stdin(Queued),
     /// Our stdin ended: `Ok` at a frame boundary (the server is gone),
     /// `Err` on a malformed frame or a read error.
     InputEnd(Result<(), String>),
@@ -79,7 +89,7 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     let out = Output::stdout()?;
     out.send(proto::READY, &[proto::VERSION])?;
     let (tx, rx) = mpsc::channel();
-    spawn_reader(dup_stdin()?, tx.clone());
+    spawn_reader(dup_stdin()?, tx.clone(), StdinBound::new(STDIN_QUEUE_BYTES));
     let mut served: u64 = 0;
     while tasks == 0 || served < tasks {
         let Some(header) = next_task(&rx)? else {
@@ -256,11 +266,12 @@ impl Output {
 
 /// Reads frames for the agent's whole life and hands them to the main
 /// thread; stops at end of input or at the first malformed frame.
-fn spawn_reader(input: File, tx: Sender<Event>) {
+fn spawn_reader(input: File, tx: Sender<Event>, bound: Arc<StdinBound>) {
     thread::spawn(move || {
         let mut input = BufReader::with_capacity(CHUNK, input);
         loop {
             let event = match read_frame(&mut input) {
+                Ok(Some((proto::STDIN, payload))) => Event::Stdin(bound.queue(payload)),
                 Ok(Some((kind, payload))) => Event::Frame(kind, payload),
                 Ok(None) => Event::InputEnd(Ok(())),
                 Err(e) => Event::InputEnd(Err(e)),
@@ -321,7 +332,7 @@ fn next_task(rx: &Receiver<Event>) -> Result<Option<TaskHeader>, Fail> {
             Ok(Event::Frame(proto::TASK, payload)) => {
                 return TaskHeader::decode(&payload).map(Some).map_err(malformed)
             }
-            Ok(Event::Frame(..) | Event::Exited(..)) => {}
+            Ok(Event::Frame(..) | Event::Stdin(_) | Event::Exited(..)) => {}
             Ok(Event::InputEnd(Ok(()))) | Err(_) => return Ok(None),
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
@@ -422,7 +433,7 @@ fn supervise(
     loop {
         match rx.recv() {
             Ok(Event::Exited(reaped, usage)) => return Ok((reaped, usage)),
-            Ok(Event::Frame(proto::STDIN, data)) => {
+            Ok(Event::Stdin(data)) => {
                 if let Some(feeder) = &feeder {
                     feeder.send(data);
                 }
@@ -491,17 +502,17 @@ fn pump(
 }
 
 /// Writes stdin chunks to the task from its own thread, so a task that does
-/// not read its stdin never blocks the main thread. The queue is unbounded
-/// here; the server only sends what its client sent.
-struct Feeder(Sender<Vec<u8>>);
+/// not read its stdin never blocks the main thread. What waits in its queue
+/// is bounded by the reader ([`StdinBound`]).
+struct Feeder(Sender<Queued>);
 
 impl Feeder {
     fn spawn(mut stdin: ChildStdin) -> Feeder {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         thread::spawn(move || {
             for chunk in rx {
                 // The task closed its stdin or ended: drop the rest.
-                if stdin.write_all(&chunk).is_err() {
+                if stdin.write_all(&chunk.data).is_err() {
                     return;
                 }
             }
@@ -509,8 +520,55 @@ impl Feeder {
         Feeder(tx)
     }
 
-    fn send(&self, chunk: Vec<u8>) {
+    fn send(&self, chunk: Queued) {
         let _ = self.0.send(chunk);
+    }
+}
+
+/// The bytes of stdin received and not yet written to the task. The reader
+/// waits for room before it takes in more; a chunk gives its room back
+/// when it is dropped, written or not, so no path can leak room.
+struct StdinBound {
+    limit: usize,
+    queued: Mutex<usize>,
+    room: Condvar,
+}
+
+impl StdinBound {
+    fn new(limit: usize) -> Arc<StdinBound> {
+        Arc::new(StdinBound {
+            limit,
+            queued: Mutex::new(0),
+            room: Condvar::new(),
+        })
+    }
+
+    /// Waits until the queue is under its bound, then counts `data` in. One
+    /// chunk may take it past the bound, so any chunk size gets through.
+    fn queue(self: &Arc<Self>, data: Vec<u8>) -> Queued {
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        while *queued >= self.limit {
+            queued = self.room.wait(queued).unwrap_or_else(|e| e.into_inner());
+        }
+        *queued += data.len();
+        Queued {
+            data,
+            bound: self.clone(),
+        }
+    }
+}
+
+/// One stdin chunk, counted in its bound until dropped.
+struct Queued {
+    data: Vec<u8>,
+    bound: Arc<StdinBound>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut queued = self.bound.queued.lock().unwrap_or_else(|e| e.into_inner());
+        *queued -= self.data.len();
+        self.bound.room.notify_all();
     }
 }
 

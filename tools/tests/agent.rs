@@ -197,3 +197,61 @@ fn a_task_runs_on_when_the_server_goes_and_its_end_is_still_written() {
         }
     );
 }
+
+/// A task that does not read its stdin: the agent takes in about its
+/// bound (1 MiB) and then stops reading, so the writer (the server) is
+/// held back instead of the agent's memory growing.
+#[test]
+fn stdin_a_task_does_not_read_is_bounded_in_the_agent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const BOUND: usize = 1024 * 1024;
+    let mut child = Command::new(TOOLS)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tools binary runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(&task(&["sleep", "3"], true))
+        .expect("the agent reads its task");
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    let writer = std::thread::spawn(move || {
+        let frame = proto::frame(proto::STDIN, &[b'x'; 32 * 1024]);
+        for _ in 0..(4 * BOUND / (32 * 1024)) {
+            if stdin.write_all(&frame).is_err() {
+                return;
+            }
+            counter.fetch_add(frame.len(), Ordering::SeqCst);
+        }
+    });
+    // Wait until the writer is held back: no progress for half a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = usize::MAX;
+    while written.load(Ordering::SeqCst) != last && Instant::now() < deadline {
+        last = written.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let held = written.load(Ordering::SeqCst);
+    // The bound, plus what the pipe and the reader's buffer hold.
+    assert!(
+        (BOUND..BOUND + 512 * 1024).contains(&held),
+        "the agent took in {held} bytes of stdin its task did not read"
+    );
+    // When the task ends its unread stdin is dropped and reading resumes.
+    writer
+        .join()
+        .expect("the writer finishes once the task has ended");
+    let output = child.wait_with_output().expect("the agent ends");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

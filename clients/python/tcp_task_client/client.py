@@ -39,6 +39,7 @@ from .wire import (
     Progress,
     ServerStatus,
     StatusReply,
+    StdinCredit,
     TaskError,
     TaskId,
     TaskInfo,
@@ -254,11 +255,14 @@ class Task:
 
     def write(self, data: bytes) -> None:
         """Sends bytes to the task's stdin (its spec must set ``stdin``),
-        in chunks the server accepts. Waits while much is unsent."""
+        in chunks the server accepts, each once the task's stdin window has
+        room for it: a task that does not read its stdin holds up this
+        writer only. Raises once the task has ended."""
         limit = max(1, min(self._connection.limits.max_chunk_len, wire.MAX_CHUNK_LEN))
         view = memoryview(data)
         for start in range(0, len(view), limit):
             chunk = bytes(view[start : start + limit])
+            self._connection._take_credit(self.id, len(chunk))
             self._connection._send(wire.Stdin(self.id, chunk), wait=True)
 
     def close_stdin(self) -> None:
@@ -301,6 +305,8 @@ class Client:
         # cancels them.
         self._submitted: Dict[int, Task] = {}
         self._closed: Optional[TcpTaskError] = None
+        # The stdin window left of each running task that has stdin.
+        self._credit: Dict[int, int] = {}
         self._last_error: Optional[TaskError] = None
         self._outgoing = bytearray()
         self._writable = threading.Condition(self._lock)
@@ -382,9 +388,11 @@ class Client:
         its retention period (1 hour by default)."""
         id, inbox = self._register()
         task = Task(self, id, spec, inbox)
-        if not detach:
-            with self._lock:
+        with self._lock:
+            if not detach:
                 self._submitted[id] = task
+            if spec.stdin:
+                self._credit[id] = wire.STDIN_WINDOW
         self._send(wire.Submit(id, spec, detach))
         return task
 
@@ -519,6 +527,18 @@ class Client:
             self._outgoing += data
         self._wake()
 
+    def _take_credit(self, id: int, size: int) -> None:
+        """Waits until request ``id``'s stdin window has ``size`` bytes of
+        room, and takes them."""
+        with self._lock:
+            while self._closed is None and self._credit.get(id, size) < size:
+                self._writable.wait()
+            if self._closed is not None:
+                raise self._closed
+            if id not in self._credit:
+                raise TcpTaskError(f"request {id} has ended or has no stdin: its stdin takes no more")
+            self._credit[id] -= size
+
     def _take(self, inbox: _Inbox, timeout: Optional[float]):
         """The next frame for a request, the error that ended the
         connection, or None after ``timeout`` seconds without either."""
@@ -643,6 +663,15 @@ class Client:
         if isinstance(message, Welcome):
             return
         with self._lock:
+            if isinstance(message, StdinCredit):
+                if message.id in self._credit:
+                    self._credit[message.id] += message.bytes
+                    self._writable.notify_all()
+                return
+            if isinstance(message, (Exited, Failed)):
+                # The task ended: its writers stop waiting for credit.
+                if self._credit.pop(message.id, None) is not None:
+                    self._writable.notify_all()
             inbox = self._inboxes.get(message.id)
         if inbox is None:
             return  # e.g. an answer to a request whose reader gave up

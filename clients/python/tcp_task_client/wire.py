@@ -25,6 +25,10 @@ DEFAULT_MAX_FRAME_LEN = 1024 * 1024
 #: The largest stdin chunk to send when the server announces none smaller.
 MAX_CHUNK_LEN = 64 * 1024
 
+#: Stdin bytes of one task sent and not yet credited back by ``StdinCredit``;
+#: a chunk past it cancels the task.
+STDIN_WINDOW = 256 * 1024
+
 
 class DecodeError(ValueError):
     """Bytes that are not a valid message (the protocol calls this an error)."""
@@ -685,6 +689,14 @@ class Error:
     error: TaskError
 
 
+@dataclass
+class StdinCredit:
+    """``bytes`` more of the task's stdin may be sent (see ``STDIN_WINDOW``)."""
+
+    id: int
+    bytes: int
+
+
 SERVER_MESSAGES = (
     Welcome,
     Accepted,
@@ -698,6 +710,7 @@ SERVER_MESSAGES = (
     Done,
     TaskList,
     Error,
+    StdinCredit,
 )
 
 ServerMessage = Union[
@@ -713,6 +726,7 @@ ServerMessage = Union[
     Done,
     TaskList,
     Error,
+    StdinCredit,
 ]
 ClientMessage = Union[
     Submit, Stdin, StdinClose, Cancel, Ping, Status, ListCatalog, Attach, Wait, Kill, Remove, List_
@@ -952,8 +966,10 @@ def decode_server(body: bytes) -> ServerMessage:
             message = CatalogReply(id, r.list(lambda: _read_entry(r)))
         elif tag == 9:
             message = Done(id)
-        else:
+        elif tag == 10:
             message = TaskList(id, r.list(lambda: _read_task_info(r)))
+        else:
+            message = StdinCredit(id, r.varint(32))
     r.end()
     return message
 

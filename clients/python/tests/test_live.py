@@ -37,6 +37,7 @@ from tcp_task_client import (
     TaskFailed,
     TaskId,
     TaskSpec,
+    TcpTaskError,
     tls_context,
     wire,
 )
@@ -140,6 +141,29 @@ class PlainServer(unittest.TestCase):
         self.assertEqual(len(result.stdout), len(data))
         self.assertEqual(result.stdout, data)
         self.assertEqual(result.outcome.exit_status(), 0)
+
+    def test_a_task_that_does_not_read_its_stdin_holds_up_only_its_writer(self):
+        stalled = self.client.submit(image("sleep", "60", stdin=True))
+        self.assertIsInstance(next(stalled.events(timeout=PATIENCE)), Accepted)
+        errors = []
+
+        def write():
+            try:
+                stalled.write(bytes(8 << 20))
+            except TcpTaskError as e:
+                errors.append(e)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.5)
+        self.assertTrue(writer.is_alive(), "8 MiB went into a task that reads none of it")
+        beside = self.client.run(image("echo", "beside"), timeout=PATIENCE)
+        self.assertEqual(beside.stdout, b"beside\n")
+        stalled.cancel()
+        self.assertEqual(stalled.wait(timeout=PATIENCE).ending, Ending.CANCELLED)
+        writer.join(PATIENCE)
+        self.assertFalse(writer.is_alive(), "the writer still waits after the task ended")
+        self.assertEqual(len(errors), 1)
 
     def test_binary_output_arrives_whole(self):
         result = self.client.run(image("zeros", "200000"), timeout=PATIENCE)
@@ -246,7 +270,10 @@ class PlainServer(unittest.TestCase):
     def test_stdin_to_a_task_without_stdin_is_an_error_that_ends_nothing(self):
         task = self.client.submit(image("sleep", "1"))
         self.assertIsInstance(next(task.events(timeout=PATIENCE)), Accepted)
-        task.write(b"nobody reads this")
+        # The library refuses at once; sent by hand, the server says so.
+        with self.assertRaises(TcpTaskError):
+            task.write(b"nobody reads this")
+        self.client._send(wire.Stdin(task.id, b"nobody reads this"))
         outcome = task.wait(timeout=PATIENCE)
         self.assertEqual([n.kind for n in task.notes], [ErrorKind.UNKNOWN_REQUEST])
         self.assertEqual(outcome.exit_status(), 0)

@@ -462,7 +462,9 @@ async fn exchange(
             | ServerMessage::StatusReply { .. }
             | ServerMessage::CatalogReply { .. }
             | ServerMessage::Done { .. }
-            | ServerMessage::TaskList { .. } => tally.stray += 1,
+            | ServerMessage::TaskList { .. }
+            // The tool sends no stdin, so it is never owed credit.
+            | ServerMessage::StdinCredit { .. } => tally.stray += 1,
         }
     }
 }

@@ -43,7 +43,7 @@ fi
 # swarm of their own engines in network namespaces, never on the machine's
 # engine; it is torn down when the tests end, unless it was up already.
 swarm_was_up=0
-if docker -H unix:///run/tcp-task-swarm/n1.sock info >/dev/null 2>&1; then
+if timeout 20 docker -H unix:///run/tcp-task-swarm/n1.sock info >/dev/null 2>&1; then
     swarm_was_up=1
 fi
 TCP_TASK_SWARM_HOST=$(bash scripts/swarm.sh up)

@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -531,28 +532,31 @@ impl<E: Executor> Connection<E> {
         }
     }
 
-    /// Kill and Remove wait for the engine: answered from their own task so
-    /// the connection keeps reading.
     fn kill(&self, id: RequestId, task: TaskId, signal: i32) {
-        let tasks = self.shared.tasks.clone();
-        let found = tasks.find(&task, self.client_name());
-        let outgoing = self.outgoing.clone();
-        self.tracker.spawn(async move {
-            let done = match found {
-                Ok(record) => tasks.kill(&record, signal).await,
-                Err(error) => Err(error),
-            };
-            let _ = outgoing.send(answer(id, done).into()).await;
+        self.act_on(id, task, move |tasks, record| async move {
+            tasks.kill(&record, signal).await
         });
     }
 
     fn remove(&self, id: RequestId, task: TaskId, force: bool) {
+        self.act_on(id, task, move |tasks, record| async move {
+            tasks.remove(&record, force).await
+        });
+    }
+
+    /// Kill and Remove wait for the engine: carried out in their own task so
+    /// the connection keeps reading, and answered `Done` or with an error.
+    fn act_on<A, F>(&self, id: RequestId, task: TaskId, act: A)
+    where
+        A: FnOnce(Arc<Tasks<E>>, Arc<Record>) -> F + Send + 'static,
+        F: Future<Output = Result<(), TaskError>> + Send,
+    {
         let tasks = self.shared.tasks.clone();
         let found = tasks.find(&task, self.client_name());
         let outgoing = self.outgoing.clone();
         self.tracker.spawn(async move {
             let done = match found {
-                Ok(record) => tasks.remove(&record, force).await,
+                Ok(record) => act(tasks, record).await,
                 Err(error) => Err(error),
             };
             let _ = outgoing.send(answer(id, done).into()).await;

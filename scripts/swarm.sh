@@ -24,7 +24,9 @@ nodes=(1 2)
 wait_secs=60
 
 sock() { echo "unix://$base/n$1.sock"; }
-dk() { local n=$1; shift; docker -H "$(sock "$n")" "$@"; }
+# Every call has a time limit: an engine that hangs must fail the run, not
+# hold it.
+dk() { local n=$1; shift; timeout --kill-after=5 60 docker -H "$(sock "$n")" "$@"; }
 
 netns_up() {
     local n=$1 ns=$prefix-$1
@@ -54,7 +56,7 @@ engine_up() {
     # Its own config file: the machine's /etc/docker/daemon.json names the
     # machine's data-root.
     local driver
-    driver=$(docker info --format '{{.Driver}}' 2>/dev/null || echo vfs)
+    driver=$(timeout --kill-after=5 20 docker info --format '{{.Driver}}' 2>/dev/null || echo vfs)
     cat >"$base/n$n.json" <<EOF
 {"storage-driver": "$driver", "mtu": 1400, "bip": "172.31.$n.1/24"}
 EOF

@@ -168,6 +168,26 @@ async fn output_exit_codes_and_signals_come_back_from_the_swarm() {
     assert_clean(&swarm, &h).await;
 }
 
+/// The local backend's differential corpus (tests/common/corpus.rs) gives
+/// the same stdout, stderr and exit status on the swarm as `docker run`
+/// gives on the local engine. The swarm's tasks run at once: each waits
+/// mostly for its network and service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_differential_corpus_gives_the_same_bytes_and_exit_codes_on_the_swarm() {
+    use common::corpus::{corpus, docker_run, mismatches, observe, spec_of};
+    let Some(swarm) = swarm().await else { return };
+    let h = harness(&swarm, |_| {}).await;
+    let cases = corpus();
+    let runs = futures::future::join_all(cases.iter().map(|case| h.run(spec_of(case)))).await;
+    let mut found = Vec::new();
+    for (case, run) in cases.iter().zip(runs) {
+        let reference = docker_run(case).await;
+        found.extend(mismatches(case, reference, observe(run)));
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    assert_clean(&swarm, &h).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_placed_on_both_nodes() {
     let Some(swarm) = swarm().await else { return };

@@ -29,7 +29,8 @@
 //! which `docker_cli` also counts: `original` is the stricter peer of
 //! `tcp_task_cold`.
 //!
-//! The peers' containers carry the bench's label, so a stray is easy to
+//! Alone: `cargo bench --bench tasks -- http_task` (README.md has the
+//! figures). The peers' containers carry the bench's label, so a stray is easy to
 //! find; a panic on the way leaves at most one, and the network.
 
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};

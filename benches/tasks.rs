@@ -15,10 +15,16 @@
 //! - `durable/attach_finished` and `durable/docker_logs`: a finished
 //!   detached task's output, through `Client::attach` and through
 //!   `docker logs` on its container (benches/durable/mod.rs).
+//! - `http_task/…`: an HTTP task (the original task service's contract)
+//!   warm and cold, against `docker run`, the image's start-up to
+//!   listening, and the original service's way (benches/http_task/mod.rs).
 //!
 //! The goals (issue 3): `tcp_task_cold` ≤ 0.8 × `docker_cli` and ≤ 1.1 ×
 //! `engine_api`; `stream/tcp_task` throughput ≥ 1.0 × `stream/docker_cli`.
 //! Issue 10: `durable/attach_finished` ≤ 2 × `durable/docker_logs`.
+//! Issue 12: `http_task/tcp_task_warm` ≤ 0.05 × `http_task/docker_cli`,
+//! `http_task/tcp_task_cold` ≤ 1.2 × (`docker_cli` + `image_listening`)
+//! (benches/http_task/mod.rs).
 //!
 //! Needs a Docker engine (`DOCKER_HOST` or the local socket) and builds the
 //! examples image itself; without an engine it says why and exits 0. The
@@ -28,10 +34,11 @@
 //! (created, attached, started, output-ended, exit-status, removed) with
 //! timestamps, to see where a task's time goes.
 
-// The durable tasks' benchmarks (`durable/…`) and the warm pool's
-// (`task_latency/tcp_task_warm`, `throughput/warm_reuse`) live in modules
-// of their own.
+// The durable tasks' benchmarks (`durable/…`), the HTTP tasks'
+// (`http_task/…`) and the warm pool's (`task_latency/tcp_task_warm`,
+// `throughput/warm_reuse`) live in modules of their own.
 mod durable;
+mod http_task;
 mod warm;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -79,6 +86,7 @@ fn main() {
     task_latency(&mut c, &rt, &setup);
     stream(&mut c, &rt, &setup);
     durable::durable_benches(&mut c, &rt, &setup);
+    http_task::http_task_benches(&mut c, &rt, &setup);
     rt.block_on(setup.server.shutdown());
     // The warm pool's benchmarks, after the cold path's, so that all of them
     // share this run's noise.

@@ -163,7 +163,13 @@ async fn attach(client: &Client, id: &TaskId, keep: bool) -> Output {
     out
 }
 
-/// `docker logs NAME`, its stdout and stderr read to their ends.
+/// The start of the usage line `measure` writes last on a cold task's
+/// stderr (tools/src/measure.rs), which the server takes out and `docker
+/// logs` shows.
+const USAGE_TRAILER: &[u8] = b"\0\x1btcp-task-usage ";
+
+/// `docker logs NAME`, its stdout and stderr read to their ends; the
+/// usage line at the end of stderr is read, then left out of the result.
 async fn docker_logs(name: &str) -> Output {
     let mut child = Command::new("docker")
         .args(["logs", name])
@@ -174,15 +180,23 @@ async fn docker_logs(name: &str) -> Output {
         .expect("docker logs starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let (stdout, stderr) = tokio::join!(read_all(stdout), read_all(stderr));
+    let (stdout, mut stderr) = tokio::join!(read_all(stdout), read_all(stderr));
     let status = child.wait().await.expect("docker logs ends");
     assert!(status.success(), "docker logs failed: {status}");
+    if let Some(at) = find(&stderr, USAGE_TRAILER) {
+        stderr.truncate(at);
+    }
     Output {
         stdout_bytes: stdout.len(),
         stderr_bytes: stderr.len(),
         stdout,
         stderr,
     }
+}
+
+/// Where `needle` last starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 async fn read_all(mut pipe: impl AsyncRead + Unpin) -> Vec<u8> {

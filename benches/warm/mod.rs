@@ -14,6 +14,9 @@
 //!
 //! With no reachable engine (or no way to build the examples image) both
 //! print why and are skipped.
+//!
+//! [`WarmServer`] and its way of timing a task on a settled pool are shared
+//! with `http_task/tcp_task_warm` (benches/http_task/mod.rs).
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
@@ -33,12 +36,15 @@ const SINGLE_USE: u32 = 4;
 /// Tasks timed per latency sample (each waits for a settled pool first).
 const PER_SAMPLE: u64 = 3;
 
-/// A server with the warm pools of both benchmarks, and a client.
-struct Setup {
-    server: RunningServer,
-    client: Client,
+/// A server whose catalog keeps warm pools, a client, and the engine's
+/// view of the server's containers.
+pub(crate) struct WarmServer {
+    pub server: RunningServer,
+    pub client: Client,
     docker: Docker,
     instance: String,
+    /// The containers the catalog's pools hold when full.
+    pooled: u64,
 }
 
 pub fn warm_benches(c: &mut Criterion) {
@@ -50,8 +56,13 @@ pub fn warm_benches(c: &mut Criterion) {
         Ok(rt) => rt,
         Err(e) => return eprintln!("warm benchmarks skipped: no runtime: {e}"),
     };
-    let setup = match rt.block_on(Setup::start()) {
-        Ok(setup) => setup,
+    let pooled = u64::from(SINGLE_USE) + CONCURRENT as u64;
+    let started = catalog().map(|catalog| WarmServer::start(config(), catalog, pooled));
+    let setup = match started {
+        Ok(start) => match rt.block_on(start) {
+            Ok(setup) => setup,
+            Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
+        },
         Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
     };
     latency(c, &rt, &setup);
@@ -59,21 +70,27 @@ pub fn warm_benches(c: &mut Criterion) {
     rt.block_on(setup.server.shutdown());
 }
 
-impl Setup {
-    async fn start() -> Result<Setup, String> {
+impl WarmServer {
+    /// A server with `catalog`, on loopback, once its pools hold `pooled`
+    /// ready containers.
+    pub async fn start(
+        config: ExecutorConfig,
+        catalog: Catalog,
+        pooled: u64,
+    ) -> Result<WarmServer, String> {
         let docker = tcp_task::docker::connect_docker()
             .await
             .map_err(|e| format!("no Docker engine: {e}"))?;
         tcp_task::images::ensure_examples_image(&docker)
             .await
             .map_err(|e| format!("no examples image: {e}"))?;
-        let executor = DockerExecutor::new(docker.clone(), config());
+        let executor = DockerExecutor::new(docker.clone(), config);
         let instance = executor.instance_id().to_owned();
         executor
             .reap_orphans()
             .await
             .map_err(|e| format!("cannot sweep the engine: {e}"))?;
-        let server = Server::new(ServerConfig::default(), executor).with_catalog(catalog()?);
+        let server = Server::new(ServerConfig::default(), executor).with_catalog(catalog);
         server.warm_up();
         let server = server
             .spawn("127.0.0.1:0")
@@ -82,21 +99,42 @@ impl Setup {
         let client = Client::connect(server.local_addr())
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
-        let setup = Setup {
+        let setup = WarmServer {
             server,
             client,
             docker,
             instance,
+            pooled,
         };
-        setup
-            .wait_ready(u64::from(SINGLE_USE) + CONCURRENT as u64)
-            .await?;
+        setup.wait_ready().await?;
         Ok(setup)
     }
 
-    /// Waits until the pools hold `n` ready containers and nothing is
-    /// being started or removed.
-    async fn wait_ready(&self, n: u64) -> Result<(), String> {
+    /// Times `task` on settled pools, as criterion's `iter_custom` wants:
+    /// at most [`PER_SAMPLE`] of the `iters` runs, each after the pools
+    /// are full again, the used containers are gone, and the engine has
+    /// caught up; the time is scaled to `iters`.
+    pub async fn time_settled<F, Fut>(&self, iters: u64, mut task: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let timed = iters.min(PER_SAMPLE);
+        let mut total = Duration::ZERO;
+        for _ in 0..timed {
+            self.wait_ready().await.expect("the pools refill");
+            self.wait_quiet().await.expect("removals end");
+            settle_engine().await;
+            let start = Instant::now();
+            task().await;
+            total += start.elapsed();
+        }
+        total.mul_f64(iters as f64 / timed as f64)
+    }
+
+    /// Waits until the pools hold all their ready containers.
+    async fn wait_ready(&self) -> Result<(), String> {
+        let n = self.pooled;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let status = self.client.status().await.map_err(|e| e.to_string())?;
@@ -113,7 +151,8 @@ impl Setup {
 
     /// Waits until the engine holds exactly the pools' containers: no used
     /// container is still being removed.
-    async fn wait_quiet(&self, n: usize) -> Result<(), String> {
+    async fn wait_quiet(&self) -> Result<(), String> {
+        let n = self.pooled as usize;
         let options = ListContainersOptions {
             all: true,
             filters: Some(label_filter(Some(&self.instance))),
@@ -180,7 +219,7 @@ fn catalog() -> Result<Catalog, String> {
     .map_err(|e| format!("bad benchmark catalog: {e}"))
 }
 
-fn latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+fn latency(c: &mut Criterion, rt: &Runtime, setup: &WarmServer) {
     let mut group = c.benchmark_group("task_latency");
     group
         .sample_size(10)
@@ -188,27 +227,7 @@ fn latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
         .warm_up_time(Duration::from_millis(100))
         .measurement_time(Duration::from_secs(1));
     group.bench_function("tcp_task_warm", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let timed = iters.min(PER_SAMPLE);
-                let mut total = Duration::ZERO;
-                for _ in 0..timed {
-                    // Outside the timed part: the pool is full, the used
-                    // containers are gone, and the engine has caught up.
-                    let pools = u64::from(SINGLE_USE) + CONCURRENT as u64;
-                    setup.wait_ready(pools).await.expect("the pools refill");
-                    setup
-                        .wait_quiet(pools as usize)
-                        .await
-                        .expect("removals end");
-                    settle_engine().await;
-                    let start = Instant::now();
-                    setup.run("true-warm").await;
-                    total += start.elapsed();
-                }
-                total.mul_f64(iters as f64 / timed as f64)
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(setup.time_settled(iters, || setup.run("true-warm"))))
     });
     group.finish();
 }
@@ -219,7 +238,7 @@ async fn settle_engine() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-fn throughput(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+fn throughput(c: &mut Criterion, rt: &Runtime, setup: &WarmServer) {
     let mut group = c.benchmark_group("throughput");
     group
         .sample_size(10)

@@ -14,6 +14,7 @@ mod config;
 mod container;
 mod docker;
 mod engine;
+mod engine_loss;
 mod events;
 mod exit;
 mod http;

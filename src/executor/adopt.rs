@@ -222,7 +222,12 @@ pub(crate) struct LoggedProcess {
 
 impl LoggedProcess {
     pub fn new(docker: Docker, container: String) -> LoggedProcess {
-        let log = kept::replay(&docker, &container, Offsets::default(), u64::MAX, true);
+        LoggedProcess::from(docker, container, Offsets::default())
+    }
+
+    /// The same, for a task whose output up to `from` went out already.
+    pub fn from(docker: Docker, container: String, from: Offsets) -> LoggedProcess {
+        let log = kept::replay(&docker, &container, from, u64::MAX, true);
         LoggedProcess {
             docker,
             container,

@@ -33,7 +33,7 @@ use super::pull::{credentials_for, ensure_image, ImageRef};
 use super::tools::{self, MEASURE_PATH, TOOLS_DIR};
 use super::usage::UsageLine;
 use crate::task::ProgressEvent;
-use crate::task::{Ending, OutputStream, TaskError, TaskId, Usage};
+use crate::task::{Ending, Offsets, OutputStream, TaskError, TaskId, Usage};
 
 /// Starts tasks in new containers.
 #[derive(Debug)]
@@ -201,6 +201,9 @@ pub(crate) struct ColdProcess {
     early_end: Option<Result<ProcessEnd, TaskError>>,
     /// `measure`'s report, taken out of stderr.
     usage: UsageLine,
+    /// The output handed out so far, per stream: where a reading of the
+    /// container's log takes over if the attach stream is lost.
+    relayed: Offsets,
 }
 
 impl ColdProcess {
@@ -220,6 +223,7 @@ impl ColdProcess {
             ready: VecDeque::new(),
             early_end: None,
             usage: UsageLine::default(),
+            relayed: Offsets::default(),
         }
     }
 
@@ -253,6 +257,44 @@ impl Process for ColdProcess {
     }
 
     async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
+        let chunk = self.next_output().await;
+        if let Some((stream, bytes)) = &chunk {
+            self.relayed.advance(*stream, bytes.len() as u64);
+        }
+        chunk
+    }
+
+    async fn end(&mut self) -> Result<ProcessEnd, TaskError> {
+        if let Some(end) = self.early_end.take() {
+            return end;
+        }
+        container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.usage()
+    }
+
+    async fn finish(self) {
+        let (_, container) = self.detach();
+        if let Err(e) = container.remove().await {
+            tracing::error!(error = %e, "a task's container could not be removed");
+        }
+    }
+}
+
+impl ColdProcess {
+    /// The container's id.
+    pub fn container_id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// The output handed out so far, per stream.
+    pub fn relayed(&self) -> Offsets {
+        self.relayed
+    }
+
+    async fn next_output(&mut self) -> Option<(OutputStream, Bytes)> {
         loop {
             if let Some(chunk) = self.ready.pop_front() {
                 return Some(chunk);
@@ -289,24 +331,6 @@ impl Process for ColdProcess {
                 }
             };
             self.report.offer(stream, chunk, &mut self.ready);
-        }
-    }
-
-    async fn end(&mut self) -> Result<ProcessEnd, TaskError> {
-        if let Some(end) = self.early_end.take() {
-            return end;
-        }
-        container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage.usage()
-    }
-
-    async fn finish(self) {
-        let (_, container) = self.detach();
-        if let Err(e) = container.remove().await {
-            tracing::error!(error = %e, "a task's container could not be removed");
         }
     }
 }

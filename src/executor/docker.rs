@@ -5,12 +5,14 @@
 use bollard::Docker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::{Backend, ExecutorConfig};
+use super::engine_loss::{engine_back, engine_lost, ENGINE_RETURN_WAIT};
 use super::http::HttpProcess;
 use super::kept;
 use super::observe::{RunPath, SharedObserver, Unobserved};
@@ -201,12 +203,33 @@ impl DockerExecutor {
         match started {
             Ok(mut cold) => {
                 self.started(RunPath::Cold, received, path);
-                let result = supervise(&mut cold, &plan.command, clock, io, limit).await;
+                let began = Instant::now();
+                let (events, cancel) = (io.events.clone(), io.cancel.clone());
+                let mut result = supervise(&mut cold, &plan.command, clock, io, limit).await;
                 match &plan.task {
-                    // Quick unless the server ended the task: then its
-                    // container is stopped and marked before the outcome
-                    // goes out, so a discard cannot overtake it.
-                    Some(tag) => cold.keep(&tag.id, verdict(&result)).await,
+                    Some(tag) => {
+                        if engine_lost(self.docker(), &result).await {
+                            // Nothing starts while the engine is away: the
+                            // slot goes to new tasks, which then fail at
+                            // once with the engine error instead of
+                            // queueing behind this wait.
+                            drop(slot);
+                            let io = TaskIo {
+                                events,
+                                stdin: mpsc::channel(1).1,
+                                cancel,
+                            };
+                            let from = (cold.container_id().to_owned(), cold.relayed());
+                            let after = self.follow_after_engine_loss(from, &plan, io, began);
+                            if let Some(after) = after.await {
+                                result = after;
+                            }
+                        }
+                        // Quick unless the server ended the task: then its
+                        // container is stopped and marked before the
+                        // outcome goes out, so a discard cannot overtake it.
+                        cold.keep(&tag.id, verdict(&result)).await
+                    }
                     None => self.remove_later(cold, slot),
                 }
                 result
@@ -243,6 +266,36 @@ impl DockerExecutor {
             drop(slot);
         });
         result
+    }
+
+    /// A kept task on a cold container whose engine went away while it
+    /// ran (engine_loss.rs): once the engine is back, the container is
+    /// followed from its log, from the output already relayed
+    /// (`relayed`), under the rest of its timeout and output limit. `None` when the engine did
+    /// not come back in time, or the task was cancelled meanwhile.
+    async fn follow_after_engine_loss(
+        &self,
+        (container, relayed): (String, Offsets),
+        plan: &Plan,
+        io: TaskIo,
+        began: Instant,
+    ) -> Option<Result<Outcome, TaskError>> {
+        tracing::warn!(
+            %container,
+            wait_s = ENGINE_RETURN_WAIT.as_secs(),
+            "the engine stopped answering under a running task; waiting for it to come back"
+        );
+        if !engine_back(self.docker(), &io.cancel, ENGINE_RETURN_WAIT).await {
+            return None;
+        }
+        tracing::info!(%container, "the engine is back; following the task from its log");
+        let limit = self
+            .config()
+            .output_limit_bytes
+            .saturating_sub(relayed.stdout + relayed.stderr);
+        let mut process = LoggedProcess::from(self.docker().clone(), container, relayed);
+        let clock = (plan.timeout, began.elapsed());
+        Some(supervise(&mut process, &plan.command, clock, io, limit).await)
     }
 
     /// An HTTP task: on a warm container whose server already listens, or

@@ -15,6 +15,7 @@ mod config;
 mod container;
 mod docker;
 mod engine;
+mod engine_loss;
 mod events;
 mod exit;
 mod http;

@@ -501,13 +501,11 @@ impl<E: Executor> Connection<E> {
                 delivered = async {
                     match replay {
                         None => watch.send_end(&record).await,
-                        Some((from, true)) => {
-                            send_output(&tasks, &record, from, true, &events).await;
-                            watch.send_end(&record).await
-                        }
-                        Some((from, false)) => {
-                            send_output(&tasks, &record, from, false, &events).await;
-                            if record.is_running() {
+                        Some((from, follow)) => {
+                            let short = send_output(&tasks, &record, from, follow, &events).await;
+                            if let Some(error) = short {
+                                watch.send_terminal(ServerMessage::Failed { id, error }).await
+                            } else if !follow && record.is_running() {
                                 watch.send_detached(&record).await
                             } else {
                                 watch.send_end(&record).await
@@ -647,38 +645,62 @@ fn answer(id: RequestId, done: Result<(), TaskError>) -> ServerMessage {
 
 /// Sends the replayed output of `record` from `from` as this request's
 /// Output frames, until the task's output ends (or, without `follow`, until
-/// what it wrote so far is sent).
+/// what it wrote so far is sent). Returns the error to end the request
+/// with when the engine's log of an ended task holds less than the task
+/// wrote (the engine could not write it: a full disk): a replay that is
+/// silently short would pass for the whole output.
 async fn send_output<E: Executor>(
     tasks: &Tasks<E>,
     record: &Record,
     from: Offsets,
     follow: bool,
     events: &TaskEvents,
-) {
+) -> Option<TaskError> {
     // A task that could not run has no output of its own (a failed exec's
     // report is in its error).
     if record.result().is_some_and(|r| r.is_err()) {
-        return;
+        return None;
     }
     let mut replay = match tasks.replay(record, from, follow).await {
         Ok(replay) => replay,
         Err(error) => {
             let _ = events.note(error).await;
-            return;
+            return None;
         }
     };
+    let mut replayed = from.stdout + from.stderr;
     while let Some(item) = replay.next().await {
         let sent = match item {
-            Ok((stream, chunk)) => events.output(stream, chunk).await,
+            Ok((stream, chunk)) => {
+                replayed += chunk.len() as u64;
+                events.output(stream, chunk).await
+            }
             Err(error) => {
                 let _ = events.note(error).await;
-                return;
+                return None;
             }
         };
         if sent.is_err() {
-            return;
+            return None;
         }
     }
+    let wrote = record.output_bytes();
+    (record.result().is_some() && replayed < wrote).then(|| short_log(record, replayed, wrote))
+}
+
+fn short_log(record: &Record, replayed: u64, wrote: u64) -> TaskError {
+    let ended = match record.result() {
+        Some(Ok(outcome)) => format!(" (it ended with exit status {})", outcome.exit_status()),
+        _ => String::new(),
+    };
+    TaskError::new(
+        ErrorKind::Engine,
+        format!(
+            "the engine's log of task {} holds {replayed} of the {wrote} output bytes it wrote{ended}: \
+             the engine could not keep the rest (is the disk of its data-root full?)",
+            record.id
+        ),
+    )
 }
 
 /// What one request that follows a task needs to end it: the connection's

@@ -1,0 +1,228 @@
+# What the fault scripts (scripts/faults/*.sh, scripts/soak.sh) share.
+# Sourced, not run.
+#
+# Each script works in one directory of its own ($FAULT_DIR, default a fresh
+# /tmp/tcp-task-fault.XXXXXX) that holds its own Docker engine (data-root,
+# exec-root, socket, pid file, log), its server's config and log, and its
+# results. It never touches the machine's engine: DOCKER_HOST points at the
+# private one. On exit everything it started is stopped by PID (never by
+# name), its mounts undone and the directory removed (KEEP=1 keeps it).
+#
+# Checks count into PASSED and FAILED; `finish` prints the summary line
+# `N passed, M failed` and sets the exit status.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+FAULT_DIR=${FAULT_DIR:-$(mktemp -d /tmp/tcp-task-fault.XXXXXX)}
+mkdir -p "$FAULT_DIR"
+ENGINE_SOCK=$FAULT_DIR/docker.sock
+export DOCKER_HOST=unix://$ENGINE_SOCK
+# The engine's data root: a script may put it elsewhere (disk-full.sh: on a
+# small loop-mounted filesystem) before calling engine_start.
+ENGINE_DATA=${ENGINE_DATA:-$FAULT_DIR/data}
+ENGINE_ARGS=()
+ENGINE_PID=
+SERVER_PID=
+PORT=
+HTTP_PORT=
+PASSED=0
+FAILED=0
+# PIDs of background jobs (loads, clients) to stop on exit.
+JOBS=()
+# Commands run on exit before the engine stops (unmounts, …), in order.
+CLEANUPS=()
+IMAGE=tcp-task-examples:0.1.0
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+
+# check WHAT COMMAND…: runs the command; counts and reports the result.
+check() {
+    local what=$1
+    shift
+    if "$@"; then
+        PASSED=$((PASSED + 1))
+        log "ok: $what"
+    else
+        FAILED=$((FAILED + 1))
+        log "FAILED: $what"
+    fi
+}
+
+# The tcp-task binary: $TCP_TASK_BIN, else a debug build of this checkout.
+build() {
+    if [[ -n ${TCP_TASK_BIN:-} ]]; then
+        BIN=$TCP_TASK_BIN
+        return
+    fi
+    (cd "$ROOT" && nice -n 10 cargo build --quiet --bin tcp-task)
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/tcp-task
+}
+
+tcp() { "$BIN" --server "127.0.0.1:$PORT" "$@"; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts the private engine and waits (up to 120 s) until it answers.
+# No bridge and no iptables rules: tasks run with network none, and a
+# second engine must not touch the host's docker0 or firewall.
+engine_start() {
+    mkdir -p "$ENGINE_DATA" "$FAULT_DIR/exec"
+    [[ -f $FAULT_DIR/daemon.json ]] || echo '{}' >"$FAULT_DIR/daemon.json"
+    dockerd --config-file "$FAULT_DIR/daemon.json" \
+        --data-root "$ENGINE_DATA" --exec-root "$FAULT_DIR/exec" \
+        -H "unix://$ENGINE_SOCK" --pidfile "$FAULT_DIR/docker.pid" \
+        --bridge none --iptables=false --ip-masq=false \
+        --storage-driver overlay2 "${ENGINE_ARGS[@]}" \
+        >>"$FAULT_DIR/dockerd.log" 2>&1 &
+    ENGINE_PID=$!
+    local started=$SECONDS
+    while ((SECONDS - started < 120)); do
+        if timeout 10 docker info >/dev/null 2>&1; then
+            log "engine $ENGINE_PID ready after $((SECONDS - started)) s"
+            return 0
+        fi
+        kill -0 "$ENGINE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "the private dockerd did not answer; its log: $FAULT_DIR/dockerd.log"
+    tail -n 20 "$FAULT_DIR/dockerd.log" >&2
+    return 1
+}
+
+# The engine's own containerd (a child of dockerd that outlives a SIGKILL
+# of it) and the shims of its containers: found by the sockets in our
+# exec-root, so only what this script's engine started.
+engine_leftovers() {
+    local pid cmdline
+    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+        cmdline=$(tr "\\0" " " 2>/dev/null <"/proc/$pid/cmdline") || continue
+        if [[ $cmdline == *"$FAULT_DIR/exec/"* || $cmdline == *"$FAULT_DIR/data/"* ]]; then
+            echo "$pid"
+        fi
+    done
+}
+
+engine_stop() {
+    if [[ -n $ENGINE_PID ]] && kill -0 "$ENGINE_PID" 2>/dev/null; then
+        kill -TERM "$ENGINE_PID"
+        local i
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$ENGINE_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$ENGINE_PID" 2>/dev/null || true
+    fi
+    ENGINE_PID=
+    local pid
+    for pid in $(engine_leftovers); do
+        [[ $pid == "$$" ]] || kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
+# server_start [ARGS…]: a server on $PORT (kept across restarts: a server
+# that comes back on its address takes its tasks over), HTTP on $HTTP_PORT,
+# config $FAULT_DIR/server.toml if there is one. Waits until /healthz
+# answers.
+server_start() {
+    [[ -n $PORT ]] || PORT=$(free_port)
+    [[ -n $HTTP_PORT ]] || HTTP_PORT=$(free_port)
+    local config=()
+    [[ -f $FAULT_DIR/server.toml ]] && config=(--config "$FAULT_DIR/server.toml")
+    "$BIN" serve --listen "127.0.0.1:$PORT" --http "127.0.0.1:$HTTP_PORT" "${config[@]}" "$@" \
+        >>"$FAULT_DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+    local i
+    for ((i = 0; i < 600; i++)); do
+        if curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "the server did not start; its log: $FAULT_DIR/server.log"
+    tail -n 20 "$FAULT_DIR/server.log" >&2
+    return 1
+}
+
+server_kill() {
+    [[ -n $SERVER_PID ]] || return 0
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+# A graceful stop (SIGTERM), waiting up to 60 s.
+server_stop() {
+    [[ -n $SERVER_PID ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    server_kill
+}
+
+# The HTTP status of /readyz.
+readyz() {
+    curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HTTP_PORT/readyz" || true
+}
+
+# wait_for SECONDS 'CODE': evaluates CODE (quoted, so that its $(…) run
+# each time) every 0.2 s until it succeeds; false if it never did.
+wait_for() {
+    local seconds=$1 code=$2 i
+    for ((i = 0; i < seconds * 5; i++)); do
+        eval "$code" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# The containers of tcp-task (label tcp-task.managed) on the private engine.
+managed_containers() {
+    docker ps -aq --filter label=tcp-task.managed=true
+}
+
+# The examples image on the private engine (it starts empty).
+build_image() {
+    "$BIN" image build-examples >>"$FAULT_DIR/image.log" 2>&1
+}
+
+# Resident memory (kB) and open file descriptors of a process.
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+open_fds() { ls "/proc/$1/fd" | wc -l; }
+
+cleanup() {
+    local status=$?
+    set +e
+    local pid
+    for pid in "${JOBS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null
+    done
+    server_kill
+    engine_stop
+    local command
+    for command in "${CLEANUPS[@]}"; do
+        eval "$command"
+    done
+    # Mounts the engine left (container root filesystems, netns, shm).
+    grep -F " $FAULT_DIR/" /proc/mounts | awk '{print $2}' | sort -r |
+        while read -r mount; do umount -l "$mount"; done
+    if [[ ${KEEP:-0} == 1 ]]; then
+        log "kept $FAULT_DIR"
+    else
+        rm -rf "$FAULT_DIR"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+finish() {
+    echo "$(basename "$0"): $PASSED passed, $FAILED failed"
+    ((FAILED == 0))
+}

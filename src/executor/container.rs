@@ -39,7 +39,7 @@ pub(crate) fn container_body(
     }
 }
 
-fn labels(
+pub(crate) fn labels(
     config: &ExecutorConfig,
     owner: &Owner,
     plan: &Plan,

@@ -11,10 +11,9 @@ use bollard::models::{
 };
 use std::collections::HashMap;
 
-use super::super::cleanup::{Owner, LABEL_MANAGED, LABEL_TASK};
+use super::super::cleanup::{Owner, LABEL_MANAGED};
 use super::super::config::ExecutorConfig;
-use super::super::container::LOG_DRIVER;
-use super::super::kept::{tag_labels, LABEL_SCOPE};
+use super::super::container::{self, LOG_DRIVER};
 use super::super::plan::Plan;
 
 /// On a task's container (the service's labels are the server's): which
@@ -147,17 +146,7 @@ pub(crate) fn labels(
     owner: &Owner,
     plan: &Plan,
 ) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
-    labels.extend(plan.labels.iter().cloned());
-    labels.extend(owner.labels());
-    if let Some(scope) = &config.scope {
-        labels.insert(LABEL_SCOPE.to_owned(), scope.clone());
-    }
-    if let Some(tag) = &plan.task {
-        labels.extend(tag_labels(tag, plan.timeout.as_millis()));
-    }
-    labels.insert(LABEL_TASK.to_owned(), "swarm".to_owned());
-    labels
+    container::labels(config, owner, plan, "swarm")
 }
 
 #[cfg(test)]

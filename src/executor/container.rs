@@ -39,6 +39,9 @@ pub(crate) fn container_body(
     }
 }
 
+/// What the server labels a task's container (or Swarm service) with:
+/// the operator's labels, the task's, then the server's own, which nothing
+/// can override. `task` says which kind of container it is.
 pub(crate) fn labels(
     config: &ExecutorConfig,
     owner: &Owner,

@@ -12,6 +12,7 @@ mod outgoing;
 mod shared;
 mod stdin;
 mod tls;
+mod write_timeout;
 
 pub use config::{
     ServerConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFERED_OUTPUT,

@@ -646,3 +646,46 @@ async fn stdin_past_its_window_cancels_that_task_and_nothing_else() {
     assert_eq!(outcome.unwrap().ending, Ending::Cancelled);
     assert!(credit <= chunk.len(), "credit for {credit} bytes");
 }
+
+/// A client that submits a task and then reads nothing: the task's output
+/// fills the connection's budget and the socket, the writer makes no
+/// progress for `write_timeout`, and the connection is closed, so the task
+/// stops holding its slot (cancelled here, with no reattach grace) and a
+/// well-behaved client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
+    let config = ServerConfig {
+        write_timeout: Duration::from_secs(1),
+        reattach_grace: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let (server, counters) = start(config).await;
+    let mut silent = RawPeer::handshaken(server.local_addr()).await;
+    let spec = Box::new(script(["flood", "100000000000"]));
+    silent
+        .send(&ClientMessage::Submit {
+            id: 1,
+            spec,
+            detach: false,
+        })
+        .await;
+    eventually(
+        "the task of the client that reads nothing is let go",
+        || Counters::get(&counters.cancelled) == 1,
+    )
+    .await;
+
+    let bystander = Client::connect(server.local_addr()).await.unwrap();
+    let output = bystander
+        .run(script(["echo", "served"]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"served");
+    // What the silent client finds when it reads at last: the frames sent
+    // before the stall, then the end of the connection.
+    let frames = silent.frames_until_closed().await;
+    assert!(!frames.is_empty());
+}

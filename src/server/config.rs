@@ -18,6 +18,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BUFFERED_OUTPUT: usize = 4 * 1024 * 1024;
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REATTACH_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_RETAINED: usize = 1000;
@@ -52,6 +53,12 @@ pub struct ServerConfig {
     /// Output bytes that may wait for a slow client, per connection. Past it
     /// the tasks' output is read only as fast as the client takes it.
     pub max_buffered_output: usize,
+    /// A connection whose client reads nothing for this long while the
+    /// server has frames for it is closed; its tasks run on as after any
+    /// broken connection, instead of holding their slots for a client that
+    /// never reads.
+    #[serde(with = "duration_secs")]
+    pub write_timeout: Duration,
     /// Named clients, each with a token and a policy that narrows the
     /// server's (see [`crate::access`]).
     #[serde(skip)]
@@ -97,6 +104,7 @@ impl fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_buffered_output", &self.max_buffered_output)
+            .field("write_timeout", &self.write_timeout)
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
             .field("clients", &self.clients)
             .field("max_auth_failures", &self.max_auth_failures)
@@ -120,6 +128,7 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_buffered_output: DEFAULT_MAX_BUFFERED_OUTPUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             tokens: Vec::new(),
             clients: Vec::new(),
             max_auth_failures: auth::DEFAULT_MAX_AUTH_FAILURES,

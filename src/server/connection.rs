@@ -27,6 +27,7 @@ use super::outgoing::{Outgoing, TaskEvents};
 use super::shared::{server_name, Shared};
 use super::stdin::StdinWindow;
 use super::tls;
+use super::write_timeout::WriteTimeout;
 use crate::access::Credential;
 use crate::admission::{Admitted, Quota, Scope};
 use crate::codec::{self, FrameCodec};
@@ -109,6 +110,7 @@ pub(crate) async fn serve<S, E>(
 {
     let stream = Counted::new(stream, shared.metrics.clone());
     let (mut reader, writer) = tokio::io::split(stream);
+    let writer = WriteTimeout::new(writer, shared.config.write_timeout);
     let max_frame_len = shared.config.max_frame_len;
     let mut writer = FramedWrite::new(writer, FrameCodec::<()>::new(max_frame_len));
 

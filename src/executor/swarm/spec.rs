@@ -108,9 +108,12 @@ fn tmp(bytes: u64) -> Mount {
     }
 }
 
-/// Limits, and as much reserved: the scheduler then places a task only on
-/// a node that has room for it, and a task no node can hold stays pending
-/// (which the runtime reports as `Unschedulable`).
+/// Limits, and the memory reserved: the scheduler then places a task only
+/// on a node with the memory for it, and a task no node can hold stays
+/// pending (which the runtime reports as `Unschedulable`). CPU is limited,
+/// not reserved: a reservation of one CPU per task (the default limit)
+/// would let a 2-core node run two tasks, however idle they are, as the
+/// local backend does not.
 fn resources(plan: &Plan) -> TaskSpecResources {
     let memory = i64::try_from(plan.memory_bytes).unwrap_or(i64::MAX);
     let nano_cpus = i64::try_from(plan.nano_cpus).unwrap_or(i64::MAX);
@@ -121,7 +124,6 @@ fn resources(plan: &Plan) -> TaskSpecResources {
             pids: Some(plan.pids_limit),
         }),
         reservations: Some(bollard::models::ResourceObject {
-            nano_cpus: Some(nano_cpus),
             memory_bytes: Some(memory),
             ..bollard::models::ResourceObject::default()
         }),

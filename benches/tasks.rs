@@ -19,6 +19,8 @@
 //! The goals (issue 3): `tcp_task_cold` ≤ 0.8 × `docker_cli` and ≤ 1.1 ×
 //! `engine_api`; `stream/tcp_task` throughput ≥ 1.0 × `stream/docker_cli`.
 //! Issue 10: `durable/attach_finished` ≤ 2 × `durable/docker_logs`.
+//! Issue 11: `task_latency/tcp_task_swarm` ≤ 0.7 × `task_latency/swarm_cli`
+//! (benches/swarm/mod.rs; only when TCP_TASK_SWARM_HOST names a swarm).
 //!
 //! Needs a Docker engine (`DOCKER_HOST` or the local socket) and builds the
 //! examples image itself; without an engine it says why and exits 0. The
@@ -30,8 +32,10 @@
 
 // The durable tasks' benchmarks (`durable/…`) and the warm pool's
 // (`task_latency/tcp_task_warm`, `throughput/warm_reuse`) live in modules
-// of their own.
+// of their own, and so do the Swarm backend's (`task_latency/swarm_cli`,
+// `task_latency/tcp_task_swarm`).
 mod durable;
+mod swarm;
 mod warm;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -80,6 +84,7 @@ fn main() {
     stream(&mut c, &rt, &setup);
     durable::durable_benches(&mut c, &rt, &setup);
     rt.block_on(setup.server.shutdown());
+    swarm::swarm_benches(&mut c, &rt);
     // The warm pool's benchmarks, after the cold path's, so that all of them
     // share this run's noise.
     warm::warm_benches(&mut c);

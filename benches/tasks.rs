@@ -81,10 +81,10 @@ fn main() {
     };
     let mut c = Criterion::default().configure_from_args();
     task_latency(&mut c, &rt, &setup);
+    swarm::swarm_benches(&mut c, &rt);
     stream(&mut c, &rt, &setup);
     durable::durable_benches(&mut c, &rt, &setup);
     rt.block_on(setup.server.shutdown());
-    swarm::swarm_benches(&mut c, &rt);
     // The warm pool's benchmarks, after the cold path's, so that all of them
     // share this run's noise.
     warm::warm_benches(&mut c);

@@ -269,7 +269,11 @@ async fn the_server_image_runs_its_static_tcp_task() {
         format!("tcp-task {}", env!("CARGO_PKG_VERSION"))
     );
     docker
-        .remove_image(tag, None, None)
+        .remove_image(
+            tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
         .await
         .expect("remove the test's image");
 }

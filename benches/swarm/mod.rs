@@ -6,7 +6,8 @@
 //! - `task_latency/swarm_cli`: what a user would type to run a task on a
 //!   swarm: `docker -H MANAGER service create --mode replicated-job
 //!   --detach=false IMAGE echo swarm`, then `docker service logs` for its
-//!   output, then `docker service rm`;
+//!   output, then `docker service rm` (labels aside, to find its
+//!   containers by);
 //! - `task_latency/tcp_task_swarm`: the same image and command through
 //!   Client → Server → DockerExecutor with the Swarm backend, its output
 //!   read from the task's events.
@@ -30,11 +31,14 @@ use tcp_task::{Client, RunningServer, Server, ServerConfig, TaskEvent, TaskSpec}
 const COMMAND: [&str; 2] = ["echo", "swarm"];
 const OUTPUT: &str = "swarm\n";
 
-/// The label on the CLI peer's services, to find strays by.
+/// The label on the CLI peer's services and their containers. Swarm
+/// (20.10) leaves a removed job's exited container on its node, so the
+/// bench removes them by this label when it is done.
 const BENCH_LABEL: &str = "tcp-task-bench=swarm_cli";
 
 struct Setup {
     manager: String,
+    nodes: Vec<bollard::Docker>,
     server: RunningServer,
     client: Client,
 }
@@ -58,6 +62,33 @@ pub fn swarm_benches(c: &mut Criterion, rt: &Runtime) {
     });
     group.finish();
     rt.block_on(setup.server.shutdown());
+    rt.block_on(remove_cli_containers(&setup.nodes));
+}
+
+/// Removes the containers the CLI peer's jobs left on every node.
+async fn remove_cli_containers(nodes: &[bollard::Docker]) {
+    use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+    let filters =
+        std::collections::HashMap::from([("label".to_owned(), vec![BENCH_LABEL.to_owned()])]);
+    for node in nodes {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..ListContainersOptions::default()
+        };
+        let Ok(left) = node.list_containers(Some(options)).await else {
+            continue;
+        };
+        for id in left.into_iter().filter_map(|c| c.id) {
+            let options = RemoveContainerOptions {
+                force: true,
+                ..RemoveContainerOptions::default()
+            };
+            if let Err(e) = node.remove_container(&id, Some(options)).await {
+                eprintln!("benches/tasks: cannot remove the CLI peer's container {id}: {e}");
+            }
+        }
+    }
 }
 
 impl Setup {
@@ -66,8 +97,9 @@ impl Setup {
             "TCP_TASK_SWARM_HOST is not set (`bash scripts/swarm.sh up` prints a test swarm's)"
                 .to_owned()
         })?;
-        let nodes = std::env::var("TCP_TASK_SWARM_NODES").unwrap_or_else(|_| manager.clone());
-        for host in nodes.split_whitespace() {
+        let hosts = std::env::var("TCP_TASK_SWARM_NODES").unwrap_or_else(|_| manager.clone());
+        let mut nodes = Vec::new();
+        for host in hosts.split_whitespace() {
             let docker = tcp_task::docker::connect_docker_at(host)
                 .await
                 .map_err(|e| format!("the swarm node at {host}: {e}"))?;
@@ -75,6 +107,7 @@ impl Setup {
             tcp_task::images::ensure_examples_image(&docker)
                 .await
                 .map_err(|e| format!("the examples image on {host}: {e}"))?;
+            nodes.push(docker);
         }
         let docker = tcp_task::docker::connect_docker_at(&manager)
             .await
@@ -100,6 +133,7 @@ impl Setup {
         }
         Ok(Setup {
             manager,
+            nodes,
             server,
             client,
         })
@@ -132,6 +166,8 @@ async fn swarm_cli(manager: &str) {
         "replicated-job",
         "--detach=false",
         "--label",
+        BENCH_LABEL,
+        "--container-label",
         BENCH_LABEL,
         "--name",
         &name,

@@ -25,6 +25,8 @@
 //! Issue 12: `http_task/tcp_task_warm` ≤ 0.05 × `http_task/docker_cli`,
 //! `http_task/tcp_task_cold` ≤ 1.2 × (`docker_cli` + `image_listening`)
 //! (benches/http_task/mod.rs).
+//! Issue 11: `task_latency/tcp_task_swarm` ≤ 0.7 × `task_latency/swarm_cli`
+//! (benches/swarm/mod.rs; only when TCP_TASK_SWARM_HOST names a swarm).
 //!
 //! Needs a Docker engine (`DOCKER_HOST` or the local socket) and builds the
 //! examples image itself; without an engine it says why and exits 0. The
@@ -35,10 +37,12 @@
 //! timestamps, to see where a task's time goes.
 
 // The durable tasks' benchmarks (`durable/…`), the HTTP tasks'
-// (`http_task/…`) and the warm pool's (`task_latency/tcp_task_warm`,
-// `throughput/warm_reuse`) live in modules of their own.
+// (`http_task/…`), the warm pool's (`task_latency/tcp_task_warm`,
+// `throughput/warm_reuse`) and the Swarm backend's (`task_latency/swarm_cli`,
+// `task_latency/tcp_task_swarm`) live in modules of their own.
 mod durable;
 mod http_task;
+mod swarm;
 mod warm;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -84,6 +88,7 @@ fn main() {
     };
     let mut c = Criterion::default().configure_from_args();
     task_latency(&mut c, &rt, &setup);
+    swarm::swarm_benches(&mut c, &rt);
     stream(&mut c, &rt, &setup);
     durable::durable_benches(&mut c, &rt, &setup);
     http_task::http_task_benches(&mut c, &rt, &setup);

@@ -16,6 +16,13 @@
 //! HTTP server answering `POST /task/{name}`, the shape of the original
 //! task service's images (see `tools/src/http_tasks.rs`).
 //!
+//! The server image ([`SERVER_IMAGE`], `tcp-task image build-server`) holds
+//! a static `tcp-task` binary as `/bin/tcp-task` and the same `/etc` and
+//! `/tmp`, and runs `tcp-task serve --listen 0.0.0.0:7070` by default: the
+//! way to deploy tcp-task itself as a Swarm service (docs/DEPLOY.md). Its
+//! binary is not embedded (a program cannot embed itself): the caller hands
+//! one over, and it must be statically linked ([`ensure_static`]).
+//!
 //! It is built with the classic builder from an in-memory context
 //! (`Dockerfile` + `rootfs/`): a build, rather than an import, gives an image
 //! with its labels, environment and default command in one call, and identical
@@ -50,6 +57,15 @@ pub const EXAMPLES_IMAGE: &str = concat!("tcp-task-examples:", env!("CARGO_PKG_V
 /// [`HTTP_EXAMPLES_PORT`], as the original service's task images were.
 pub const HTTP_EXAMPLES_IMAGE: &str = concat!("tcp-task-http-examples:", env!("CARGO_PKG_VERSION"));
 
+/// The server image, tagged with this crate's version.
+pub const SERVER_IMAGE: &str = concat!("tcp-task-server:", env!("CARGO_PKG_VERSION"));
+
+/// The port the server image's `tcp-task serve` listens on by default.
+pub const SERVER_PORT: u16 = 7070;
+
+/// Where the server binary lives in the server image.
+pub const SERVER_PATH: &str = "/bin/tcp-task";
+
 /// The port the HTTP examples image's server listens on.
 pub const HTTP_EXAMPLES_PORT: u16 = 8080;
 
@@ -76,6 +92,13 @@ pub enum ImageError {
     Inspect { image: String, detail: String },
     #[error("building image {image} failed: {detail}. Check the engine's log (`journalctl -u docker`) and free disk space (`docker system df`)")]
     Build { image: String, detail: String },
+    #[error(
+        "{binary} is {why}, and a FROM-scratch image has no C library or loader to run it; \
+         build a static tcp-task with `RUSTFLAGS='-C target-feature=+crt-static' cargo build \
+         --release --target x86_64-unknown-linux-gnu` and pass \
+         target/x86_64-unknown-linux-gnu/release/tcp-task with --binary"
+    )]
+    NotStatic { binary: String, why: &'static str },
     #[error("cannot assemble the build context for {image}: {source}")]
     Context { image: String, source: io::Error },
 }
@@ -100,6 +123,63 @@ pub async fn build_examples_image(docker: &Docker) -> Result<(), ImageError> {
         rebuild(docker, image, context).await?;
     }
     Ok(())
+}
+
+/// Builds the server image, tagged `tag` (say [`SERVER_IMAGE`]), around
+/// `binary`: the bytes of a statically linked `tcp-task`, read from the
+/// file `name` (named in errors). Refuses a dynamically linked binary
+/// before the engine is asked anything.
+pub async fn build_server_image(
+    docker: &Docker,
+    tag: &str,
+    name: &str,
+    binary: &[u8],
+) -> Result<(), ImageError> {
+    ensure_static(name, binary)?;
+    let context = server_context(binary).map_err(|source| ImageError::Context {
+        image: tag.to_string(),
+        source,
+    })?;
+    rebuild(docker, tag, context).await
+}
+
+/// Whether `binary` can run FROM scratch: a Linux ELF executable with no
+/// program interpreter (`PT_INTERP`), that is with no dynamic loader and so
+/// no shared libraries. `name` is what errors call it.
+pub fn ensure_static(name: &str, binary: &[u8]) -> Result<(), ImageError> {
+    let refuse = |why| {
+        Err(ImageError::NotStatic {
+            binary: name.to_string(),
+            why,
+        })
+    };
+    match elf_interpreter(binary) {
+        None => refuse("not a 64-bit little-endian ELF executable"),
+        Some(true) => refuse("dynamically linked (it names an ELF program interpreter)"),
+        Some(false) => Ok(()),
+    }
+}
+
+/// `Some(whether it has a PT_INTERP program header)` for a 64-bit
+/// little-endian ELF, `None` for anything else (or a truncated file).
+fn elf_interpreter(binary: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB.
+    if binary.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(binary.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(binary.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(binary.get(at..at + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    let mut interp = false;
+    for i in 0..phnum {
+        let at = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        interp |= u32_at(at)? == PT_INTERP;
+    }
+    Some(interp)
 }
 
 /// Builds `image` from `context`, then removes the image it replaced.
@@ -289,19 +369,48 @@ fn context(kind: Kind) -> io::Result<Vec<u8>> {
         // Relative, so the link also resolves in an exported or copied rootfs.
         tar.symlink(&format!("rootfs/bin/{applet}"), "tcp-task-tools")?;
     }
+    base_rootfs(&mut tar, TOOLS_PATH)?;
+    tar.finish()
+}
+
+/// The context of the server image: `tcp-task` in `/bin`, the same `/etc`
+/// and `/tmp` as the examples image, and `serve` on all interfaces as the
+/// default command (the port published or not is the deployer's choice).
+fn server_context(binary: &[u8]) -> io::Result<Vec<u8>> {
+    let dockerfile = format!(
+        "FROM scratch\n\
+         COPY rootfs/ /\n\
+         ENV PATH=/bin\n\
+         LABEL {IMAGE_LABEL}=server tcp-task.version={version}\n\
+         EXPOSE {SERVER_PORT}\n\
+         ENTRYPOINT [\"{SERVER_PATH}\"]\n\
+         CMD [\"serve\", \"--listen\", \"0.0.0.0:{SERVER_PORT}\"]\n",
+        version = env!("CARGO_PKG_VERSION"),
+    );
+    let mut tar = ContextTar::new();
+    tar.file("Dockerfile", 0o644, dockerfile.as_bytes())?;
+    tar.dir("rootfs/", 0o755)?;
+    tar.dir("rootfs/bin/", 0o755)?;
+    tar.file("rootfs/bin/tcp-task", 0o755, binary)?;
+    base_rootfs(&mut tar, SERVER_PATH)?;
+    tar.finish()
+}
+
+/// What every image's root holds besides its binaries: `/etc/passwd` and
+/// `/etc/group` naming root (whose shell is `shell`) and nobody, root's
+/// home, and `/tmp`.
+fn base_rootfs(tar: &mut ContextTar, shell: &str) -> io::Result<()> {
     tar.dir("rootfs/etc/", 0o755)?;
-    tar.file(
-        "rootfs/etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/tcp-task-tools\n\
-          nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    )?;
+    let passwd = format!(
+        "root:x:0:0:root:/root:{shell}\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+    );
+    tar.file("rootfs/etc/passwd", 0o644, passwd.as_bytes())?;
     tar.file("rootfs/etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
     tar.dir("rootfs/root/", 0o700)?;
     // World-writable with the sticky bit, as on any Unix: `--user nobody`
     // tasks can write scratch files but not delete each other's.
-    tar.dir("rootfs/tmp/", 0o1777)?;
-    tar.finish()
+    tar.dir("rootfs/tmp/", 0o1777)
 }
 
 /// A tar being written in memory, every entry owned by root.
@@ -373,6 +482,52 @@ mod tests {
         assert_eq!(
             EXAMPLES_IMAGE,
             format!("tcp-task-examples:{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn only_a_static_elf_may_go_into_the_server_image() {
+        // The tools are linked with +crt-static; this test program is not.
+        ensure_static("tools", TOOLS_BINARY).expect("the tools binary is static");
+        let me = std::env::current_exe().unwrap();
+        let dynamic = std::fs::read(&me).unwrap();
+        let err = ensure_static("me", &dynamic).unwrap_err().to_string();
+        assert!(err.contains("me is dynamically linked"), "{err}");
+        assert!(err.contains("crt-static"), "says how to fix it: {err}");
+        let err = ensure_static("script", b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(err.to_string().contains("not a 64-bit"), "{err}");
+        // Cut off inside its program headers: refused, not a panic.
+        let err = ensure_static("cut", &TOOLS_BINARY[..0x48]).unwrap_err();
+        assert!(err.to_string().contains("not a 64-bit"), "{err}");
+    }
+
+    #[test]
+    fn the_server_context_runs_serve_from_bin() {
+        let context = server_context(b"binary").unwrap();
+        let mut archive = tar::Archive::new(context.as_slice());
+        let mut files = HashMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut body).unwrap();
+            files.insert(path, (entry.header().mode().unwrap(), body));
+        }
+        assert_eq!(files["rootfs/bin/tcp-task"], (0o755, "binary".to_owned()));
+        assert_eq!(files["rootfs/tmp/"].0, 0o1777);
+        assert!(files["rootfs/etc/passwd"]
+            .1
+            .starts_with("root:x:0:0:root:/root:/bin/tcp-task\n"));
+        let dockerfile = &files["Dockerfile"].1;
+        assert!(dockerfile.starts_with("FROM scratch\n"), "{dockerfile}");
+        assert!(
+            dockerfile.contains("ENTRYPOINT [\"/bin/tcp-task\"]"),
+            "{dockerfile}"
+        );
+        assert!(
+            dockerfile.contains("CMD [\"serve\", \"--listen\", \"0.0.0.0:7070\"]"),
+            "{dockerfile}"
         );
     }
 

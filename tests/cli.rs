@@ -595,6 +595,7 @@ fn every_subcommand_has_help_with_examples() {
         vec!["demo"],
         vec!["image"],
         vec!["image", "build-examples"],
+        vec!["image", "build-server"],
     ] {
         let mut command = tcp_task_command();
         command.args(&sub).arg("--help");
@@ -608,6 +609,23 @@ fn every_subcommand_has_help_with_examples() {
             None | Some(&"run" | &"task" | &"tasks" | &"status")
         );
         assert_eq!(help.contains("--server"), client, "{sub:?}:\n{help}");
+    }
+}
+
+/// The test binary is the ordinary, dynamically linked build: a
+/// FROM-scratch image could not run it, so it is refused before any engine
+/// is asked (DOCKER_HOST names nothing here), with how to build a static one.
+#[test]
+fn build_server_refuses_a_dynamic_binary() {
+    let mut command = tcp_task_command();
+    command
+        .args(["image", "build-server"])
+        .env("DOCKER_HOST", "unix:///nonexistent/tcp-task-test.sock");
+    let out = Out::of(command);
+    assert_eq!(out.code, 125, "{out:?}");
+    out.assert_no_panic();
+    for needed in ["is dynamically linked", "crt-static", "--binary"] {
+        assert!(out.stderr.contains(needed), "{needed:?} missing: {out:?}");
     }
 }
 

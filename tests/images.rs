@@ -10,7 +10,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use tcp_task::docker::connect_docker;
 use tcp_task::images::{
-    ensure_examples_image, EXAMPLES_IMAGE, IMAGE_LABEL, TOOLS_DIGEST, TOOLS_DIGEST_LABEL,
+    build_server_image, ensure_examples_image, EXAMPLES_IMAGE, IMAGE_LABEL, TOOLS_DIGEST,
+    TOOLS_DIGEST_LABEL,
 };
 
 /// What a finished container left behind.
@@ -24,6 +25,8 @@ struct Run {
 /// Options for [`run`] beyond the command.
 #[derive(Default)]
 struct Opts<'a> {
+    /// [`EXAMPLES_IMAGE`] when `None`.
+    image: Option<&'a str>,
     user: Option<&'a str>,
     env: Vec<&'a str>,
     host: HostConfig,
@@ -41,7 +44,7 @@ async fn docker_with_image() -> Docker {
 
 async fn run(docker: &Docker, cmd: &[&str], opts: Opts<'_>) -> Run {
     let body = ContainerCreateBody {
-        image: Some(EXAMPLES_IMAGE.to_string()),
+        image: Some(opts.image.unwrap_or(EXAMPLES_IMAGE).to_string()),
         cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
         user: opts.user.map(String::from),
         env: Some(opts.env.iter().map(|s| s.to_string()).collect()),
@@ -230,4 +233,47 @@ async fn forkbomb_stops_at_the_pids_limit_and_signals_work_under_init() {
     )
     .await;
     assert_eq!(killed.code, 128 + 15, "{killed:?}");
+}
+
+/// The server image around a static tcp-task runs it with no network and
+/// nothing else in the image. A static build takes minutes (a release build
+/// of every dependency for an explicit target), so the suite does it only
+/// when TCP_TASK_SERVER_BINARY names one (docs/DEPLOY.md says how to build
+/// it); the refusal of a dynamic binary is tested in tests/cli.rs and in
+/// src/images.rs always.
+#[tokio::test]
+async fn the_server_image_runs_its_static_tcp_task() {
+    let Ok(path) = std::env::var("TCP_TASK_SERVER_BINARY") else {
+        eprintln!("skipped: TCP_TASK_SERVER_BINARY does not name a static tcp-task build");
+        return;
+    };
+    let binary = std::fs::read(&path).expect("TCP_TASK_SERVER_BINARY is readable");
+    let docker = connect_docker().await.expect("Docker engine needed");
+    let tag = "tcp-task-server:images-test";
+    build_server_image(&docker, tag, &path, &binary)
+        .await
+        .expect("the server image builds");
+    let image = docker.inspect_image(tag).await.expect("inspect");
+    let config = image.config.expect("an image config");
+    assert_eq!(config.entrypoint, Some(vec!["/bin/tcp-task".to_owned()]));
+    let labels = config.labels.unwrap_or_default();
+    assert_eq!(labels.get(IMAGE_LABEL).map(String::as_str), Some("server"));
+    let opts = Opts {
+        image: Some(tag),
+        ..Opts::default()
+    };
+    let run = run(&docker, &["--version"], opts).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.stdout.trim(),
+        format!("tcp-task {}", env!("CARGO_PKG_VERSION"))
+    );
+    docker
+        .remove_image(
+            tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .expect("remove the test's image");
 }

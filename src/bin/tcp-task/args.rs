@@ -360,6 +360,29 @@ pub enum ImageCommand {
     /// tasks as an HTTP server), FROM scratch.
     #[command(after_help = "Example:\n  tcp-task image build-examples")]
     BuildExamples,
+    /// Build the server image: FROM scratch, a static tcp-task as
+    /// /bin/tcp-task, running `serve --listen 0.0.0.0:7070` by default
+    /// (docs/DEPLOY.md runs it as a Swarm service).
+    #[command(after_help = "Examples:
+  tcp-task image build-server      # this tcp-task, if it is statically linked
+  RUSTFLAGS='-C target-feature=+crt-static' \\
+    cargo build --release --target x86_64-unknown-linux-gnu
+  tcp-task image build-server --binary target/x86_64-unknown-linux-gnu/release/tcp-task
+
+The image is built on the engine DOCKER_HOST names; copy it to other nodes
+with `docker save IMAGE | docker -H NODE load`.")]
+    BuildServer(BuildServerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildServerArgs {
+    /// The statically linked tcp-task to put in the image [default: this
+    /// program].
+    #[arg(long, value_name = "FILE")]
+    pub binary: Option<std::path::PathBuf>,
+    /// The image's name and tag.
+    #[arg(long, value_name = "NAME:TAG", default_value = tcp_task::images::SERVER_IMAGE)]
+    pub tag: String,
 }
 
 #[derive(Subcommand, Debug)]

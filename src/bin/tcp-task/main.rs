@@ -17,7 +17,7 @@ mod signals;
 use clap::Parser;
 use std::process::ExitCode;
 
-use args::{BenchCommand, Cli, Command, ImageCommand};
+use args::{BenchCommand, BuildServerArgs, Cli, Command, ImageCommand};
 
 /// Exit status when the server, the engine or the command line failed, as
 /// `docker run` uses it. A usage error exits with it too (not clap's 2): the
@@ -82,6 +82,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Rm(args) => manage::rm(&args.connection.resolve(outer), &args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Image(ImageCommand::BuildExamples) => build_examples().await,
+        Command::Image(ImageCommand::BuildServer(args)) => build_server(args).await,
         Command::Demo => demo::demo().await,
     };
     match result {
@@ -116,5 +117,27 @@ async fn build_examples() -> anyhow::Result<()> {
     tcp_task::images::build_examples_image(&docker).await?;
     println!("built {}", tcp_task::images::EXAMPLES_IMAGE);
     println!("built {}", tcp_task::images::HTTP_EXAMPLES_IMAGE);
+    Ok(())
+}
+
+async fn build_server(args: BuildServerArgs) -> anyhow::Result<()> {
+    let path = match args.binary {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find this program's file ({e}); pass --binary"))?,
+    };
+    let binary =
+        std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    // Checked before connecting: a dynamic binary is refused with or
+    // without an engine.
+    tcp_task::images::ensure_static(&name, &binary)?;
+    let docker = tcp_task::docker::connect_docker().await?;
+    tcp_task::images::build_server_image(&docker, &args.tag, &name, &binary).await?;
+    println!(
+        "built {} ({:.1} MiB)",
+        args.tag,
+        binary.len() as f64 / 1048576.0
+    );
     Ok(())
 }

@@ -324,7 +324,9 @@ impl<E: Executor> Connection<E> {
             let sent = |frames| metrics.frames_sent(frames);
             if let Err(e) = codec::write_batched_counting(&mut writer, &mut queue, sent).await {
                 debug!(%peer, error = %e, "write failed; the client is gone");
-                // Nobody will read what the tasks produce: stop them.
+                // The client is gone or reads nothing (write_timeout):
+                // end the connection. Its tasks run on, as after any
+                // broken connection, for the reattach grace.
                 gone.cancel();
             }
         })

@@ -7,6 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The build needs about 2 GiB for its target directory (more with
+# incremental state); say so up front rather than let the linker fail on a
+# full disk halfway through.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_mib=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
+if ((free_mib < 3072)); then
+    echo "test: warning: only ${free_mib} MiB free under $target_dir; the build and the" \
+        "tests' engines need about 3 GiB (free some: cargo clean elsewhere, docker system prune)" >&2
+fi
+
 # start-docker.sh prints an address only when it had to start an engine of
 # its own beside a hung one: the tests then use that engine.
 engine=$(bash scripts/start-docker.sh)

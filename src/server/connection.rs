@@ -381,8 +381,8 @@ impl<E: Executor> Connection<E> {
     }
 
     async fn submit(&mut self, id: RequestId, spec: TaskSpec, detach: bool) {
-        match self.admit(id, spec, detach) {
-            Ok(admitted) => self.start_task(id, admitted, detach).await,
+        match self.admit(id, spec.clone(), detach) {
+            Ok(admitted) => self.start_task(id, admitted, &spec, detach).await,
             Err(Refusal::Duplicate(error)) => {
                 self.send(ServerMessage::Error {
                     id: Some(id),
@@ -441,9 +441,18 @@ impl<E: Executor> Connection<E> {
         Ok(())
     }
 
-    async fn start_task(&mut self, id: RequestId, mut admitted: Admitted, detach: bool) {
+    async fn start_task(
+        &mut self,
+        id: RequestId,
+        mut admitted: Admitted,
+        spec: &TaskSpec,
+        detach: bool,
+    ) {
         let tasks = self.shared.tasks.clone();
-        let record = tasks.create(&mut admitted, self.client_name(), detach);
+        let record = match tasks.create(&mut admitted, spec, self.client_name(), detach) {
+            Ok(record) => record,
+            Err(error) => return self.send(ServerMessage::Failed { id, error }).await,
+        };
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let entry = TaskEntry {
             stdin: admitted

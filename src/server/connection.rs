@@ -155,6 +155,10 @@ pub(crate) async fn serve<S, E>(
         return;
     }
 
+    // An idle connection should cost little: the write buffer starts empty
+    // instead of at FramedWrite's 8 KiB and grows to what the connection
+    // sends (ServerMessage is kept small for the outgoing queue likewise).
+    *writer.write_buffer_mut() = BytesMut::new();
     let mut frames = FramedRead::new(reader, FrameCodec::<ClientMessage>::new(max_frame_len));
     // Bytes that came after the hello belong to the next frames.
     *frames.read_buffer_mut() = buffer;
@@ -639,7 +643,13 @@ impl<E: Executor> Connection<E> {
         self.tracker.spawn(async move {
             let status = shared.status().await;
             let _ = outgoing
-                .send(ServerMessage::StatusReply { id, status }.into())
+                .send(
+                    ServerMessage::StatusReply {
+                        id,
+                        status: Box::new(status),
+                    }
+                    .into(),
+                )
                 .await;
         });
     }

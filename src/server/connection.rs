@@ -234,13 +234,17 @@ impl<E: Executor> Connection<E> {
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let writer_task = self.spawn_writer(writer);
-        let shutdown = self.shared.shutdown.clone();
-        let task_ended = self.task_ended.clone();
         let idle_timeout = self.shared.config.idle_timeout;
+        // The futures the loop waits on besides the next frame are made
+        // once, not once per frame: each would register a waiter anew.
         // One timer for the connection's life: a frame only notes the time,
-        // and the timer is moved when it fires, not once per frame.
+        // and the timer is moved when it fires.
         let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        let gone = self.gone.clone().cancelled_owned();
+        let task_ended = self.task_ended.clone();
+        let ended = task_ended.notified();
+        tokio::pin!(idle, shutdown, gone, ended);
         let mut active_at = Instant::now();
         loop {
             if self.draining && self.running() == 0 {
@@ -269,15 +273,16 @@ impl<E: Executor> Connection<E> {
                     self.send_error(None, ErrorKind::Timeout, message).await;
                     break;
                 }
-                _ = shutdown.cancelled(), if !self.draining => {
+                _ = &mut shutdown, if !self.draining => {
                     self.draining = true;
                     continue;
                 }
-                _ = task_ended.notified() => {
+                _ = &mut ended => {
+                    ended.set(task_ended.notified());
                     active_at = Instant::now();
                     continue;
                 }
-                _ = self.gone.cancelled() => break,
+                _ = &mut gone => break,
             };
             active_at = Instant::now();
             let next = match frame {

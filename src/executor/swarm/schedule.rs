@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::engine::engine_error;
 use super::super::events::EventSink;
+use super::super::kept::parse_rfc3339;
 use super::super::process::{CommandFailure, StartError};
 use super::nodes::NodeNames;
 use crate::task::{ErrorKind, ProgressEvent, TaskError};
 
 /// The service's task as the manager last reported it. A service of one
-/// replica that is never restarted has one task.
+/// replica that is never restarted has one task; a kept task that was
+/// stopped has a replacement too, which never runs (`super::kept`): the
+/// first one made is the task.
 pub(crate) async fn task_of(docker: &Docker, service: &str) -> Result<Option<Task>, TaskError> {
     let options = ListTasksOptions {
         filters: Some(HashMap::from([(
@@ -30,9 +33,11 @@ pub(crate) async fn task_of(docker: &Docker, service: &str) -> Result<Option<Tas
         .list_tasks(Some(options))
         .await
         .map_err(|e| engine_error("reading the task's state from the swarm", &e))?;
-    Ok(tasks
-        .into_iter()
-        .max_by_key(|t| t.created_at.clone().map(|d| d.to_string())))
+    Ok(tasks.into_iter().min_by_key(|t| {
+        // The swarm's times drop trailing zeros: compared as times.
+        let created = t.created_at.as_deref().and_then(parse_rfc3339);
+        (created.is_none(), created)
+    }))
 }
 
 pub(crate) fn state(task: &Task) -> Option<TaskState> {
@@ -55,20 +60,23 @@ pub(crate) fn is_terminal(state: Option<TaskState>) -> bool {
 }
 
 /// The container's exit code, once the task has one: it completed, or
-/// its container ran and failed (a task the node rejected has none).
+/// its container ran and failed or was stopped (a task the node rejected
+/// has none).
 pub(crate) fn exit_code(task: &Task) -> Option<i64> {
     let status = task.status.as_ref()?;
     let container = status.container_status.as_ref();
+    let ran = || {
+        let container = container?;
+        let ran = container
+            .container_id
+            .as_ref()
+            .is_some_and(|id| !id.is_empty());
+        // -1: the node has not reported the container's end yet.
+        container.exit_code.filter(|code| ran && *code >= 0)
+    };
     match status.state? {
         TaskState::COMPLETE => Some(container.and_then(|c| c.exit_code).unwrap_or(0)),
-        TaskState::FAILED => {
-            let container = container?;
-            let ran = container
-                .container_id
-                .as_ref()
-                .is_some_and(|id| !id.is_empty());
-            ran.then_some(container.exit_code?)
-        }
+        TaskState::FAILED | TaskState::SHUTDOWN => ran(),
         _ => None,
     }
 }

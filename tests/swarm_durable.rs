@@ -78,6 +78,12 @@ fn ticks_output(n: usize) -> (Vec<u8>, Vec<u8>) {
     (lines("out"), lines("err"))
 }
 
+/// The server's log so far (a copy: the lock is not held while a failed
+/// assertion panics).
+fn log_of(server: &Server) -> String {
+    server.log.lock().unwrap().clone()
+}
+
 fn sha(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
@@ -197,7 +203,7 @@ fn assert_no_leftovers(swarm: &Swarm, server: &Server) {
             Instant::now() < deadline,
             "left on the swarm by instance {}: {left:?}\nserver log:\n{}",
             server.instance,
-            server.log.lock().unwrap()
+            log_of(server)
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -305,7 +311,7 @@ fn swarm_tasks_outlive_a_server_kill_and_lose_no_byte() {
         3,
         "attach exits with the task's status: {}\nserver log:\n{}",
         attached.stderr,
-        server.log.lock().unwrap()
+        log_of(&server)
     );
     assert_eq!(sha(&attached.stdout), sha(&stdout), "attach: stdout");
     assert_eq!(
@@ -374,7 +380,7 @@ fn an_adopted_results_service_goes_when_its_retention_ends() {
         sha(&stdout),
         "logs: {}\nserver log:\n{}",
         logs.stderr,
-        server.log.lock().unwrap()
+        log_of(&server)
     );
     assert_eq!(sha(logs.stderr.as_bytes()), sha(&stderr));
     assert_eq!(waited(&server, &id), "7");

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tcp_task::executor::{label_filter, LABEL_INSTANCE, LABEL_NETWORK_POOL};
+use tcp_task::executor::{label_filter, LABEL_INSTANCE};
 use tcp_task::images::EXAMPLES_IMAGE as IMAGE;
 
 /// The swarm's engines (the manager first) and a runtime to ask them.
@@ -142,14 +142,14 @@ fn waited(server: &Server, id: &str) -> String {
     status
 }
 
-/// The services, networks and task containers of `instance` still on
-/// the swarm; with `pool`, the networks of its pool too.
-fn leftovers(swarm: &Swarm, instance: &str, pool: bool) -> Vec<String> {
+/// The services, networks and task containers of `server`'s instance
+/// still on the swarm.
+fn leftovers(swarm: &Swarm, server: &Server) -> Vec<String> {
     let manager = &swarm.nodes[0];
-    let filters = Some(label_filter(Some(instance)));
+    let filters = Some(label_filter(Some(&server.instance)));
     let by_instance = HashMap::from([(
         "label".to_owned(),
-        vec![format!("{LABEL_INSTANCE}={instance}")],
+        vec![format!("{LABEL_INSTANCE}={}", server.instance)],
     )]);
     swarm.runtime.block_on(async {
         let mut left = Vec::new();
@@ -165,12 +165,11 @@ fn leftovers(swarm: &Swarm, instance: &str, pool: bool) -> Vec<String> {
             .list_networks(Some(ListNetworksOptions { filters }))
             .await
             .expect("networks list");
-        let pooled = |n: &bollard::models::Network| {
-            let labels = n.labels.as_ref();
-            labels.is_some_and(|l| l.contains_key(LABEL_NETWORK_POOL))
-        };
-        let networks = networks.into_iter().filter(|n| pool || !pooled(n));
-        left.extend(networks.map(|n| format!("network {:?}", n.name)));
+        left.extend(
+            networks
+                .into_iter()
+                .map(|n| format!("network {:?}", n.name)),
+        );
         for node in &swarm.nodes {
             let containers = node
                 .list_containers(Some(ListContainersOptions {
@@ -190,29 +189,24 @@ fn leftovers(swarm: &Swarm, instance: &str, pool: bool) -> Vec<String> {
     })
 }
 
-/// Nothing of `server`'s is left on the swarm but the free networks of
-/// its pool, once the removals it owes are done (a removed service's
-/// container goes on its node a moment later); and once it is stopped,
-/// nothing at all.
-fn assert_no_leftovers(swarm: &Swarm, server: Server) {
-    let instance = server.instance.clone();
+/// Nothing of `server`'s is left on the swarm, once the removals it owes
+/// are done (a removed service's container goes on its node a moment
+/// later).
+fn assert_no_leftovers(swarm: &Swarm, server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let left = leftovers(swarm, &instance, false);
+        let left = leftovers(swarm, server);
         if left.is_empty() {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "left on the swarm by instance {instance}: {left:?}\nserver log:\n{}",
-            log_of(&server)
+            "left on the swarm by instance {}: {left:?}\nserver log:\n{}",
+            server.instance,
+            log_of(server)
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    // SIGTERM: the server stops and removes its pool's networks.
-    drop(server);
-    let left = leftovers(swarm, &instance, true);
-    assert!(left.is_empty(), "left after the server stopped: {left:?}");
 }
 
 /// Removes what a failed test left of `instance` on the swarm (a server
@@ -361,7 +355,7 @@ fn swarm_tasks_outlive_a_server_kill_and_lose_no_byte() {
 
     let rm = server.run(&["rm", &long, &short, &sleeper, &timed_out]);
     assert_eq!(rm.code, 0, "rm: {}", rm.stderr);
-    assert_no_leftovers(swarm, server);
+    assert_no_leftovers(swarm, &server);
 }
 
 #[test]
@@ -394,5 +388,5 @@ fn an_adopted_results_service_goes_when_its_retention_ends() {
     eventually("the result expires", Duration::from_secs(30), || {
         state_of(&server, &id).is_none()
     });
-    assert_no_leftovers(swarm, server);
+    assert_no_leftovers(swarm, &server);
 }

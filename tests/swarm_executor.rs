@@ -16,8 +16,7 @@ use common::{Harness, EXAMPLES_IMAGE};
 use tcp_task::admission::{Admission, Policy};
 use tcp_task::catalog::Catalog;
 use tcp_task::executor::{
-    label_filter, Backend, DockerExecutor, Executor, ExecutorConfig, LABEL_INSTANCE,
-    LABEL_NETWORK_POOL, LABEL_SERVICE,
+    label_filter, Backend, DockerExecutor, Executor, ExecutorConfig, LABEL_INSTANCE, LABEL_SERVICE,
 };
 use tcp_task::protocol::{Ending, ErrorKind, ProgressEvent, TaskSpec};
 
@@ -77,9 +76,8 @@ fn spec(command: &[&str]) -> TaskSpec {
 }
 
 /// Nothing of `h`'s executor is left: no service, no network on the
-/// manager but the free networks of its pool (which its shutdown removes:
-/// then none), no container on any node. A removed service's container
-/// goes on its node a moment later, so that is waited for (boundedly).
+/// manager, no container on any node. A removed service's container goes
+/// on its node a moment later, so that is waited for (boundedly).
 async fn assert_clean(swarm: &Swarm, h: &Harness) {
     h.exec.settle().await;
     let instance = h.exec.instance_id().to_owned();
@@ -93,31 +91,12 @@ async fn assert_clean(swarm: &Swarm, h: &Harness) {
         .await
         .expect("services list");
     assert!(services.is_empty(), "services left: {services:?}");
-    let networks = || async {
-        swarm
-            .manager
-            .list_networks(Some(ListNetworksOptions {
-                filters: filters.clone(),
-            }))
-            .await
-            .expect("networks list")
-    };
-    let left = networks().await;
-    let tasks_networks: Vec<_> = left
-        .iter()
-        .filter(|n| {
-            !n.labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(LABEL_NETWORK_POOL))
-        })
-        .collect();
-    assert!(
-        tasks_networks.is_empty(),
-        "networks left: {tasks_networks:?}"
-    );
-    h.exec.shutdown().await;
-    let left = networks().await;
-    assert!(left.is_empty(), "networks left after shutdown: {left:?}");
+    let networks = swarm
+        .manager
+        .list_networks(Some(ListNetworksOptions { filters }))
+        .await
+        .expect("networks list");
+    assert!(networks.is_empty(), "networks left: {networks:?}");
     let by_instance = HashMap::from([(
         "label".to_owned(),
         vec![format!("{LABEL_INSTANCE}={instance}")],
@@ -404,44 +383,4 @@ async fn task_address(swarm: &Swarm, instance: &str) -> String {
         assert!(Instant::now() < deadline, "the listener task never ran");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The network pool lends a network to one task at a time: a task that
-/// ended gives its network back to the next, and two tasks at once are
-/// on two networks (two subnets), the second made for it when the pool
-/// (of one, here) had none free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_network_serves_one_task_at_a_time() {
-    let Some(swarm) = swarm().await else { return };
-    let h = harness(&swarm, |c| c.swarm.network_pool = 1).await;
-    let subnet = |run: &common::Run| {
-        assert!(
-            run.outcome().success(),
-            "{:?} {}",
-            run.result,
-            run.stderr_text()
-        );
-        run.stdout_text()
-    };
-    // The pool fills once a task asks it for a network.
-    h.run(spec(&["true"])).await;
-    h.exec.settle().await;
-    let first = h.run(spec(&["routes"])).await;
-    // Its service removed, its network back in the pool.
-    h.exec.settle().await;
-    let second = h.run(spec(&["routes"])).await;
-    assert_eq!(
-        subnet(&first),
-        subnet(&second),
-        "the network was lent again"
-    );
-    h.exec.settle().await;
-    let together =
-        futures::future::join_all([h.run(spec(&["routes"])), h.run(spec(&["routes"]))]).await;
-    assert_ne!(
-        subnet(&together[0]),
-        subnet(&together[1]),
-        "two tasks at once share no network"
-    );
-    assert_clean(&swarm, &h).await;
 }

@@ -83,10 +83,6 @@ pub struct SwarmConfig {
     /// How often the task's state is read from the manager while it is
     /// scheduled and while it runs. Default 100 ms.
     pub poll_interval_ms: u64,
-    /// Internal networks kept made ahead of time, each lent to one task at
-    /// a time (a task takes a new one when none is free). 0 makes a
-    /// network for each task. Default 4.
-    pub network_pool: usize,
 }
 
 impl Default for SwarmConfig {
@@ -94,7 +90,6 @@ impl Default for SwarmConfig {
         SwarmConfig {
             schedule_timeout_ms: 30_000,
             poll_interval_ms: 100,
-            network_pool: 4,
         }
     }
 }

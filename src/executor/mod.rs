@@ -46,7 +46,7 @@ pub use kept::{
 pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, NodeStats, PoolStats};
-pub use swarm::{LABEL_NETWORK_POOL, LABEL_SERVICE};
+pub use swarm::LABEL_SERVICE;
 pub use warm::{AGENT_PATH, LABEL_WARM};
 
 use bytes::Bytes;

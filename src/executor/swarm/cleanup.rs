@@ -10,7 +10,7 @@ use bollard::query_parameters::ListServicesOptions;
 use bollard::Docker;
 use std::collections::{HashMap, HashSet};
 
-use super::super::cleanup::{label_filter, Liveness, Owner, LABEL_INSTANCE};
+use super::super::cleanup::{label_filter, Liveness, Owner};
 use super::super::engine::{engine_error, status_code};
 use super::super::kept::{tag_of, LABEL_SCOPE};
 use super::network;
@@ -85,22 +85,18 @@ pub(crate) async fn reap(
 }
 
 /// Removes every service and network of `instance` but its kept tasks'
-/// (left for the next server, as local kept containers are) and the
-/// networks any kept task is on (a pooled one has the server's labels,
-/// not the task's).
+/// (left for the next server, as local kept containers are).
 pub(crate) async fn remove_instance(docker: &Docker, instance: &str) -> Result<usize, TaskError> {
+    let services = services(docker, Some(instance)).await?;
     let mut removed = 0;
-    let mut kept_networks = HashSet::new();
-    for (id, labels, network) in services(docker, None).await? {
-        if is_kept(&labels) {
-            kept_networks.extend(network);
-        } else if labels.get(LABEL_INSTANCE).map(String::as_str) == Some(instance) {
-            remove_service(docker, &id).await?;
+    for (id, labels, _) in &services {
+        if !is_kept(labels) {
+            remove_service(docker, id).await?;
             removed += 1;
         }
     }
     for (id, labels) in network::list(docker, label_filter(Some(instance))).await? {
-        if !is_kept(&labels) && !kept_networks.contains(&id) {
+        if !is_kept(&labels) {
             network::remove(docker, &id).await?;
         }
     }

@@ -75,7 +75,6 @@ pub(crate) fn objects_of(service: &Service) -> TaskObjects {
     TaskObjects {
         service: service.id.clone().unwrap_or_default(),
         network,
-        pool: None,
     }
 }
 

@@ -16,12 +16,10 @@ mod kept;
 mod log;
 mod network;
 mod nodes;
-mod pool;
 mod process;
 mod schedule;
 mod spec;
 
-pub use pool::LABEL_NETWORK_POOL;
 pub use spec::LABEL_SERVICE;
 
 pub(crate) use process::SwarmProcess;
@@ -43,9 +41,7 @@ use super::stats::NodeStats;
 use super::{no_such_task, Replay};
 use crate::task::{Ending, ErrorKind, Offsets, ProgressEvent, TaskError, TaskId};
 use nodes::NodeNames;
-use pool::NetworkPool;
 use schedule::Scheduling;
-use std::sync::Arc;
 
 /// Runs tasks as services on the swarm whose manager `docker` is.
 #[derive(Debug)]
@@ -54,32 +50,21 @@ pub(crate) struct Swarm {
     config: ExecutorConfig,
     owner: Owner,
     nodes: NodeNames,
-    pool: Arc<NetworkPool>,
 }
 
-/// What one task holds on the swarm: its service and its network (lent
-/// by the pool, when `pool` is set).
+/// What one task holds on the swarm: its service and its network.
 #[derive(Debug)]
 pub(crate) struct TaskObjects {
     pub service: String,
     pub network: String,
-    pub pool: Option<Arc<NetworkPool>>,
 }
 
 impl TaskObjects {
     /// Removes the service (its task's container goes with it, on its
-    /// node), then the network once the container has left it; a pooled
-    /// network goes back to its pool instead, once the task has ended.
+    /// node), then the network once the container has left it.
     pub async fn remove(&self, docker: &Docker) {
-        let ended = match &self.pool {
-            Some(_) => pool::task_ended(docker, &self.service).await,
-            None => false,
-        };
         if let Err(e) = cleanup::remove_service(docker, &self.service).await {
             tracing::error!(error = %e, service = %self.service, "a task's service could not be removed");
-        }
-        if let Some(pool) = &self.pool {
-            return pool.give_back(&self.network, ended).await;
         }
         if let Err(e) = network::remove(docker, &self.network).await {
             tracing::error!(error = %e, network = %self.network, "a task's network could not be removed");
@@ -89,29 +74,12 @@ impl TaskObjects {
 
 impl Swarm {
     pub fn new(docker: Docker, config: ExecutorConfig, owner: Owner) -> Swarm {
-        let mut labels: std::collections::HashMap<String, String> =
-            owner.labels().into_iter().collect();
-        if let Some(scope) = &config.scope {
-            labels.insert(super::kept::LABEL_SCOPE.to_owned(), scope.clone());
-        }
-        let size = config.swarm.network_pool;
-        let pool = Arc::new(NetworkPool::new(docker.clone(), labels, size));
         Swarm {
             docker,
             config,
             owner,
             nodes: NodeNames::default(),
-            pool,
         }
-    }
-
-    /// The task objects of `service`, whose network may be the pool's.
-    fn objects_of(&self, service: &bollard::models::Service) -> TaskObjects {
-        let mut objects = kept::objects_of(service);
-        if self.pool.owns(&objects.network) {
-            objects.pool = Some(self.pool.clone());
-        }
-        objects
     }
 
     /// Creates the task's network and service and waits for the task to
@@ -126,32 +94,16 @@ impl Swarm {
         refuse_unsupported(plan)?;
         let name = object_name(plan);
         let labels = spec::labels(&self.config, &self.owner, plan);
-        let (network, pool) = match self.pool.take() {
-            Some(network) => (network, Some(self.pool.clone())),
-            None => {
-                let network = network::create(&self.docker, &format!("{name}-net"), labels).await?;
-                (network, None)
-            }
-        };
+        let network = network::create(&self.docker, &format!("{name}-net"), labels).await?;
         let spec = spec::service_spec(&self.config, &self.owner, plan, (&name, &network));
         let service = match self.docker.create_service(spec, None).await {
             Ok(created) => created.id.unwrap_or(name),
             Err(e) => {
-                match &pool {
-                    // Nothing ever ran on it.
-                    Some(pool) => pool.give_back(&network, true).await,
-                    None => {
-                        let _ = network::remove(&self.docker, &network).await;
-                    }
-                }
+                let _ = network::remove(&self.docker, &network).await;
                 return Err(create_error(&e).into());
             }
         };
-        let objects = TaskObjects {
-            service,
-            network,
-            pool,
-        };
+        let objects = TaskObjects { service, network };
         match self
             .until_running(objects, &plan.image, events, cancel)
             .await
@@ -221,7 +173,7 @@ impl Swarm {
         let service = kept::find(&self.docker, task).await?;
         service
             .as_ref()
-            .map(|s| self.objects_of(s))
+            .map(kept::objects_of)
             .ok_or_else(|| no_such_task(task))
     }
 
@@ -262,7 +214,7 @@ impl Swarm {
     /// Removes what is kept of task `task`: its service, then its network.
     pub async fn discard(&self, task: &TaskId) -> Result<(), TaskError> {
         if let Some(service) = kept::find(&self.docker, task).await? {
-            self.objects_of(&service).remove(&self.docker).await;
+            kept::objects_of(&service).remove(&self.docker).await;
         }
         Ok(())
     }
@@ -283,7 +235,7 @@ impl Swarm {
         let service = kept::find(&self.docker, &adopted.tag.id)
             .await?
             .ok_or_else(|| no_such_task(&adopted.tag.id))?;
-        let objects = self.objects_of(&service);
+        let objects = kept::objects_of(&service);
         self.until_running(objects, &adopted.image, events, cancel)
             .await
             .map_err(|(_, e)| e)
@@ -302,17 +254,13 @@ impl Swarm {
     /// Removes the services and networks of servers of this scope that are
     /// gone (the same rule as for local containers). Returns how many
     /// services.
-    /// The network pool starts filling then.
     pub async fn reap_orphans(&self) -> Result<usize, TaskError> {
-        let reaped = cleanup::reap(&self.docker, &self.owner, self.config.scope.as_deref()).await;
-        self.pool.fill();
-        reaped
+        cleanup::reap(&self.docker, &self.owner, self.config.scope.as_deref()).await
     }
 
     /// Removes every service and network of this server: the safety net at
     /// shutdown.
     pub async fn remove_instance(&self) -> Result<usize, TaskError> {
-        self.pool.close().await;
         cleanup::remove_instance(&self.docker, &self.owner.instance).await
     }
 }

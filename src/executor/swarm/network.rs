@@ -1,13 +1,11 @@
-//! A task's own network: an `--internal` overlay that nothing else joins
-//! while the task runs.
+//! A task's own network: an `--internal` overlay that nothing else joins.
 //!
 //! Swarm cannot give a service `network none` (it is refused), and a
 //! service with no network at all lands on the node's default bridge, with
 //! a route out. On an internal overlay of its own a task has an address on
-//! a subnet where no other running container is and no default route: it
-//! can reach neither the outside nor another task. Networks are made ahead
-//! of time and lent one task at a time by `super::pool`, or made for one
-//! task when none is free (docs/SECURITY.md weighs the cost).
+//! a subnet where no other container is and no default route: it can reach
+//! neither the outside nor another task. It costs a network create and
+//! remove per task (docs/SECURITY.md weighs it).
 
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{InspectNetworkOptions, ListNetworksOptions};

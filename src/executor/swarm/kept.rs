@@ -197,3 +197,20 @@ pub(crate) async fn replay(
     });
     Ok(replay.boxed())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_round_trip_through_labels() {
+        for ending in [Ending::Cancelled, Ending::TimedOut, Ending::OutputLimit] {
+            let written = verdict_suffix(ending).unwrap().to_owned();
+            let labels = HashMap::from([(LABEL_VERDICT.to_owned(), written)]);
+            assert_eq!(verdict_of(&labels), Some(ending));
+        }
+        assert_eq!(verdict_of(&HashMap::new()), None);
+        let forged = HashMap::from([(LABEL_VERDICT.to_owned(), "exited".to_owned())]);
+        assert_eq!(verdict_of(&forged), None);
+    }
+}

@@ -192,3 +192,48 @@ fn unschedulable(patience: Duration, why: &str) -> TaskError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerStatus, TaskStatus};
+
+    fn task(state: TaskState, container: Option<&str>, code: Option<i64>) -> Task {
+        Task {
+            status: Some(TaskStatus {
+                state: Some(state),
+                container_status: Some(ContainerStatus {
+                    container_id: container.map(str::to_owned),
+                    exit_code: code,
+                    ..ContainerStatus::default()
+                }),
+                ..TaskStatus::default()
+            }),
+            ..Task::default()
+        }
+    }
+
+    #[test]
+    fn a_stopped_task_has_its_containers_exit_code_once_the_node_reports_it() {
+        // A kept task the server stopped: SIGKILL.
+        let stopped = task(TaskState::SHUTDOWN, Some("c0ffee"), Some(137));
+        assert_eq!(exit_code(&stopped), Some(137));
+        // -1 while its node has not reported the container's end.
+        let stopping = task(TaskState::SHUTDOWN, Some("c0ffee"), Some(-1));
+        assert_eq!(exit_code(&stopping), None);
+        // Shut down before it had a container: no exit code.
+        assert_eq!(exit_code(&task(TaskState::SHUTDOWN, None, Some(0))), None);
+        assert_eq!(
+            exit_code(&task(TaskState::COMPLETE, Some("c"), Some(0))),
+            Some(0)
+        );
+        assert_eq!(
+            exit_code(&task(TaskState::FAILED, Some("c"), Some(42))),
+            Some(42)
+        );
+        assert_eq!(
+            exit_code(&task(TaskState::RUNNING, Some("c"), Some(0))),
+            None
+        );
+    }
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use super::container::{Launcher, WarmContainer};
+use super::container::{Launcher, Record, WarmContainer};
 use super::key::PoolKey;
 use crate::executor::config::WarmConfig;
 use crate::executor::stats::PoolStats;
@@ -30,6 +30,9 @@ use crate::task::TaskError;
 const TICK: Duration = Duration::from_millis(500);
 /// Wait after a failed refill before trying that key again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a container's agent may take after a task to say it is ready
+/// for the next (the reset included); then the container is removed.
+const READY_AGAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -148,6 +151,13 @@ impl Pool {
                     break;
                 }
             }
+            let dry = pool.idle.is_empty();
+            // A named client's pool can start with a container that never
+            // served anyone (a catalog entry's `warm` ones are anonymous).
+            if taken.is_none() {
+                taken = key.anonymous().and_then(|k| take_fresh(&mut state, &k));
+            }
+            let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
             match taken {
                 Some(_) => {
                     pool.hits += 1;
@@ -155,8 +165,11 @@ impl Pool {
                 }
                 None => pool.misses += 1,
             }
-            (taken, dead, pool.idle.is_empty())
+            (taken, dead, dry)
         };
+        if let Some(anonymous) = key.anonymous() {
+            self.replenish(&anonymous);
+        }
         dead.into_iter().for_each(|c| self.retire(c));
         if dry {
             self.replenish(key);
@@ -192,19 +205,35 @@ impl Pool {
     }
 
     /// Takes back a container after a task: idle again when it may serve
-    /// more tasks, else removed. Either way the pool is topped up.
+    /// more tasks and its agent says it is ready again (after a reset, for
+    /// a `reset` key), else removed. Either way the pool is topped up.
     fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
+        let may_serve = reusable
+            && !self.lock().closed
+            && container.uses < key.reuse
+            && !container.closed.is_cancelled();
+        if !may_serve {
+            return self.returned(key, container, false);
+        }
+        let pool = self.clone();
+        let key = key.clone();
+        self.background(async move {
+            let mut container = container;
+            let ready = ready_again(&mut container).await;
+            pool.returned(&key, container, ready);
+        });
+    }
+
+    /// A container is back from a task: idle when `fit`, else removed.
+    fn returned(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, fit: bool) {
         let unused = {
             let mut state = self.lock();
             let closed = state.closed;
             match state.pools.get_mut(key) {
                 Some(pool) => {
                     pool.in_use = pool.in_use.saturating_sub(1);
-                    let keep = reusable
-                        && !closed
-                        && container.uses < key.reuse
-                        && !container.closed.is_cancelled();
-                    if keep {
+                    // Its death watch, set when it was filled, still holds.
+                    if fit && !closed && !container.closed.is_cancelled() {
                         pool.idle.push(container);
                         None
                     } else {
@@ -496,6 +525,38 @@ impl Drop for Lease {
         if let Some(container) = self.container.take() {
             self.release(container, false);
         }
+    }
+}
+
+/// A live container of `key`'s pool that never served a task, taken out.
+fn take_fresh(state: &mut State, key: &PoolKey) -> Option<WarmContainer> {
+    let pool = state.pools.get_mut(key)?;
+    let at = pool
+        .idle
+        .iter()
+        .position(|c| c.uses == 0 && !c.closed.is_cancelled())?;
+    Some(pool.idle.swap_remove(at))
+}
+
+/// Waits for the agent to say it is ready for another task, which it does
+/// once it has ended what the last task left running and, for a `reset`
+/// key, reset the container and checked it. Anything else (the container
+/// ended: a failed reset; a stray frame; no answer in [`READY_AGAIN`])
+/// makes the container unfit.
+async fn ready_again(container: &mut WarmContainer) -> bool {
+    let answer = tokio::time::timeout(READY_AGAIN, container.records.recv()).await;
+    match answer {
+        Ok(Some(Record::Ready)) => true,
+        Ok(None) => {
+            let why = container
+                .diagnostics
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default();
+            tracing::info!(container = %container.id, reason = %why.trim(), "a warm container was not fit for another task; removing it");
+            false
+        }
+        Ok(Some(_)) | Err(_) => false,
     }
 }
 

@@ -144,3 +144,42 @@ async fn two_named_clients_never_share_a_container() {
     );
     h.drain_and_assert_clean().await;
 }
+
+/// A burst on an empty `reuse` pool: every task waits for a warm container
+/// (none runs cold), the pool grows for it and no further than the burst,
+/// then shrinks back to nothing once the misses stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_grows_an_empty_pool_and_quiet_shrinks_it() {
+    let catalog = Catalog::from_toml(&format!(
+        r#"
+        [t]
+        image = "{EXAMPLES_IMAGE}"
+        command = ["tcp-task-tools"]
+        reuse = 100
+        reset = true
+        "#
+    ))
+    .expect("catalog parses");
+    let h = Harness::warm(catalog_only(), catalog).await;
+    let burst: Vec<_> = (0..12).map(|_| h.start(t(&["true"]))).collect();
+    let mut containers = std::collections::BTreeSet::new();
+    for running in burst {
+        let run = running.finish().await;
+        assert!(run.outcome().success(), "{:?}", run.result);
+        containers.insert(run.container());
+    }
+    let pools = h.pools().await;
+    assert_eq!(pools[0].misses, 0, "a task ran cold: {pools:?}");
+    assert_eq!(pools[0].hits, 12, "{pools:?}");
+    // max_concurrent (8) tasks at once, so at most 8 containers.
+    assert!(containers.len() <= 8, "{containers:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while h.pools().await.iter().map(|p| p.warm).sum::<u64>() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never shrank"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    h.drain_and_assert_clean().await;
+}

@@ -167,7 +167,7 @@ impl MountBase {
             .dev();
         let mut entries = BTreeMap::new();
         walk(point, dev, &mut |relative, meta| {
-            let full = point.join(relative);
+            let full = under(point, relative);
             entries.insert(relative.to_owned(), Entry::of(&full, meta));
             entries.len() <= MAX_BASELINE_ENTRIES
         });
@@ -194,23 +194,23 @@ impl MountBase {
             kept
         });
         for relative in &new {
-            remove_tree(&self.point.join(relative));
+            remove_tree(&under(&self.point, relative));
         }
         for (relative, entry) in &self.entries {
-            entry.restore(&self.point.join(relative));
+            entry.restore(&under(&self.point, relative));
         }
     }
 
     fn check(&self) -> Result<(), String> {
         let mut now = BTreeMap::new();
         walk(&self.point, self.dev, &mut |relative, meta| {
-            let full = self.point.join(relative);
+            let full = under(&self.point, relative);
             now.insert(relative.to_owned(), Entry::of(&full, meta));
             // Past the baseline's size it differs anyway.
             now.len() <= self.entries.len()
         });
         for (relative, entry) in &now {
-            let path = self.point.join(relative);
+            let path = under(&self.point, relative);
             match self.entries.get(relative) {
                 None => return Err(format!("{} is left", path.display())),
                 Some(base) if base != entry => {
@@ -222,7 +222,7 @@ impl MountBase {
         match self.entries.keys().find(|k| !now.contains_key(*k)) {
             Some(gone) => Err(format!(
                 "{} is gone and cannot be put back",
-                self.point.join(gone).display()
+                under(&self.point, gone).display()
             )),
             None => Ok(()),
         }
@@ -305,7 +305,7 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 fn walk(root: &Path, dev: u64, visit: &mut dyn FnMut(&Path, &fs::Metadata) -> bool) {
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
-        let path = root.join(&relative);
+        let path = under(root, &relative);
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
@@ -323,6 +323,16 @@ fn walk(root: &Path, dev: u64, visit: &mut dyn FnMut(&Path, &fs::Metadata) -> bo
         // Reversed, so that they come off the stack in name order.
         children.sort_unstable_by(|a, b| b.cmp(a));
         stack.extend(children);
+    }
+}
+
+/// `root/relative`, and `root` itself for the empty path (`join` would
+/// add a slash, which a file mount point like `/etc/hosts` refuses).
+fn under(root: &Path, relative: &Path) -> PathBuf {
+    if relative.as_os_str().is_empty() {
+        root.to_owned()
+    } else {
+        root.join(relative)
     }
 }
 
@@ -576,5 +586,20 @@ mod tests {
         let gone = base.check().expect_err("a baseline file is gone");
         assert!(gone.contains("is gone"), "{gone}");
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A single-file mount (`/etc/hosts`) is its own baseline.
+    #[test]
+    fn a_file_is_brought_back_too() {
+        let file = std::env::temp_dir().join(format!("reset-file-{}", std::process::id()));
+        fs::write(&file, "127.0.0.1 localhost\n").unwrap();
+        let base = MountBase::scan(&file).expect("scans");
+        assert_eq!(base.entries.len(), 1);
+        fs::write(&file, "6.6.6.6 localhost\n").unwrap();
+        assert!(base.check().is_err());
+        base.restore();
+        base.check().expect("back to the baseline");
+        assert_eq!(fs::read_to_string(&file).unwrap(), "127.0.0.1 localhost\n");
+        fs::remove_file(&file).unwrap();
     }
 }

@@ -521,7 +521,7 @@ impl Client {
     /// The server's status: version, uptime, engine, task counts.
     pub async fn status(&self) -> Result<ServerStatus, Error> {
         match self.request(|id| ClientMessage::Status { id }).await? {
-            ServerMessage::StatusReply { status, .. } => Ok(status),
+            ServerMessage::StatusReply { status, .. } => Ok(*status),
             other => Err(unexpected(other)),
         }
     }

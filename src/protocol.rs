@@ -200,7 +200,9 @@ pub enum ServerMessage {
     },
     StatusReply {
         id: RequestId,
-        status: ServerStatus,
+        /// Boxed: inline it would make every queued frame its size (the
+        /// encoding is the same).
+        status: Box<ServerStatus>,
     },
     CatalogReply {
         id: RequestId,

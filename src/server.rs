@@ -23,7 +23,9 @@ pub use shared::server_name;
 pub use tls::TlsConfig;
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +41,10 @@ use crate::admission::{Admission, Policy, Quota, Scope};
 use crate::auth::FailedLogins;
 use crate::catalog::Catalog;
 use crate::codec::FrameCodec;
-use crate::executor::Executor;
+use crate::executor::{Executor, Owner};
 use crate::metrics::{Listener, Metrics};
 use crate::protocol::{ErrorKind, ServerMessage, TaskError};
-use crate::tasks::{Keeping, Tasks};
+use crate::tasks::{Journal, Keeping, Tasks};
 use crate::tls::TlsError;
 pub use http::HttpConfig;
 use shared::{all_tokens, Shared};
@@ -127,12 +129,32 @@ impl<E: Executor> Server<E> {
         self
     }
 
-    /// Takes over the tasks that a server which is gone left running or
-    /// ended (their containers, found by their labels): running ones are
-    /// supervised again, ended ones kept as results. Call once at
-    /// start-up, inside the runtime, before serving. Returns how many.
+    /// Writes every accepted task down under `state_dir` until it ends, so
+    /// that a server started after this one is killed, with the same
+    /// `state_dir` and `scope`, runs the tasks that were still queued (see
+    /// [`Server::adopt`]). Without it, a task that has no container yet
+    /// when the server is killed is lost.
+    pub fn with_state_dir(self, state_dir: &Path, scope: Option<&str>) -> io::Result<Server<E>> {
+        let journal = Journal::open(state_dir, scope, Owner::this_process(None))?;
+        self.shared.tasks.keep_journal(journal);
+        Ok(self)
+    }
+
+    /// Takes over the tasks that a server which is gone left behind: the
+    /// ones in containers, found by their labels (running ones are
+    /// supervised again, ended ones kept as results), then, with a state
+    /// directory, the ones it had accepted but not started, which run now.
+    /// Call once at start-up, inside the runtime, before serving. Returns
+    /// how many.
     pub async fn adopt(&self) -> Result<usize, TaskError> {
-        self.shared.tasks.adopt().await
+        let tasks = &self.shared.tasks;
+        let mut count = tasks.adopt().await?;
+        for ticket in tasks.left_behind() {
+            let admitted = self.shared.readmit(&ticket);
+            count += usize::from(tasks.requeue(ticket, admitted));
+        }
+        tasks.release_left_behind();
+        Ok(count)
     }
 
     /// Asks the executor to keep containers ready for the catalog entries
@@ -189,6 +211,7 @@ impl<E: Executor> Server<E> {
         // next server to adopt.
         self.shared.abort.cancel();
         self.shared.tasks.end_attached().await;
+        self.shared.tasks.close_journal();
         sweeper.cancel();
         self.shared.executor.shutdown().await;
         info!("shut down");

@@ -530,8 +530,10 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         (request_id(), outcome()).prop_map(|(id, outcome)| ServerMessage::Exited { id, outcome }),
         (request_id(), task_error()).prop_map(|(id, error)| ServerMessage::Failed { id, error }),
         (request_id(), chunk()).prop_map(|(id, payload)| ServerMessage::Pong { id, payload }),
-        (request_id(), server_status())
-            .prop_map(|(id, status)| ServerMessage::StatusReply { id, status }),
+        (request_id(), server_status()).prop_map(|(id, status)| ServerMessage::StatusReply {
+            id,
+            status: Box::new(status),
+        }),
         (request_id(), prop::collection::vec(catalog_entry(), 0..3))
             .prop_map(|(id, entries)| ServerMessage::CatalogReply { id, entries }),
         (opt(request_id()), task_error())

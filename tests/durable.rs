@@ -66,6 +66,15 @@ fn state_of(server: &Server, id: &str) -> Option<Value> {
         .map(|t| t["state"].clone())
 }
 
+/// Whether the kept task `id` has a container (named after it).
+fn has_container(id: &str) -> bool {
+    let (runtime, docker) = cli_server::engine();
+    let name = tcp_task::executor::container_name(&tcp_task::TaskId::parse(id).unwrap());
+    runtime
+        .block_on(docker.inspect_container(&name, None))
+        .is_ok()
+}
+
 fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
@@ -247,6 +256,56 @@ fn endings_that_fall_while_the_server_is_down_are_reported_after_it_restarts() {
 
     let mut rm = vec!["rm"];
     rm.extend([&exited, &signaled, &oom, &timed_out, &finished].map(String::as_str));
+    assert_eq!(server.run(&rm).code, 0);
+    server.assert_clean();
+}
+
+#[test]
+fn tasks_still_queued_when_the_server_is_killed_run_after_it_restarts() {
+    // One task at a time: the holder runs, the rest wait in the queue,
+    // with no container yet, when the server is killed.
+    let mut server = Server::with_executor("max_concurrent = 1");
+    let holder = detach(&server, &[IMAGE, "ticks", "8", "500", "0"]);
+    server.wait_for_running(1);
+    let queued = [
+        detach(&server, &[IMAGE, "echo", "first"]),
+        detach(&server, &[IMAGE, "ticks", "3", "10", "7"]),
+        detach(&server, &[IMAGE, "echo", "last"]),
+    ];
+    for id in &queued {
+        assert!(
+            !has_container(id),
+            "task {id} waits in the queue, with no container, when the server is killed"
+        );
+    }
+
+    server.kill_and_restart(Duration::from_millis(200));
+
+    let (ticks_out, ticks_err) = ticks_output(3);
+    let expected: [(&str, &[u8], &[u8]); 3] = [
+        ("0", b"first\n", b""),
+        ("7", &ticks_out, &ticks_err),
+        ("0", b"last\n", b""),
+    ];
+    for (id, (status, stdout, stderr)) in queued.iter().zip(expected) {
+        let out = server.run(&["wait", id]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            status,
+            "wait {id} after the restart: {}",
+            out.stderr
+        );
+        let logs = server.run(&["logs", id]);
+        assert_eq!(
+            (logs.stdout.as_slice(), logs.stderr.as_bytes()),
+            (stdout, stderr),
+            "logs {id}"
+        );
+    }
+    assert_eq!(server.run(&["wait", &holder]).stdout, b"0\n");
+
+    let mut rm = vec!["rm"];
+    rm.extend(queued.iter().chain([&holder]).map(String::as_str));
     assert_eq!(server.run(&rm).code, 0);
     server.assert_clean();
 }

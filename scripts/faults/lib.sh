@@ -131,7 +131,9 @@ server_start() {
     [[ -n $HTTP_PORT ]] || HTTP_PORT=$(free_port)
     local config=()
     [[ -f $FAULT_DIR/server.toml ]] && config=(--config "$FAULT_DIR/server.toml")
-    "$BIN" serve --listen "127.0.0.1:$PORT" --http "127.0.0.1:$HTTP_PORT" "${config[@]}" "$@" \
+    # Its journal of queued tasks lives (and goes) with the run's directory.
+    STATE_DIRECTORY="$FAULT_DIR/state" \
+        "$BIN" serve --listen "127.0.0.1:$PORT" --http "127.0.0.1:$HTTP_PORT" "${config[@]}" "$@" \
         >>"$FAULT_DIR/server.log" 2>&1 &
     SERVER_PID=$!
     local i

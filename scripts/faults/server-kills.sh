@@ -22,10 +22,11 @@
 # Knobs: DETACHED (150), ATTACHED (12), SUBMITTERS (4), SUBMIT_GAP (0),
 # KILLS (3), KILL_EVERY (8), DOWN_SECS (2).
 #
-# A task still waiting in the server's queue when it is killed is lost, with
-# a clear error (`wait` and a resumed `run` say "no task …", exit 125; see
-# docs/RELIABILITY.md, known limits): those are counted as NoSuchTask, apart
-# from tasks that are wrong or hang. Prints `N passed, M failed`.
+# A task still waiting in the server's queue when it is killed is run by the
+# next server from its ticket in the state directory; one that is lost
+# anyway (`wait` and a resumed `run` say "no task …", exit 125) is counted
+# as NoSuchTask, apart from tasks that are wrong or hang. Prints
+# `N passed, M failed`.
 source "$(dirname "$0")/lib.sh"
 
 DETACHED=${DETACHED:-150}

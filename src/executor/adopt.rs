@@ -6,7 +6,7 @@
 //! its output limit from its first byte); one that ended while no server
 //! watched becomes a result, with its true exit code, signal and OOM flag.
 
-use bollard::models::ContainerInspectResponse;
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::cleanup::{Liveness, Owner, LABEL_MANAGED};
+use super::cleanup::{remove_container, Liveness, Owner, LABEL_MANAGED};
 use super::cold::ColdStdin;
 use super::engine::engine_error;
 use super::exit::container_end;
@@ -58,6 +58,18 @@ pub(crate) async fn adoptable(
         let Some(inspected) = inspect(docker, &id).await else {
             continue;
         };
+        // Created, never started: its server was killed in between. Its
+        // state would read as an exit 0; the task is not over, it never
+        // began. The container goes, and the server's journal (if it
+        // keeps one) runs the task again.
+        let status = inspected.state.as_ref().and_then(|s| s.status);
+        if status == Some(ContainerStateStatusEnum::CREATED) {
+            tracing::info!(container = %id, task = %tag.id, "removing a kept task's container that never started");
+            if let Err(e) = remove_container(docker, &id).await {
+                tracing::warn!(container = %id, error = %e, "could not remove a container that never started");
+            }
+            continue;
+        }
         let timeout = labels
             .get(LABEL_TIMEOUT_MS)
             .and_then(|t| t.parse().ok())

@@ -13,6 +13,7 @@ use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
 use super::config::{Backend, ExecutorConfig};
 use super::engine_loss::{engine_back, engine_lost, ENGINE_RETURN_WAIT};
+use super::health::EngineCheck;
 use super::http::HttpProcess;
 use super::kept;
 use super::observe::{RunPath, SharedObserver, Unobserved};
@@ -20,7 +21,7 @@ use super::plan::Plan;
 use super::plan::TaskTag;
 use super::process::{Process, StartError};
 use super::queue::{Acquired, Slot, Slots, Turn};
-use super::stats::{EngineHealth, ExecutorStats};
+use super::stats::ExecutorStats;
 use super::supervise::{command_error, killed, supervise};
 use super::swarm::Swarm;
 use super::warm::{
@@ -47,6 +48,7 @@ pub struct DockerExecutor {
     warm_tasks: Mutex<HashMap<TaskId, WarmTask>>,
     /// Told how each task waited, started and ended (the server's metrics).
     observer: SharedObserver,
+    engine_check: EngineCheck,
 }
 
 struct WarmTask {
@@ -84,6 +86,7 @@ impl DockerExecutor {
             finishing: TaskTracker::new(),
             warm_tasks: Mutex::default(),
             observer: Arc::new(Unobserved),
+            engine_check: EngineCheck::default(),
         }
     }
 
@@ -569,7 +572,7 @@ impl Executor for DockerExecutor {
         ExecutorStats {
             running: running as u64,
             queued: queued as u64,
-            engine: engine_health(self.docker()).await,
+            engine: self.engine_check.health(self.docker()).await,
             pools: self.warm.stats(),
             nodes: match &self.swarm {
                 Some(swarm) => swarm.nodes().await.unwrap_or_else(|e| {
@@ -604,21 +607,5 @@ impl Executor for DockerExecutor {
             Ok(n) => tracing::warn!(removed = n, "containers were still there at shutdown"),
             Err(e) => tracing::error!(error = %e, "could not clean up at shutdown"),
         }
-    }
-}
-
-async fn engine_health(docker: &Docker) -> EngineHealth {
-    match docker.version().await {
-        Ok(version) => EngineHealth {
-            reachable: true,
-            version: version.version,
-            api_version: Some(docker.client_version().to_string()),
-            error: None,
-        },
-        Err(e) => EngineHealth {
-            reachable: false,
-            error: Some(e.to_string()),
-            ..EngineHealth::default()
-        },
     }
 }

@@ -18,6 +18,7 @@ mod engine;
 mod engine_loss;
 mod events;
 mod exit;
+mod health;
 mod http;
 mod kept;
 mod observe;
@@ -40,6 +41,7 @@ pub use cleanup::{
 pub use config::{Backend, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
+pub use health::ENGINE_CHECK_TTL;
 pub use kept::{
     container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS,
 };

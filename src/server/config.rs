@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -90,6 +90,12 @@ pub struct ServerConfig {
     /// Output bytes the kept results may hold together; past it the oldest
     /// go first.
     pub max_retained_bytes: u64,
+    /// Where `tcp-task serve` writes down the tasks it accepted until they
+    /// end, so that a server started after this one is killed runs the
+    /// ones still queued. Unset: `$STATE_DIRECTORY`, `$XDG_STATE_HOME/tcp-task`
+    /// or `~/.local/state/tcp-task`. A library server takes it through
+    /// [`crate::server::Server::with_state_dir`].
+    pub state_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -113,6 +119,7 @@ impl fmt::Debug for ServerConfig {
             .field("retention", &self.retention)
             .field("max_retained", &self.max_retained)
             .field("max_retained_bytes", &self.max_retained_bytes)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -137,6 +144,7 @@ impl Default for ServerConfig {
             retention: DEFAULT_RETENTION,
             max_retained: DEFAULT_MAX_RETAINED,
             max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
+            state_dir: None,
         }
     }
 }
@@ -147,6 +155,22 @@ impl ServerConfig {
     pub fn with_token_file(mut self, path: impl AsRef<Path>) -> Result<Self, TokenFileError> {
         self.tokens.extend(auth::load_token_file(path)?);
         Ok(self)
+    }
+
+    /// `state_dir`, or where a service keeps its state by convention:
+    /// systemd's `$STATE_DIRECTORY`, then `$XDG_STATE_HOME/tcp-task`, then
+    /// `~/.local/state/tcp-task`. `None` when none of them is set.
+    pub fn state_dir_or_default(&self) -> Option<PathBuf> {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        self.state_dir
+            .clone()
+            .or_else(|| var("STATE_DIRECTORY"))
+            .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("tcp-task")))
+            .or_else(|| var("HOME").map(|d| d.join(".local/state/tcp-task")))
     }
 
     /// What the handshake announces to clients.

@@ -155,6 +155,10 @@ pub(crate) async fn serve<S, E>(
         return;
     }
 
+    // An idle connection should cost little: the write buffer starts empty
+    // instead of at FramedWrite's 8 KiB and grows to what the connection
+    // sends (ServerMessage is kept small for the outgoing queue likewise).
+    *writer.write_buffer_mut() = BytesMut::new();
     let mut frames = FramedRead::new(reader, FrameCodec::<ClientMessage>::new(max_frame_len));
     // Bytes that came after the hello belong to the next frames.
     *frames.read_buffer_mut() = buffer;
@@ -230,13 +234,17 @@ impl<E: Executor> Connection<E> {
         W: AsyncWrite + Send + Unpin + 'static,
     {
         let writer_task = self.spawn_writer(writer);
-        let shutdown = self.shared.shutdown.clone();
-        let task_ended = self.task_ended.clone();
         let idle_timeout = self.shared.config.idle_timeout;
+        // The futures the loop waits on besides the next frame are made
+        // once, not once per frame: each would register a waiter anew.
         // One timer for the connection's life: a frame only notes the time,
-        // and the timer is moved when it fires, not once per frame.
+        // and the timer is moved when it fires.
         let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        let gone = self.gone.clone().cancelled_owned();
+        let task_ended = self.task_ended.clone();
+        let ended = task_ended.notified();
+        tokio::pin!(idle, shutdown, gone, ended);
         let mut active_at = Instant::now();
         loop {
             if self.draining && self.running() == 0 {
@@ -265,15 +273,16 @@ impl<E: Executor> Connection<E> {
                     self.send_error(None, ErrorKind::Timeout, message).await;
                     break;
                 }
-                _ = shutdown.cancelled(), if !self.draining => {
+                _ = &mut shutdown, if !self.draining => {
                     self.draining = true;
                     continue;
                 }
-                _ = task_ended.notified() => {
+                _ = &mut ended => {
+                    ended.set(task_ended.notified());
                     active_at = Instant::now();
                     continue;
                 }
-                _ = self.gone.cancelled() => break,
+                _ = &mut gone => break,
             };
             active_at = Instant::now();
             let next = match frame {
@@ -381,8 +390,8 @@ impl<E: Executor> Connection<E> {
     }
 
     async fn submit(&mut self, id: RequestId, spec: TaskSpec, detach: bool) {
-        match self.admit(id, spec, detach) {
-            Ok(admitted) => self.start_task(id, admitted, detach).await,
+        match self.admit(id, spec.clone(), detach) {
+            Ok(admitted) => self.start_task(id, admitted, &spec, detach).await,
             Err(Refusal::Duplicate(error)) => {
                 self.send(ServerMessage::Error {
                     id: Some(id),
@@ -441,9 +450,18 @@ impl<E: Executor> Connection<E> {
         Ok(())
     }
 
-    async fn start_task(&mut self, id: RequestId, mut admitted: Admitted, detach: bool) {
+    async fn start_task(
+        &mut self,
+        id: RequestId,
+        mut admitted: Admitted,
+        spec: &TaskSpec,
+        detach: bool,
+    ) {
         let tasks = self.shared.tasks.clone();
-        let record = tasks.create(&mut admitted, self.client_name(), detach);
+        let record = match tasks.create(&mut admitted, spec, self.client_name(), detach) {
+            Ok(record) => record,
+            Err(error) => return self.send(ServerMessage::Failed { id, error }).await,
+        };
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let entry = TaskEntry {
             stdin: admitted
@@ -630,7 +648,13 @@ impl<E: Executor> Connection<E> {
         self.tracker.spawn(async move {
             let status = shared.status().await;
             let _ = outgoing
-                .send(ServerMessage::StatusReply { id, status }.into())
+                .send(
+                    ServerMessage::StatusReply {
+                        id,
+                        status: Box::new(status),
+                    }
+                    .into(),
+                )
                 .await;
         });
     }

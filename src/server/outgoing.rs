@@ -98,3 +98,13 @@ impl Events for TaskEvents {
         Box::pin(self.send_output(stream, data))
     }
 }
+#[cfg(test)]
+mod tests {
+    /// Every queued frame takes this much room in the outgoing queue, and
+    /// a new connection's queue starts with room for 32 of them: a large
+    /// variant (a status reply) belongs in a box.
+    #[test]
+    fn a_queued_frame_stays_small() {
+        assert!(std::mem::size_of::<super::Outgoing>() <= 128);
+    }
+}

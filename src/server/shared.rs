@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::config::ServerConfig;
 use crate::access::Credential;
-use crate::admission::{Admission, Quota};
+use crate::admission::{Admission, Admitted, Quota};
 use crate::auth::{self, FailedLogins};
 use crate::executor::{Executor, NodeStats, PoolStats};
 use crate::metrics::{Listener, Metrics};
@@ -18,7 +18,7 @@ use crate::protocol::{
     EngineStatus, ErrorKind, Hello, NodeStatus, PoolStatus, ServerStatus, TaskError,
     PROTOCOL_VERSION,
 };
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, Ticket};
 
 /// `tcp-task 0.1.0`: how the server names itself to clients.
 pub fn server_name() -> String {
@@ -63,6 +63,40 @@ pub(crate) struct Shared<E> {
 }
 
 impl<E: Executor> Shared<E> {
+    /// Admits again a task that a server which is gone had accepted and
+    /// not started, under this server's rules: they may have changed, and
+    /// they are what the task runs under now.
+    pub fn readmit(&self, ticket: &Ticket) -> Result<Admitted, TaskError> {
+        if ticket.spec.stdin {
+            return Err(TaskError::new(
+                ErrorKind::ShuttingDown,
+                format!(
+                    "the server restarted before task {} started, and the stdin its client sent went with it; submit the task again",
+                    ticket.id
+                ),
+            ));
+        }
+        let client = match &ticket.client {
+            Some(name) => match self.config.clients.iter().find(|c| c.name() == name) {
+                Some(client) => Some(client),
+                None => {
+                    return Err(TaskError::new(
+                        ErrorKind::Unauthorized,
+                        format!(
+                            "task {} was submitted by the client `{name}`, which this server no longer has ([clients.{name}]); it was not run",
+                            ticket.id
+                        ),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let mut quotas = vec![&self.task_quota];
+        quotas.extend(client.and_then(|c| c.quota()));
+        let rules = client.map(|c| c.rules.as_ref());
+        self.admission.admit(ticket.spec.clone(), rules, &quotas)
+    }
+
     /// Checks the hello's token (see [`Shared::check_token`]).
     pub fn check_credentials(&self, hello: &Hello, peer: SocketAddr) -> Result<Login, TaskError> {
         let client = self.check_token(hello.token.as_deref(), peer, Listener::Tcp)?;

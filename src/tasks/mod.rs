@@ -11,20 +11,23 @@
 //! Nothing here knows of frames or of Docker: connections speak to this
 //! module in records and results, and it speaks to the [`Executor`].
 
+mod journal;
 mod record;
 mod retention;
 
+pub(crate) use journal::{Journal, Ticket};
 pub(crate) use record::{Forward, Record, TaskResult, Unwatched};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admitted;
-use crate::executor::{no_such_task, Adopted, EventSink, Executor, Replay, TaskIo, TaskTag};
+use crate::executor::{no_such_task, Adopted, EventSink, Executor, Plan, Replay, TaskIo, TaskTag};
+use crate::protocol::{Task, TaskSpec};
 use crate::task::{ErrorKind, Offsets, TaskError, TaskId, TaskInfo};
 use retention::{Bounds, KeptResult};
 
@@ -68,6 +71,9 @@ pub(crate) struct Tasks<E> {
     keeping: Keeping,
     /// The tasks' runs, which belong to no connection.
     runs: TaskTracker,
+    /// Where accepted tasks are written down until they end, when the
+    /// server has a state directory.
+    journal: OnceLock<Journal>,
     /// Fired when the server gives up on its attached tasks (the end of
     /// the shutdown grace); detached tasks run on for the next server.
     abort: CancellationToken,
@@ -84,40 +90,115 @@ impl<E: Executor> Tasks<E> {
             records: Mutex::default(),
             keeping,
             runs: TaskTracker::new(),
+            journal: OnceLock::new(),
             abort,
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
     }
 
+    /// Writes accepted tasks down in `journal` from now on, so that a
+    /// server started after this one is killed runs the ones that had not
+    /// started. Call before serving.
+    pub fn keep_journal(&self, journal: Journal) {
+        if self.journal.set(journal).is_err() {
+            tracing::warn!("a journal was already kept; the new one is ignored");
+        }
+    }
+
+    /// The tasks that servers which are gone had accepted and not
+    /// finished, as they were written down; see [`Tasks::requeue`].
+    pub fn left_behind(&self) -> Vec<Ticket> {
+        self.journal
+            .get()
+            .map(Journal::left_behind)
+            .unwrap_or_default()
+    }
+
+    /// At a clean shutdown, after [`Tasks::end_attached`]: the journal
+    /// keeps only what the next server must take.
+    pub fn close_journal(&self) {
+        if let Some(journal) = self.journal.get() {
+            journal.close();
+        }
+    }
+
+    /// Forgets what [`Tasks::left_behind`] gave, once it is taken over.
+    pub fn release_left_behind(&self) {
+        if let Some(journal) = self.journal.get() {
+            journal.release();
+        }
+    }
+
     /// Makes the record of an admitted task, so that its id can go to the
     /// client before the task produces anything; [`Tasks::launch`] starts
-    /// it.
+    /// it. With a journal, the task is written down first: a task the
+    /// server cannot write down is refused rather than at risk.
     pub fn create(
         &self,
         admitted: &mut Admitted,
+        spec: &TaskSpec,
         owner: Option<&str>,
         detach: bool,
-    ) -> Arc<Record> {
+    ) -> Result<Arc<Record>, TaskError> {
         let id = new_task_id();
-        let plan = &mut admitted.plan;
-        plan.task = Some(TaskTag {
-            id: id.clone(),
+        let ticket = Ticket {
+            id: id.to_string(),
             client: owner.map(str::to_owned),
             detach,
+            created_ms: millis_since_epoch(SystemTime::now()),
+            spec: spec.clone(),
+        };
+        self.write_down(&ticket)?;
+        Ok(self.insert(id, &ticket, &mut admitted.plan))
+    }
+
+    /// Writes `ticket` in the journal, if there is one and its task can
+    /// outlive this server at all.
+    fn write_down(&self, ticket: &Ticket) -> Result<(), TaskError> {
+        let Some(journal) = self.journal.get() else {
+            return Ok(());
+        };
+        if !ticket.detach && self.keeping.reattach_grace.is_zero() {
+            return Ok(());
+        }
+        journal.write(ticket).map_err(|e| {
+            TaskError::new(
+                ErrorKind::Internal,
+                format!("the server could not write the task down in its state directory ({e}); free space there or fix its permissions, then submit again"),
+            )
+        })
+    }
+
+    /// The record of `ticket`'s task, its tag set in `plan`.
+    fn insert(&self, id: TaskId, ticket: &Ticket, plan: &mut Plan) -> Arc<Record> {
+        plan.task = Some(TaskTag {
+            id: id.clone(),
+            client: ticket.client.clone(),
+            detach: ticket.detach,
         });
-        let cancel = if detach {
+        let what = (plan.image.clone(), plan.command.clone());
+        self.insert_record(id, ticket, what)
+    }
+
+    fn insert_record(
+        &self,
+        id: TaskId,
+        ticket: &Ticket,
+        what: (String, Vec<String>),
+    ) -> Arc<Record> {
+        let cancel = if ticket.detach {
             CancellationToken::new()
         } else {
             self.abort.child_token()
         };
-        let what = (plan.image.clone(), plan.command.clone());
+        let created = UNIX_EPOCH + Duration::from_millis(ticket.created_ms);
         let record = Record::new(
             id,
-            owner.map(str::to_owned),
+            ticket.client.clone(),
             what,
-            detach,
-            SystemTime::now(),
+            ticket.detach,
+            created,
             cancel,
         );
         let record = Arc::new(record);
@@ -138,6 +219,15 @@ impl<E: Executor> Tasks<E> {
         stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     ) {
         record.set_submitter(submitter);
+        self.run(record, admitted, stdin);
+    }
+
+    fn run(
+        self: &Arc<Self>,
+        record: Arc<Record>,
+        admitted: Admitted,
+        stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) {
         let Admitted { plan, permits } = admitted;
         let io = TaskIo {
             events: Arc::new(Forward(record.clone())),
@@ -161,6 +251,46 @@ impl<E: Executor> Tasks<E> {
         self.runs.spawn(tracing::Instrument::instrument(run, span));
     }
 
+    /// Takes over a task that a server which is gone had accepted but not
+    /// started: it runs now, under its own id, as admission decided again
+    /// (`admitted`); a refusal becomes its result. Call after
+    /// [`Tasks::adopt`]: a task whose container was adopted is skipped
+    /// (`false`).
+    pub fn requeue(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        admitted: Result<Admitted, TaskError>,
+    ) -> bool {
+        let Ok(id) = TaskId::parse(&ticket.id) else {
+            return false;
+        };
+        if self.records.lock().unwrap().contains_key(&id) {
+            return false;
+        }
+        tracing::info!(task = %id, "running a task a previous server had accepted but not started");
+        let (record, admitted) = match admitted {
+            Ok(mut admitted) => (self.insert(id, &ticket, &mut admitted.plan), Ok(admitted)),
+            Err(error) => (
+                self.insert_record(id, &ticket, what_of(&ticket.spec)),
+                Err(error),
+            ),
+        };
+        if let Err(e) = self.write_down(&ticket) {
+            tracing::warn!(task = %record.id, error = %e, "a taken-over task is not written down again");
+        }
+        // Its client, if it had one, has the grace to come back.
+        record.watch();
+        self.unwatch(&record, false);
+        match admitted {
+            Ok(admitted) => self.run(record, admitted, tokio::sync::mpsc::channel(1).1),
+            Err(error) => {
+                tracing::info!(task = %record.id, %error, "a taken-over task is refused now");
+                self.finished(&record, Err(error));
+            }
+        }
+        true
+    }
+
     fn finished(&self, record: &Arc<Record>, result: TaskResult) {
         let counter = if result.is_ok() {
             &self.finished
@@ -168,6 +298,11 @@ impl<E: Executor> Tasks<E> {
             &self.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // Ended: from here its container, or its result alone, is what
+        // is kept of it.
+        if let Some(journal) = self.journal.get() {
+            journal.remove(&record.id);
+        }
         record.set_result(result);
         if record.delivered_and_unwatched() {
             self.forget(&record.id);
@@ -451,6 +586,20 @@ pub(crate) fn log_end(result: &Result<crate::task::Outcome, TaskError>) {
         ),
         Err(error) => tracing::info!(kind = error.kind.as_str(), %error, "task failed"),
     }
+}
+
+/// What a listing shows of a task that never got a plan.
+fn what_of(spec: &TaskSpec) -> (String, Vec<String>) {
+    match &spec.task {
+        Task::Image { image, command } => (image.clone(), command.clone()),
+        Task::Named { name, args, .. } => (name.clone(), args.clone()),
+        Task::Http { image, task, .. } => (image.clone(), vec![task.clone()]),
+    }
+}
+
+fn millis_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A fresh task id: 100 bits from the operating system's random source.

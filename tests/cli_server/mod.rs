@@ -156,6 +156,8 @@ fn spawn_serve(
             .env("RUST_LOG", "info")
             .env_remove("TCP_TASK_TOKEN_FILE")
             .env_remove("TCP_TASK_CONFIG")
+            // Its own journal of queued tasks, kept across its restarts.
+            .env("STATE_DIRECTORY", config.with_file_name("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -73,10 +73,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .with_observer(metrics.clone()),
     );
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
+    let state_dir = server_config.state_dir_or_default();
     let mut server = Server::new(server_config, executor.clone())
         .with_metrics(metrics)
         .with_policy(config.executor.policy.clone())
         .with_catalog(config.catalog());
+    // Before adopting: the tasks a killed server had queued are in there.
+    match &state_dir {
+        Some(dir) => {
+            server = server
+                .with_state_dir(dir, config.executor.runtime.scope.as_deref())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot write to the state directory {}: {e}; make it writable for this user, or set [server] state_dir to one that is",
+                        dir.display()
+                    )
+                })?
+        }
+        None => warn!("no state directory (set [server] state_dir, or HOME): tasks still queued when this server is killed will be lost"),
+    }
     // Tasks an earlier server left running (or ended while none watched)
     // are taken over before any client can ask for them, and before the
     // rest of what it left is swept away.

@@ -100,11 +100,6 @@ async fn a_working_directory_of_its_own_is_gone_for_the_next_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_etc_hosts_is_put_back_for_the_next_task() {
-    leaves_nothing_behind(t(&["leave", "hosts"]), "left hosts\n").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_cannot_be_put_back_is_discarded() {
     let h = Harness::warm(catalog_only(), catalog()).await;
     let first = next(&h, t(&["leave", "devnull"])).await;

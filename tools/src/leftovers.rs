@@ -5,8 +5,8 @@
 //!
 //! | applet        | behaviour |
 //! |---------------|-----------|
-//! | `leave WHAT…` | leaves, for each WHAT: `files` (`/tmp/left` and `/dev/shm/left`), `process` (a `sleep 300` in the background), `sysv` (a System V shared memory segment, semaphore set and message queue), `posix` (a POSIX shared memory object `/dev/shm/posix-left` of 4 KiB and a POSIX message queue `/dev/mqueue/left`), `workdir` (`/tmp/work/left`, in its working directory, which must not be `/`), `hosts` (a line added to `/etc/hosts`), `devnull` (removes `/dev/null`); prints `left WHAT` for each |
-//! | `look`        | `cwd=DIR`, `tmp=`, `shm=`, `mqueue=` (the entries of `/tmp`, `/dev/shm`, `/dev/mqueue`, sorted, comma-separated), `hosts=N bytes` (the size of `/etc/hosts`), `processes=N` (besides PID 1 and itself), `sysv=SHM SEM MSG` (counts), one per line |
+//! | `leave WHAT…` | leaves, for each WHAT: `files` (`/tmp/left` and `/dev/shm/left`), `process` (a `sleep 300` in the background), `sysv` (a System V shared memory segment, semaphore set and message queue), `posix` (a POSIX shared memory object `/dev/shm/posix-left` of 4 KiB and a POSIX message queue `/dev/mqueue/left`), `workdir` (`/tmp/work/left`, in its working directory, which must not be `/`), `devnull` (removes `/dev/null`); prints `left WHAT` for each |
+//! | `look`        | `cwd=DIR`, `tmp=`, `shm=`, `mqueue=` (the entries of `/tmp`, `/dev/shm`, `/dev/mqueue`, sorted, comma-separated), `processes=N` (besides PID 1 and itself), `sysv=SHM SEM MSG` (counts), one per line |
 
 use crate::cli::{print_line, Fail};
 use crate::sys;
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 pub fn leave(args: &[String]) -> Result<(), Fail> {
     if args.is_empty() {
         return Err(Fail::usage(
-            "leave what? files, process, sysv, posix, workdir, hosts or devnull",
+            "leave what? files, process, sysv, posix, workdir or devnull",
         ));
     }
     for what in args {
@@ -60,13 +60,6 @@ pub fn leave(args: &[String]) -> Result<(), Fail> {
                 }
                 write("left")?;
             }
-            "hosts" => {
-                let mut hosts = fs::read_to_string("/etc/hosts")
-                    .map_err(|e| Fail::io("cannot read /etc/hosts", e))?;
-                hosts.push_str("6.6.6.6 example.com\n");
-                fs::write("/etc/hosts", hosts)
-                    .map_err(|e| Fail::io("cannot write /etc/hosts", e))?;
-            }
             "devnull" => {
                 fs::remove_file("/dev/null").map_err(|e| Fail::io("cannot remove /dev/null", e))?
             }
@@ -92,8 +85,6 @@ pub fn look(_args: &[String]) -> Result<(), Fail> {
     ] {
         print_line(format_args!("{name}={}", entries(dir).join(",")))?;
     }
-    let hosts = fs::read("/etc/hosts").map(|h| h.len()).unwrap_or(0);
-    print_line(format_args!("hosts={hosts} bytes"))?;
     let me = sys::pid();
     let others = fs::read_dir("/proc")
         .map(|dir| {

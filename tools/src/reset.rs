@@ -3,7 +3,7 @@
 //!
 //! Before its first task the agent takes a [`Baseline`]: every writable
 //! mount of the container (tmpfs `/tmp`, `/dev`, `/dev/shm`, `/dev/mqueue`,
-//! the agent's own volume, single-file binds like `/etc/hosts`, any volume
+//! the agent's own volume, writable single-file binds, any volume
 //! the image declares) with what it holds, plus what of the agent itself a
 //! task could change and the next task would inherit (its working
 //! directory, resource limits, nice value, OOM score). After a task it
@@ -37,7 +37,7 @@ use crate::sys;
 pub const MAX_BASELINE_ENTRIES: usize = 4096;
 
 /// Files up to this size keep their content in the baseline, so a task
-/// that changed one (`/etc/hosts`, say) can have it restored. A larger
+/// that changed one (a single-file bind, say) can have it restored. A larger
 /// baseline file that changed makes the container unfit.
 pub const MAX_RESTORED_FILE_BYTES: u64 = 64 * 1024;
 
@@ -268,9 +268,11 @@ impl Entry {
             return;
         };
         let now = Entry::of(path, &meta);
-        if now.file.as_ref().map(|f| (&f.content, f.mtime))
-            == Some((&Some(content.clone()), *mtime))
-        {
+        let same = now
+            .file
+            .as_ref()
+            .is_some_and(|f| f.content.as_deref() == Some(content.as_slice()) && f.mtime == *mtime);
+        if same {
             return;
         }
         if let Ok(file) = fs::OpenOptions::new().write(true).truncate(true).open(path) {
@@ -327,7 +329,7 @@ fn walk(root: &Path, dev: u64, visit: &mut dyn FnMut(&Path, &fs::Metadata) -> bo
 }
 
 /// `root/relative`, and `root` itself for the empty path (`join` would
-/// add a slash, which a file mount point like `/etc/hosts` refuses).
+/// add a slash, which a file mount point refuses).
 fn under(root: &Path, relative: &Path) -> PathBuf {
     if relative.as_os_str().is_empty() {
         root.to_owned()
@@ -588,7 +590,7 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A single-file mount (`/etc/hosts`) is its own baseline.
+    /// A single-file mount is its own baseline.
     #[test]
     fn a_file_is_brought_back_too() {
         let file = std::env::temp_dir().join(format!("reset-file-{}", std::process::id()));

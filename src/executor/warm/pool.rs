@@ -132,6 +132,13 @@ impl KeyPool {
         self.warm() + back
     }
 
+    /// A ready container: to the first task still waiting, else idle.
+    fn put_back(&mut self, container: WarmContainer) {
+        if let Some(container) = self.offer(container) {
+            self.idle.push(container);
+        }
+    }
+
     /// Gives `container` to the first task still waiting; it comes back
     /// when none is.
     fn offer(&mut self, mut container: WarmContainer) -> Option<WarmContainer> {
@@ -352,10 +359,8 @@ impl Pool {
                     pool.in_use = pool.in_use.saturating_sub(1);
                     // Its death watch, set when it was filled, still holds.
                     if fit && !closed && !container.closed.is_cancelled() {
-                        pool.offer(container).and_then(|c| {
-                            pool.idle.push(c);
-                            None
-                        })
+                        pool.put_back(container);
+                        None
                     } else {
                         Some(container)
                     }
@@ -467,10 +472,8 @@ impl Pool {
                 Ok(container) if !closed && wanted => {
                     pool.retry_at = None;
                     self.watch_death(key, &container);
-                    pool.offer(container).and_then(|c| {
-                        pool.idle.push(c);
-                        None
-                    })
+                    pool.put_back(container);
+                    None
                 }
                 Ok(container) => Some(container),
                 Err(e) => {

@@ -272,6 +272,9 @@ fn tasks_still_queued_when_the_server_is_killed_run_after_it_restarts() {
         detach(&server, &[IMAGE, "ticks", "3", "10", "7"]),
         detach(&server, &[IMAGE, "echo", "last"]),
     ];
+    // And an attached `run`, queued too: it resumes after the restart.
+    let (attached, started) = run_in_background(&server, &[IMAGE, "ticks", "6", "100", "5"]);
+    std::thread::sleep(Duration::from_millis(500));
     for id in &queued {
         assert!(
             !has_container(id),
@@ -303,6 +306,17 @@ fn tasks_still_queued_when_the_server_is_killed_run_after_it_restarts() {
         );
     }
     assert_eq!(server.run(&["wait", &holder]).stdout, b"0\n");
+    let attached = Out::wait(attached, started);
+    let (out, err) = ticks_output(6);
+    assert_eq!(
+        (
+            attached.code,
+            attached.stdout.as_slice(),
+            attached.stderr.as_bytes()
+        ),
+        (5, out.as_slice(), err.as_slice()),
+        "the attached run across the restart"
+    );
 
     let mut rm = vec!["rm"];
     rm.extend(queued.iter().chain([&holder]).map(String::as_str));

@@ -690,3 +690,27 @@ async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
     let frames = silent.frames_until_closed().await;
     assert!(!frames.is_empty());
 }
+
+/// A followed replay can end while its task runs on (the engine ends a
+/// follow at once on a container created and not yet started): the attach
+/// reads on from where it stopped, and gets every byte.
+#[tokio::test]
+async fn an_attach_whose_log_ends_early_still_gets_all_the_output() {
+    let executor = ScriptExecutor::default();
+    executor
+        .replay_ends_early_once
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let server = Server::new(ServerConfig::default(), executor)
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let task = client
+        .run_detached(script(["ticks", "10", "30"]))
+        .await
+        .unwrap();
+    let output = client.attach(&task).await.unwrap().output().await.unwrap();
+    let expected: String = (0..10).map(|i| format!("t{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+    assert_eq!(output.outcome.exit_code, Some(0));
+}

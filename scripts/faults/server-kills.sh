@@ -109,7 +109,9 @@ done
 # The detached tasks.
 cat "$FAULT_DIR"/ids.* | sort -n >"$FAULT_DIR/ids"
 submitted=$(wc -l <"$FAULT_DIR/ids")
-refused=$(cat "$FAULT_DIR/refused" 2>/dev/null | wc -l)
+# No file when no submission was refused (pipefail would end the script).
+refused=0
+[[ -f $FAULT_DIR/refused ]] && refused=$(wc -l <"$FAULT_DIR/refused")
 intact=0 no_such=0 other_error=0 wrong=0
 while read -r i id; do
     n=$(ticks_of "$i")

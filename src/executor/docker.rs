@@ -38,7 +38,7 @@ pub struct DockerExecutor {
     cold: Cold,
     warm: Warm,
     /// Set on the Swarm backend: every task runs there, none cold or warm.
-    swarm: Option<Swarm>,
+    swarm: Option<Arc<Swarm>>,
     slots: Slots,
     /// Processes being finished (containers removed) after their outcome
     /// went out.
@@ -77,7 +77,7 @@ impl DockerExecutor {
             owner: owner.clone(),
         });
         let swarm = (config.backend == Backend::Swarm)
-            .then(|| Swarm::new(docker.clone(), config.clone(), owner.clone()));
+            .then(|| Arc::new(Swarm::new(docker.clone(), config.clone(), owner.clone())));
         DockerExecutor {
             swarm,
             cold: Cold::new(docker, config, owner),
@@ -244,8 +244,11 @@ impl DockerExecutor {
     }
 
     /// A task on the swarm: a service of its own, supervised like a local
-    /// container, removed (with its network) after the outcome went out,
-    /// the slot held until then.
+    /// container. A kept task's service stays for its result (stopped
+    /// and marked first when the server ended it, before the outcome goes
+    /// out, so that a discard cannot overtake it); any other is removed,
+    /// with its network, after the outcome went out, the slot held until
+    /// then.
     async fn run_swarm(
         &self,
         swarm: &Swarm,
@@ -264,10 +267,37 @@ impl DockerExecutor {
         let limit = self.config().output_limit_bytes;
         let clock = (plan.timeout, Duration::ZERO);
         let result = supervise(&mut process, &plan.command, clock, io, limit).await;
+        if plan.task.is_some() {
+            swarm.keep(process, verdict(&result), result.is_err()).await;
+            return result;
+        }
         self.finishing.spawn(async move {
             process.finish().await;
             drop(slot);
         });
+        result
+    }
+
+    /// An adopted Swarm task that has not ended: supervised again once it
+    /// runs, its deadline counted from when it started running.
+    async fn resume_swarm(
+        &self,
+        swarm: &Swarm,
+        adopted: Adopted,
+        io: TaskIo,
+    ) -> Result<Outcome, TaskError> {
+        let mut process = match swarm.resume(&adopted, &io.events, &io.cancel).await {
+            Ok(process) => process,
+            Err(StartError::Command(failure)) => {
+                return Err(command_error(&adopted.command, failure))
+            }
+            Err(StartError::Cancelled) => return Ok(killed(Ending::Cancelled, Duration::ZERO)),
+            Err(StartError::Failed(error)) => return Err(error),
+        };
+        let limit = self.config().output_limit_bytes;
+        let clock = (adopted.timeout, adopted.running_for);
+        let result = supervise(&mut process, &adopted.command, clock, io, limit).await;
+        swarm.keep(process, verdict(&result), result.is_err()).await;
         result
     }
 
@@ -468,6 +498,9 @@ impl Executor for DockerExecutor {
         from: Offsets,
         follow: bool,
     ) -> Result<Replay, TaskError> {
+        if let Some(swarm) = &self.swarm {
+            return swarm.replay(task, from, follow).await;
+        }
         let limit = self.config().output_limit_bytes;
         if let Some((container, _)) = self.warm_task(task) {
             let replay = replay_task(self.docker(), &container, task, (from, limit), follow);
@@ -479,6 +512,9 @@ impl Executor for DockerExecutor {
     }
 
     async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {
+        if let Some(swarm) = &self.swarm {
+            return swarm.signal(task, signal).await;
+        }
         match self.warm_task(task) {
             Some((_, Some(agent))) => {
                 let signal = u8::try_from(signal).unwrap_or(kept::SIGKILL as u8);
@@ -507,6 +543,15 @@ impl Executor for DockerExecutor {
         let docker = self.docker().clone();
         let warm = self.warm_tasks.lock().unwrap().remove(task);
         let task = task.clone();
+        if let Some(swarm) = &self.swarm {
+            let swarm = swarm.clone();
+            self.finishing.spawn(async move {
+                if let Err(e) = swarm.discard(&task).await {
+                    tracing::error!(%task, error = %e, "a kept task's service could not be removed");
+                }
+            });
+            return;
+        }
         self.finishing.spawn(async move {
             let found = match warm {
                 Some(warm) => Ok(Some(warm.container)),
@@ -524,9 +569,8 @@ impl Executor for DockerExecutor {
     }
 
     async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
-        // A Swarm task's service goes with its server (docs/ARCHITECTURE.md).
-        if self.swarm.is_some() {
-            return Ok(Vec::new());
+        if let Some(swarm) = &self.swarm {
+            return swarm.adopt().await;
         }
         let scope = self.config().scope.as_deref();
         let adopted = adopt::adoptable(self.docker(), self.owner(), scope).await?;
@@ -542,6 +586,9 @@ impl Executor for DockerExecutor {
     }
 
     async fn resume(&self, adopted: Adopted, io: TaskIo) -> Result<Outcome, TaskError> {
+        if let Some(swarm) = &self.swarm {
+            return self.resume_swarm(swarm, adopted, io).await;
+        }
         let Adopted {
             tag,
             command,

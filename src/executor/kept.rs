@@ -116,7 +116,7 @@ impl WarmTag {
 
 /// How the server ended a kept task, as written after its container's
 /// name. `None` for endings the container's own state tells.
-fn verdict_suffix(ending: Ending) -> Option<&'static str> {
+pub(crate) fn verdict_suffix(ending: Ending) -> Option<&'static str> {
     match ending {
         Ending::Cancelled => Some("cancelled"),
         Ending::TimedOut => Some("timed-out"),

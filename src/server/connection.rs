@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -42,6 +43,9 @@ use crate::tasks::{Record, Tasks};
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
 const OUTGOING_QUEUE: usize = 1024;
+/// How soon a followed replay that ended while its task runs on is read
+/// again.
+const REPLAY_AGAIN: Duration = Duration::from_millis(100);
 
 /// Stdin chunks between a task's stdin window and its runtime: one, so
 /// that nearly all of what a client sent and the task did not take yet is
@@ -689,29 +693,47 @@ async fn send_output<E: Executor>(
     if record.result().is_some_and(|r| r.is_err()) {
         return None;
     }
-    let mut replay = match tasks.replay(record, from, follow).await {
-        Ok(replay) => replay,
-        Err(error) => {
-            let _ = events.note(error).await;
-            return None;
-        }
-    };
-    let mut replayed = from.stdout + from.stderr;
-    while let Some(item) = replay.next().await {
-        let sent = match item {
-            Ok((stream, chunk)) => {
-                replayed += chunk.len() as u64;
-                events.output(stream, chunk).await
-            }
+    let mut at = from;
+    loop {
+        let was_running = record.is_running();
+        let mut replay = match tasks.replay(record, at, follow).await {
+            Ok(replay) => replay,
             Err(error) => {
                 let _ = events.note(error).await;
                 return None;
             }
         };
-        if sent.is_err() {
-            return None;
+        while let Some(item) = replay.next().await {
+            let sent = match item {
+                Ok((stream, chunk)) => {
+                    at.advance(stream, chunk.len() as u64);
+                    events.output(stream, chunk).await
+                }
+                Err(error) => {
+                    let _ = events.note(error).await;
+                    return None;
+                }
+            };
+            if sent.is_err() {
+                return None;
+            }
+        }
+        // A followed log can end while its task runs on: the engine ends
+        // a follow at once on a container created and not yet started (a
+        // task taken over after a restart, say). Read on from where it
+        // stopped, and once more after the task's end for what came
+        // meanwhile.
+        if !follow || !was_running {
+            break;
+        }
+        if record.is_running() {
+            tokio::select! {
+                _ = tokio::time::sleep(REPLAY_AGAIN) => {}
+                _ = record.ended() => {}
+            }
         }
     }
+    let replayed = at.stdout + at.stderr;
     let wrote = record.output_bytes();
     (record.result().is_some() && replayed < wrote).then(|| short_log(record, replayed, wrote))
 }

@@ -8,11 +8,14 @@
 pub mod raw;
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tcp_task::executor::{Executor, ExecutorStats, Plan, TaskIo};
+use tcp_task::executor::{Executor, ExecutorStats, Plan, Replay, TaskIo};
 use tcp_task::protocol::{Ending, ErrorKind, Outcome, OutputStream, TaskError, TaskSpec};
+use tcp_task::{Offsets, TaskId};
 
 /// Counters the tests read to see what the executor went through.
 #[derive(Debug, Default)]
@@ -30,9 +33,17 @@ impl Counters {
     }
 }
 
+/// One task's output, chunk by chunk.
+pub type Logged = Vec<(OutputStream, Bytes)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct ScriptExecutor {
     pub counters: Arc<Counters>,
+    /// What `ticks` wrote, by task id: what `replay` gives back.
+    pub log: Arc<Mutex<HashMap<String, Logged>>>,
+    /// The next `replay` ends at once with nothing, as the engine's
+    /// follow of a container created and not yet started does.
+    pub replay_ends_early_once: Arc<AtomicBool>,
 }
 
 /// The commands understood:
@@ -41,6 +52,7 @@ pub struct ScriptExecutor {
 ///   `TAG:i;` repeated, yielding between chunks so tasks interleave
 /// - `interleave N`: `o{i}` on stdout and `e{i}` on stderr alternately
 /// - `sleep MS`: waits (cancellable)
+/// - `ticks N MS`: `t{i}` lines on stdout, MS apart, kept for `replay`
 /// - `cat`: stdin to stdout until end-of-file
 /// - `flood BYTES`: BYTES of output in 64 KiB chunks, counting what the
 ///   sink accepts
@@ -48,6 +60,11 @@ pub struct ScriptExecutor {
 /// - `fail`: an engine error
 impl Executor for ScriptExecutor {
     async fn run(&self, plan: Plan, mut io: TaskIo) -> Result<Outcome, TaskError> {
+        let task = plan
+            .task
+            .as_ref()
+            .map(|t| t.id.to_string())
+            .unwrap_or_default();
         let command = plan.command;
         self.counters.started.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
@@ -86,6 +103,20 @@ impl Executor for ScriptExecutor {
                 }
                 ["sleep", ms] => {
                     tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                    Ok(0)
+                }
+                ["ticks", n, ms] => {
+                    for i in 0..n.parse::<usize>().unwrap() {
+                        let line = Bytes::from(format!("t{i}\n"));
+                        self.log
+                            .lock()
+                            .unwrap()
+                            .entry(task.clone())
+                            .or_default()
+                            .push((OutputStream::Stdout, line.clone()));
+                        let _ = io.events.output(OutputStream::Stdout, line).await;
+                        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                    }
                     Ok(0)
                 }
                 ["cat"] => {
@@ -141,6 +172,39 @@ impl Executor for ScriptExecutor {
 
     async fn stats(&self) -> ExecutorStats {
         ExecutorStats::default()
+    }
+
+    /// What `ticks` wrote so far, past `from`; the stream ends there
+    /// (follow or not: the server reads again while the task runs).
+    async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        _follow: bool,
+    ) -> Result<Replay, TaskError> {
+        if self.replay_ends_early_once.swap(false, Ordering::SeqCst) {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let entries = self
+            .log
+            .lock()
+            .unwrap()
+            .get(task.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let mut seen = Offsets::default();
+        let mut items = Vec::new();
+        for (stream, chunk) in entries {
+            let skip = from
+                .of(stream)
+                .saturating_sub(seen.of(stream))
+                .min(chunk.len() as u64);
+            seen.advance(stream, chunk.len() as u64);
+            if (skip as usize) < chunk.len() {
+                items.push(Ok((stream, chunk.slice(skip as usize..))));
+            }
+        }
+        Ok(futures::stream::iter(items).boxed())
     }
 }
 

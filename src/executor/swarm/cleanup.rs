@@ -2,16 +2,17 @@
 //! shutdown, and those of a server that is gone (same scope, same rule as
 //! for containers in `super::super::cleanup`) removed at start-up.
 //!
-//! A Swarm task is not re-adopted by a server that restarts: its service
-//! is removed with it (docs/ARCHITECTURE.md).
+//! Kept tasks' services (labelled with a task id) and their networks are
+//! left alone by both: a restarted server adopts them (`super::adopt`),
+//! as it adopts local kept containers.
 
 use bollard::query_parameters::ListServicesOptions;
 use bollard::Docker;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::super::cleanup::{label_filter, Liveness, Owner};
 use super::super::engine::{engine_error, status_code};
-use super::super::kept::LABEL_SCOPE;
+use super::super::kept::{tag_of, LABEL_SCOPE};
 use super::network;
 use crate::task::TaskError;
 
@@ -24,11 +25,12 @@ pub(crate) async fn remove_service(docker: &Docker, id: &str) -> Result<(), Task
     }
 }
 
-/// The managed services (of `instance`, or all): ids and labels.
+/// The managed services (of `instance`, or all): ids, labels and the
+/// network each is on.
 pub(crate) async fn services(
     docker: &Docker,
     instance: Option<&str>,
-) -> Result<Vec<(String, HashMap<String, String>)>, TaskError> {
+) -> Result<Vec<(String, HashMap<String, String>, Option<String>)>, TaskError> {
     let options = ListServicesOptions {
         filters: Some(label_filter(instance)),
         ..ListServicesOptions::default()
@@ -40,14 +42,21 @@ pub(crate) async fn services(
     Ok(services
         .into_iter()
         .filter_map(|s| {
+            let network = Some(super::kept::objects_of(&s).network).filter(|n| !n.is_empty());
             let labels = s.spec.and_then(|spec| spec.labels).unwrap_or_default();
-            Some((s.id?, labels))
+            Some((s.id?, labels, network))
         })
         .collect())
 }
 
+/// Whether `labels` are a kept task's (a service or its network).
+fn is_kept(labels: &HashMap<String, String>) -> bool {
+    tag_of(labels).is_some()
+}
+
 /// Removes the services, then the networks, whose owner is gone and whose
-/// scope is `scope`.
+/// scope is `scope`, but kept tasks' services (adopted before this runs)
+/// and the networks such services are on.
 pub(crate) async fn reap(
     docker: &Docker,
     me: &Owner,
@@ -57,29 +66,39 @@ pub(crate) async fn reap(
         labels.get(LABEL_SCOPE).map(String::as_str) == scope && me.judge(labels) == Liveness::Gone
     };
     let mut removed = 0;
-    for (id, labels) in services(docker, None).await? {
-        if orphan(&labels) {
+    let mut kept_networks = HashSet::new();
+    for (id, labels, network) in services(docker, None).await? {
+        if is_kept(&labels) {
+            kept_networks.extend(network);
+        } else if orphan(&labels) {
             tracing::info!(service = %id, "removing a service left by a server that is gone");
             remove_service(docker, &id).await?;
             removed += 1;
         }
     }
     for (id, labels) in network::list(docker, label_filter(None)).await? {
-        if orphan(&labels) {
+        if orphan(&labels) && !kept_networks.contains(&id) {
             network::remove(docker, &id).await?;
         }
     }
     Ok(removed)
 }
 
-/// Removes every service and network of `instance`.
+/// Removes every service and network of `instance` but its kept tasks'
+/// (left for the next server, as local kept containers are).
 pub(crate) async fn remove_instance(docker: &Docker, instance: &str) -> Result<usize, TaskError> {
     let services = services(docker, Some(instance)).await?;
-    for (id, _) in &services {
-        remove_service(docker, id).await?;
+    let mut removed = 0;
+    for (id, labels, _) in &services {
+        if !is_kept(labels) {
+            remove_service(docker, id).await?;
+            removed += 1;
+        }
     }
-    for (id, _) in network::list(docker, label_filter(Some(instance))).await? {
-        network::remove(docker, &id).await?;
+    for (id, labels) in network::list(docker, label_filter(Some(instance))).await? {
+        if !is_kept(&labels) {
+            network::remove(docker, &id).await?;
+        }
     }
-    Ok(services.len())
+    Ok(removed)
 }

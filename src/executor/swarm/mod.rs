@@ -4,11 +4,16 @@
 //!
 //! network → service → wait for a node (reporting `Scheduling`) → a
 //! [`SwarmProcess`] under the same supervision as a local container; its
-//! `finish` removes the service and the network. Stdin cannot reach a
-//! Swarm task, and an HTTP task's port is on its node's loopback: both
-//! are refused before anything is created.
+//! `finish` removes the service and the network. A kept task's (one with a
+//! task id) are kept instead until its result is discarded, and a
+//! restarted server adopts them (`kept.rs`, `adopt.rs`). Stdin cannot
+//! reach a Swarm task, and an HTTP task's port is on its node's loopback:
+//! both are refused before anything is created.
 
+mod adopt;
 mod cleanup;
+mod kept;
+mod log;
 mod network;
 mod nodes;
 mod process;
@@ -24,14 +29,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+use super::adopt::Adopted;
 use super::cleanup::Owner;
 use super::config::ExecutorConfig;
 use super::engine::engine_error;
 use super::events::EventSink;
+use super::kept::{ended_already, SIGKILL};
 use super::plan::Plan;
 use super::process::StartError;
 use super::stats::NodeStats;
-use crate::task::{ErrorKind, ProgressEvent, TaskError, TaskId};
+use super::{no_such_task, Replay};
+use crate::task::{Ending, ErrorKind, Offsets, ProgressEvent, TaskError, TaskId};
 use nodes::NodeNames;
 use schedule::Scheduling;
 
@@ -96,13 +104,37 @@ impl Swarm {
             }
         };
         let objects = TaskObjects { service, network };
-        let poll = Duration::from_millis(self.config.swarm.poll_interval_ms.max(10));
+        match self
+            .until_running(objects, &plan.image, events, cancel)
+            .await
+        {
+            Ok(process) => Ok(process),
+            Err((objects, e)) => {
+                objects.remove(&self.docker).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        Duration::from_millis(self.config.swarm.poll_interval_ms.max(10))
+    }
+
+    /// Waits for the service's task to run (reporting where it is), and
+    /// gives it as a process; gives the objects back when it does not run.
+    async fn until_running(
+        &self,
+        objects: TaskObjects,
+        image: &str,
+        events: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<SwarmProcess, (TaskObjects, StartError)> {
         let scheduling = Scheduling {
             docker: &self.docker,
             service: &objects.service,
-            image: &plan.image,
+            image,
             events,
-            poll,
+            poll: self.poll(),
             patience: Duration::from_millis(self.config.swarm.schedule_timeout_ms),
         };
         match scheduling.until_running(cancel, &self.nodes).await {
@@ -119,13 +151,94 @@ impl Swarm {
                     .progress(ProgressEvent::Created { container: short })
                     .await;
                 let _ = events.progress(ProgressEvent::Started).await;
+                let poll = self.poll();
                 Ok(SwarmProcess::new(self.docker.clone(), objects, task, poll))
             }
-            Err(e) => {
-                objects.remove(&self.docker).await;
-                Err(e)
-            }
+            Err(e) => Err((objects, e)),
         }
+    }
+
+    /// A kept task ended: its service and network stay, for its result,
+    /// until [`Swarm::discard`]. Its task is stopped if the server ended
+    /// it (or its end is unknown), with the server's verdict written on
+    /// its service.
+    pub async fn keep(&self, process: SwarmProcess, verdict: Option<Ending>, failed: bool) {
+        if verdict.is_some() || failed {
+            kept::stop(&self.docker, &process.objects().service, verdict).await;
+        }
+    }
+
+    /// The service of kept task `task`.
+    async fn kept(&self, task: &TaskId) -> Result<TaskObjects, TaskError> {
+        let service = kept::find(&self.docker, task).await?;
+        service
+            .as_ref()
+            .map(kept::objects_of)
+            .ok_or_else(|| no_such_task(task))
+    }
+
+    /// Kept task `task`'s output from its log.
+    pub async fn replay(
+        &self,
+        task: &TaskId,
+        from: Offsets,
+        follow: bool,
+    ) -> Result<Replay, TaskError> {
+        let objects = self.kept(task).await?;
+        let limit = self.config.output_limit_bytes;
+        let at = (task, objects.service.as_str());
+        kept::replay(&self.docker, at, (from, limit), follow, self.poll()).await
+    }
+
+    /// Ends kept task `task`. Swarm has no way to send a task's process a
+    /// signal: its service is scaled to no replica, which kills the task
+    /// (SIGKILL, the service's stop signal), so only SIGKILL is taken.
+    pub async fn signal(&self, task: &TaskId, signal: i32) -> Result<(), TaskError> {
+        let objects = self.kept(task).await?;
+        if !kept::is_running(&self.docker, &objects.service).await? {
+            return Err(ended_already());
+        }
+        if signal != SIGKILL {
+            return Err(TaskError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "this server runs tasks on a Docker Swarm, which cannot send signal {signal} \
+                     to a task, only end it; `tcp-task kill ID` (SIGKILL) does"
+                ),
+            ));
+        }
+        kept::stop(&self.docker, &objects.service, None).await;
+        Ok(())
+    }
+
+    /// Removes what is kept of task `task`: its service, then its network.
+    pub async fn discard(&self, task: &TaskId) -> Result<(), TaskError> {
+        if let Some(service) = kept::find(&self.docker, task).await? {
+            kept::objects_of(&service).remove(&self.docker).await;
+        }
+        Ok(())
+    }
+
+    /// The kept tasks of servers of this scope that are gone.
+    pub async fn adopt(&self) -> Result<Vec<Adopted>, TaskError> {
+        adopt::adoptable(&self.docker, &self.owner, self.config.scope.as_deref()).await
+    }
+
+    /// An adopted task that has not ended, as a process: once it runs
+    /// (it may not have started when its server went).
+    pub async fn resume(
+        &self,
+        adopted: &Adopted,
+        events: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<SwarmProcess, StartError> {
+        let service = kept::find(&self.docker, &adopted.tag.id)
+            .await?
+            .ok_or_else(|| no_such_task(&adopted.tag.id))?;
+        let objects = kept::objects_of(&service);
+        self.until_running(objects, &adopted.image, events, cancel)
+            .await
+            .map_err(|(_, e)| e)
     }
 
     /// The swarm's nodes and this server's running tasks on each.
@@ -133,7 +246,7 @@ impl Swarm {
         let ours: HashSet<String> = cleanup::services(&self.docker, Some(&self.owner.instance))
             .await?
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|(id, _, _)| id)
             .collect();
         nodes::list(&self.docker, &ours).await
     }

@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::engine::engine_error;
 use super::super::events::EventSink;
+use super::super::kept::parse_rfc3339;
 use super::super::process::{CommandFailure, StartError};
 use super::nodes::NodeNames;
 use crate::task::{ErrorKind, ProgressEvent, TaskError};
 
 /// The service's task as the manager last reported it. A service of one
-/// replica that is never restarted has one task.
+/// replica that is never restarted has one task; a kept task that was
+/// stopped has a replacement too, which never runs (`super::kept`): the
+/// first one made is the task.
 pub(crate) async fn task_of(docker: &Docker, service: &str) -> Result<Option<Task>, TaskError> {
     let options = ListTasksOptions {
         filters: Some(HashMap::from([(
@@ -30,9 +33,11 @@ pub(crate) async fn task_of(docker: &Docker, service: &str) -> Result<Option<Tas
         .list_tasks(Some(options))
         .await
         .map_err(|e| engine_error("reading the task's state from the swarm", &e))?;
-    Ok(tasks
-        .into_iter()
-        .max_by_key(|t| t.created_at.clone().map(|d| d.to_string())))
+    Ok(tasks.into_iter().min_by_key(|t| {
+        // The swarm's times drop trailing zeros: compared as times.
+        let created = t.created_at.as_deref().and_then(parse_rfc3339);
+        (created.is_none(), created)
+    }))
 }
 
 pub(crate) fn state(task: &Task) -> Option<TaskState> {
@@ -55,20 +60,23 @@ pub(crate) fn is_terminal(state: Option<TaskState>) -> bool {
 }
 
 /// The container's exit code, once the task has one: it completed, or
-/// its container ran and failed (a task the node rejected has none).
+/// its container ran and failed or was stopped (a task the node rejected
+/// has none).
 pub(crate) fn exit_code(task: &Task) -> Option<i64> {
     let status = task.status.as_ref()?;
     let container = status.container_status.as_ref();
+    let ran = || {
+        let container = container?;
+        let ran = container
+            .container_id
+            .as_ref()
+            .is_some_and(|id| !id.is_empty());
+        // -1: the node has not reported the container's end yet.
+        container.exit_code.filter(|code| ran && *code >= 0)
+    };
     match status.state? {
         TaskState::COMPLETE => Some(container.and_then(|c| c.exit_code).unwrap_or(0)),
-        TaskState::FAILED => {
-            let container = container?;
-            let ran = container
-                .container_id
-                .as_ref()
-                .is_some_and(|id| !id.is_empty());
-            ran.then_some(container.exit_code?)
-        }
+        TaskState::FAILED | TaskState::SHUTDOWN => ran(),
         _ => None,
     }
 }
@@ -183,4 +191,49 @@ fn unschedulable(patience: Duration, why: &str) -> TaskError {
             patience
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerStatus, TaskStatus};
+
+    fn task(state: TaskState, container: Option<&str>, code: Option<i64>) -> Task {
+        Task {
+            status: Some(TaskStatus {
+                state: Some(state),
+                container_status: Some(ContainerStatus {
+                    container_id: container.map(str::to_owned),
+                    exit_code: code,
+                    ..ContainerStatus::default()
+                }),
+                ..TaskStatus::default()
+            }),
+            ..Task::default()
+        }
+    }
+
+    #[test]
+    fn a_stopped_task_has_its_containers_exit_code_once_the_node_reports_it() {
+        // A kept task the server stopped: SIGKILL.
+        let stopped = task(TaskState::SHUTDOWN, Some("c0ffee"), Some(137));
+        assert_eq!(exit_code(&stopped), Some(137));
+        // -1 while its node has not reported the container's end.
+        let stopping = task(TaskState::SHUTDOWN, Some("c0ffee"), Some(-1));
+        assert_eq!(exit_code(&stopping), None);
+        // Shut down before it had a container: no exit code.
+        assert_eq!(exit_code(&task(TaskState::SHUTDOWN, None, Some(0))), None);
+        assert_eq!(
+            exit_code(&task(TaskState::COMPLETE, Some("c"), Some(0))),
+            Some(0)
+        );
+        assert_eq!(
+            exit_code(&task(TaskState::FAILED, Some("c"), Some(42))),
+            Some(42)
+        );
+        assert_eq!(
+            exit_code(&task(TaskState::RUNNING, Some("c"), Some(0))),
+            None
+        );
+    }
 }

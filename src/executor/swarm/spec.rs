@@ -88,7 +88,10 @@ fn container_spec(plan: &Plan, labels: HashMap<String, String>) -> TaskSpecConta
             no_new_privileges: Some(true),
             ..TaskSpecContainerSpecPrivileges::default()
         }),
-        // No grace: a task that is ended is killed, as on the local backend.
+        // No grace: a task that is ended is killed, as on the local backend
+        // (a kept task's by scaling its service to none, `super::kept`), and
+        // reads as SIGKILL.
+        stop_signal: Some("SIGKILL".to_owned()),
         stop_grace_period: Some(0),
         ..TaskSpecContainerSpec::default()
     }

@@ -9,6 +9,7 @@
 //! timeout_ms = 10000
 //! warm = 2     # containers kept started ahead of time (docs/WARM.md)
 //! reuse = 1    # tasks one warm container serves (1: single use)
+//! reset = false # reset the container between those tasks (read-only root)
 //! ```
 //!
 //! A client runs one with `Task::Named { name, args, params }`: the args are
@@ -79,6 +80,12 @@ pub struct CatalogEntry {
     /// (docs/WARM.md says what is shared).
     #[serde(default = "single_use")]
     pub reuse: u32,
+    /// Between two of the `reuse` tasks, the container is reset to what a
+    /// fresh one holds and checked, or discarded (docs/WARM.md). Implies a
+    /// read-only root; warm containers of such an entry serve one named
+    /// client only. Default false.
+    #[serde(default)]
+    pub reset: bool,
 }
 
 fn single_use() -> u32 {
@@ -168,6 +175,9 @@ impl CatalogEntry {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         env.append(&mut spec.env);
+        // Only a read-only root can be reset: the task writes nowhere else
+        // than the writable mounts the reset empties.
+        spec.read_only_root |= self.reset;
         if let Some(params) = &params {
             check_json(params)?;
         }
@@ -231,6 +241,7 @@ mod tests {
         env = { MODE = "fast" }
         warm = 2
         reuse = 3
+        reset = true
     "#;
 
     #[test]
@@ -260,9 +271,14 @@ mod tests {
             .entry_of(&TaskSpec::named("sum", Vec::<String>::new()))
             .expect("an entry");
         assert_eq!((name, entry.warm, entry.reuse), ("sum", 2, 3));
+        assert!(
+            entry.reset && resolved.read_only_root,
+            "reset implies a read-only root"
+        );
         let plain: Catalog =
             Catalog::from_toml("[x]\nimage = \"i\"\ncommand = [\"c\"]\n").expect("catalog parses");
         assert_eq!((plain.entries["x"].warm, plain.entries["x"].reuse), (0, 1));
+        assert!(!plain.entries["x"].reset);
     }
 
     #[test]

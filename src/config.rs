@@ -120,7 +120,13 @@ pub fn examples_image() -> String {
     format!("tcp-task-examples:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The classic example tasks, all in the examples image.
+/// Tasks one warm container of an example entry serves, reset between
+/// them (docs/WARM.md).
+pub const EXAMPLES_REUSE: u32 = 100;
+
+/// The classic example tasks, all in the examples image. Each is
+/// `reset = true`: a warm container serves up to [`EXAMPLES_REUSE`] of one
+/// client's tasks of the same entry, reset between them.
 pub fn examples_catalog() -> Catalog {
     const MIB: u64 = 1024 * 1024;
     let entry = |command: &str, description: &str, timeout_ms: u64| CatalogEntry {
@@ -133,7 +139,8 @@ pub fn examples_catalog() -> Catalog {
         pids_limit: Some(16),
         timeout_ms: Some(timeout_ms),
         warm: 0,
-        reuse: 1,
+        reuse: EXAMPLES_REUSE,
+        reset: true,
         port: None,
         task: None,
     };

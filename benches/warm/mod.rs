@@ -12,11 +12,16 @@
 //!   catalog entry with `reuse` (32 warm containers, each serving many tasks),
 //!   Throughput::Elements.
 //!
+//! - `burst/…`: 200 tasks at once, on a `reset = true` entry, on a
+//!   single-use one, and as parallel `docker run`s (benches/warm/burst.rs).
+//!
 //! With no reachable engine (or no way to build the examples image) both
 //! print why and are skipped.
 //!
 //! [`WarmServer`] and its way of timing a task on a settled pool are shared
 //! with `http_task/tcp_task_warm` (benches/http_task/mod.rs).
+
+mod burst;
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
@@ -68,6 +73,7 @@ pub fn warm_benches(c: &mut Criterion) {
     latency(c, &rt, &setup);
     throughput(c, &rt, &setup);
     rt.block_on(setup.server.shutdown());
+    burst::burst_benches(c, &rt);
 }
 
 impl WarmServer {

@@ -73,6 +73,8 @@ impl Admission {
         let entry = self.catalog.entry_of(&spec).map(|(name, entry)| EntryRef {
             name: name.to_owned(),
             reuse: entry.reuse,
+            reset: entry.reset,
+            client: client.map(|c| c.name.clone()),
         });
         let spec = self.catalog.resolve(spec)?;
         policy::plan(spec, &self.policy, client, entry)

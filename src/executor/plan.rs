@@ -64,10 +64,14 @@ pub struct TaskTag {
     pub detach: bool,
 }
 
-/// A pre-compiled task's name and how many of its tasks one warm container
-/// may serve in turn (1: a fresh container per task).
+/// A pre-compiled task's name, how many of its tasks one warm container
+/// may serve in turn (1: a fresh container per task), whether the container
+/// is reset between them, and the named client that asks (a container that
+/// serves several tasks serves one client's only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRef {
     pub name: String,
     pub reuse: u32,
+    pub reset: bool,
+    pub client: Option<String>,
 }

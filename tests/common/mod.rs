@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use tcp_task::admission::{Admission, Policy};
+use tcp_task::admission::{Admission, ClientPolicy, ClientRules, Policy};
 use tcp_task::catalog::Catalog;
 use tcp_task::executor::{
     label_filter, Delivery, Disconnected, DockerExecutor, Events, Executor, ExecutorConfig,
@@ -125,6 +125,18 @@ impl Harness {
         start(self.exec.clone(), self.admission.clone(), spec)
     }
 
+    /// Runs `spec` to its end for the named client `client` (whose rules
+    /// are the default ones).
+    pub async fn run_as(&self, client: &str, spec: TaskSpec) -> Run {
+        let rules = ClientRules {
+            name: client.to_owned(),
+            policy: ClientPolicy::default(),
+        };
+        start_for(self.exec.clone(), self.admission.clone(), Some(rules), spec)
+            .finish()
+            .await
+    }
+
     /// Asserts that no container of this executor is left on the engine,
     /// once the removals it owes (of tasks that ended) are done.
     pub async fn assert_clean(&self) {
@@ -207,6 +219,16 @@ impl Run {
 }
 
 pub fn start(exec: Arc<DockerExecutor>, admission: Arc<Admission>, spec: TaskSpec) -> Running {
+    start_for(exec, admission, None, spec)
+}
+
+/// Starts `spec` as the named client `client` would (`None`: anonymous).
+pub fn start_for(
+    exec: Arc<DockerExecutor>,
+    admission: Arc<Admission>,
+    client: Option<ClientRules>,
+    spec: TaskSpec,
+) -> Running {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let (stdin_tx, stdin_rx) = mpsc::channel(16);
     let cancel = CancellationToken::new();
@@ -216,7 +238,7 @@ pub fn start(exec: Arc<DockerExecutor>, admission: Arc<Admission>, spec: TaskSpe
         cancel: cancel.clone(),
     };
     let task = tokio::spawn(async move {
-        let plan = admission.plan(spec, None)?;
+        let plan = admission.plan(spec, client.as_ref())?;
         exec.run(plan, io).await
     });
     Running {

@@ -11,6 +11,13 @@
 //! agent's stderr, which the server keeps for error messages. Its tasks are
 //! then `relay PORT` (tools/src/relay.rs), the server's way in.
 //!
+//! `--reset` (with `--tasks` above 1) puts the container back as it was
+//! before each next task, and checks it, before saying `ready` again
+//! (tools/src/reset.rs); if it cannot, the agent exits and the container is
+//! discarded. Without it, a container that serves several tasks keeps what
+//! one task wrote for the next. Either way the agent says `ready` again
+//! after each task but the last.
+//!
 //! `--prefetch PROGRAM` reads the program's file once before the agent says
 //! it is ready: in a fresh container the first exec of a file otherwise goes
 //! through a cold page cache (with fuse-overlayfs, one userspace round trip
@@ -48,6 +55,7 @@ use std::time::Duration;
 
 use crate::agent_proto::{self as proto, ExitReport, ProtoError, TaskHeader, UsageReport};
 use crate::cli::Fail;
+use crate::reset::{self, Baseline};
 use crate::sys::{self, Reaped};
 
 /// Output is read and sent in chunks of at most this many bytes, the
@@ -77,9 +85,21 @@ enum Event {
 pub fn run(args: &[String]) -> Result<(), Fail> {
     let options = parse_args(args)?;
     let tasks = options.tasks;
+    // No task may ptrace us or open our /proc/1/fd (our frames to the
+    // server): a process of the same user could otherwise.
+    let _ = sys::set_not_dumpable();
     if let Some(program) = &options.prefetch {
         prefetch(program);
     }
+    let baseline = match options.reset {
+        true => Some(Baseline::take().map_err(|e| {
+            Fail::Exit(
+                3,
+                format!("this container cannot be reset between tasks: {e}"),
+            )
+        })?),
+        false => None,
+    };
     if let Some(port) = options.serve_port {
         start_server(&options.serve, port)?;
     }
@@ -97,6 +117,18 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
         };
         run_task(&header, &rx, &tx, &out)?;
         served += 1;
+        if tasks == 0 || served < tasks {
+            if let Some(baseline) = &baseline {
+                baseline.reset().map_err(|e| {
+                    Fail::Exit(
+                        3,
+                        format!("the container could not be reset, so it is not reused: {e}"),
+                    )
+                })?;
+            }
+            // Ready again: the server hands out no container before this.
+            out.send(proto::READY, &[proto::VERSION])?;
+        }
     }
     Ok(())
 }
@@ -104,6 +136,8 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
 #[derive(Debug, PartialEq, Eq)]
 struct Options {
     tasks: u64,
+    /// Reset the container between tasks (tools/src/reset.rs).
+    reset: bool,
     prefetch: Option<String>,
     serve_port: Option<u16>,
     /// The image's server: argv after `--`.
@@ -113,6 +147,7 @@ struct Options {
 fn parse_args(args: &[String]) -> Result<Options, Fail> {
     let mut options = Options {
         tasks: 1,
+        reset: false,
         prefetch: None,
         serve_port: None,
         serve: Vec::new(),
@@ -122,6 +157,10 @@ fn parse_args(args: &[String]) -> Result<Options, Fail> {
         if flag == "--" {
             options.serve = args.cloned().collect();
             break;
+        }
+        if flag == "--reset" {
+            options.reset = true;
+            continue;
         }
         let value = args
             .next()
@@ -456,11 +495,21 @@ fn supervise(
     }
 }
 
-/// Kills every process but us. Only as PID 1: anywhere else `kill(-1)`
-/// would reach every process of the user.
+/// Kills every process but us, again until none is left (one that forks
+/// while `kill(-1)` walks the list can escape a round; the waiter reaps the
+/// dead), for at most [`reset::KILL_WAIT`]. Only as PID 1: anywhere else
+/// `kill(-1)` would reach every process of the user.
 fn kill_leftovers() {
-    if sys::pid() == 1 {
+    if sys::pid() != 1 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + reset::KILL_WAIT;
+    loop {
         let _ = sys::send_signal(-1, sys::SIGKILL);
+        if reset::other_processes().is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -647,6 +696,8 @@ mod tests {
         );
         assert!(parse_args(&args(&["--serve-port", "8080"])).is_err());
         assert!(parse_args(&args(&["--serve-port", "x", "--", "srv"])).is_err());
+        let reset = parse_args(&args(&["--reset", "--tasks", "3"])).ok();
+        assert_eq!(reset.map(|o| (o.reset, o.tasks)), Some((true, 3)));
         let both = parse_args(&args(&["--tasks", "3", "--prefetch", "true"])).ok();
         assert_eq!(
             both.map(|o| (o.tasks, o.prefetch)),

@@ -18,10 +18,12 @@ mod cli;
 mod examples;
 mod grayscale;
 mod http_tasks;
+mod leftovers;
 mod measure;
 mod pi;
 mod primes;
 mod relay;
+mod reset;
 mod rng;
 mod signal_names;
 mod sys;
@@ -118,6 +120,18 @@ const APPLETS: &[Applet] = &[
         "write N pseudo-random bytes",
     ),
     Applet::new("zeros", testing::zeros, "N", "write N zero bytes"),
+    Applet::new(
+        "leave",
+        leftovers::leave,
+        "WHAT...",
+        "leave files, a process, IPC objects... for the next task (reset tests)",
+    ),
+    Applet::new(
+        "look",
+        leftovers::look,
+        "",
+        "report what a task can see of a previous task's leftovers",
+    ),
     Applet::new("cat", testing::cat, "", "copy stdin to stdout, unbuffered"),
     Applet::new(
         "sleep",

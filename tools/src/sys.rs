@@ -13,6 +13,13 @@ extern "C" {
     fn signal(sig: i32, handler: usize) -> usize;
     fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut Rusage) -> i32;
     fn getrusage(who: i32, rusage: *mut Rusage) -> i32;
+    fn shmctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
+    fn semctl(id: i32, num: i32, cmd: i32, ...) -> i32;
+    fn msgctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
+    fn shmget(key: i32, size: usize, flags: i32) -> i32;
+    fn semget(key: i32, count: i32, flags: i32) -> i32;
+    fn msgget(key: i32, flags: i32) -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
 
 /// `struct timeval` on 64-bit Linux.
@@ -171,4 +178,67 @@ pub fn wait_any_with_usage() -> io::Result<(i32, Reaped, Usage)> {
             return Err(err);
         }
     }
+}
+
+/// Reaps one terminated child without waiting; false when none is ready
+/// (or there are no children).
+pub fn reap_any_nohang() -> bool {
+    const WNOHANG: i32 = 1;
+    let mut status = 0;
+    // SAFETY: wait4 writes one int to a local we own; rusage may be null.
+    unsafe { wait4(-1, &mut status, WNOHANG, std::ptr::null_mut()) > 0 }
+}
+
+/// Removes System V IPC object `id` of the kind listed in `file` (one of
+/// `/proc/sysvipc/{shm,sem,msg}`): `IPC_RMID`.
+pub fn remove_sysv(file: &str, id: i32) -> io::Result<()> {
+    const IPC_RMID: i32 = 0;
+    // SAFETY: IPC_RMID reads and writes no buffer; the pointers are null.
+    let done = unsafe {
+        match file.rsplit('/').next() {
+            Some("shm") => shmctl(id, IPC_RMID, std::ptr::null_mut()),
+            Some("sem") => semctl(id, 0, IPC_RMID),
+            Some("msg") => msgctl(id, IPC_RMID, std::ptr::null_mut()),
+            _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes this process non-dumpable: then a process of the same user (a
+/// task) can neither ptrace it nor open its `/proc/PID/fd`, mem or environ,
+/// which need the rights of ptrace. Not inherited across exec.
+pub fn set_not_dumpable() -> io::Result<()> {
+    const PR_SET_DUMPABLE: i32 = 4;
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only.
+    if unsafe { prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Creates one System V shared memory segment (4 KiB), semaphore set and
+/// message queue, private, left for whoever comes next (the `leave`
+/// applet).
+pub fn make_sysv_objects() -> io::Result<()> {
+    const IPC_PRIVATE: i32 = 0;
+    const IPC_CREAT: i32 = 0o1000;
+    let flags = IPC_CREAT | 0o600;
+    // SAFETY: these take integers only and return an id or -1.
+    let ids = unsafe {
+        [
+            shmget(IPC_PRIVATE, 4096, flags),
+            semget(IPC_PRIVATE, 1, flags),
+            msgget(IPC_PRIVATE, flags),
+        ]
+    };
+    if ids.contains(&-1) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

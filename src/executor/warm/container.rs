@@ -163,6 +163,9 @@ impl Launcher {
         let mut body = container_body(&self.config, &self.owner, &plan, &format!("warm-{serial}"));
         body.entrypoint = Some(vec![AGENT_PATH.to_owned()]);
         let mut args = vec!["--tasks".to_owned(), key.reuse.to_string()];
+        if key.reset {
+            args.push("--reset".to_owned());
+        }
         if let Some(program) = prefetch {
             args.extend(["--prefetch".to_owned(), program.to_owned()]);
         }

@@ -11,8 +11,11 @@ use crate::executor::plan::Plan;
 /// environment, working directory and stdin are not in the key: the agent
 /// applies them per task.
 ///
-/// A catalog entry with `reuse > 1` gets pools of its own (`entry`), so a
-/// container that served one entry's task never serves another entry's.
+/// A catalog entry with `reuse > 1` gets pools of its own (`entry`), one
+/// per named client (`client`), so a container that served one entry's task
+/// never serves another entry's, nor another client's. With `reset` (the
+/// entry's, on a read-only root) the agent resets the container between
+/// two tasks.
 ///
 /// An HTTP task's container runs the image's server from its start, so
 /// what that server is given is in the key too ([`Serve`]).
@@ -27,7 +30,12 @@ pub(crate) struct PoolKey {
     pub read_only_root: bool,
     pub tmpfs_bytes: u64,
     pub entry: Option<String>,
+    /// The named client whose tasks a reused container serves (`None`: an
+    /// anonymous client's, or a single-use container).
+    pub client: Option<String>,
     pub reuse: u32,
+    /// Reset between tasks (tools/src/reset.rs).
+    pub reset: bool,
     /// For HTTP tasks: the server the container runs.
     pub serve: Option<Serve>,
 }
@@ -55,13 +63,18 @@ impl PoolKey {
     /// The key of `plan`. A catalog entry with `reuse > 1` has pools of
     /// its own.
     pub fn of(plan: &Plan) -> PoolKey {
-        let (entry, reuse) = match &plan.entry {
+        let reused = match &plan.entry {
             // An HTTP task's container serves one task: the agent ends
             // what the task leaves running, the image's server included.
-            _ if plan.http.is_some() => (None, 1),
-            Some(e) if e.reuse > 1 => (Some(e.name.clone()), e.reuse),
-            _ => (None, 1),
+            _ if plan.http.is_some() => None,
+            Some(e) if e.reuse > 1 => Some(e),
+            _ => None,
         };
+        let entry = reused.map(|e| e.name.clone());
+        let client = reused.and_then(|e| e.client.clone());
+        let reuse = reused.map_or(1, |e| e.reuse);
+        // Only a read-only root can be reset.
+        let reset = reused.is_some_and(|e| e.reset) && plan.read_only_root;
         let serve = plan.http.as_ref().map(|call| Serve {
             port: call.port,
             command: plan.command.clone(),
@@ -77,9 +90,20 @@ impl PoolKey {
             read_only_root: plan.read_only_root,
             tmpfs_bytes: plan.tmpfs_bytes,
             entry,
+            client,
             reuse,
+            reset,
             serve,
         }
+    }
+
+    /// The same key for no named client: its pool's containers that never
+    /// served a task are as fresh for a named client as for anyone.
+    pub fn anonymous(&self) -> Option<PoolKey> {
+        self.client.as_ref().map(|_| PoolKey {
+            client: None,
+            ..self.clone()
+        })
     }
 
     /// The settings a container for this key is created with: the key's,
@@ -129,6 +153,12 @@ impl fmt::Display for PoolKey {
         )?;
         if let Some(entry) = &self.entry {
             write!(f, " entry={entry} reuse={}", self.reuse)?;
+            if self.reset {
+                write!(f, " reset")?;
+            }
+            if let Some(client) = &self.client {
+                write!(f, " client={client}")?;
+            }
         }
         if let Some(serve) = &self.serve {
             write!(f, " http={}", serve.port)?;
@@ -148,8 +178,34 @@ mod tests {
         plan.entry = Some(EntryRef {
             name: name.into(),
             reuse,
+            reset: false,
+            client: None,
         });
         PoolKey::of(&plan)
+    }
+
+    #[test]
+    fn reset_pools_are_per_client_and_need_a_read_only_root() {
+        let mut plan = test_key().profile();
+        plan.read_only_root = true;
+        let entry = |client: Option<&str>| EntryRef {
+            name: "sum".into(),
+            reuse: 5,
+            reset: true,
+            client: client.map(str::to_owned),
+        };
+        plan.entry = Some(entry(Some("alice")));
+        let alice = PoolKey::of(&plan);
+        assert!(alice.reset);
+        assert!(alice
+            .to_string()
+            .ends_with("entry=sum reuse=5 reset client=alice"));
+        plan.entry = Some(entry(Some("bob")));
+        assert_ne!(PoolKey::of(&plan), alice, "two clients never share a pool");
+        plan.entry = Some(entry(None));
+        assert_ne!(PoolKey::of(&plan), alice);
+        plan.read_only_root = false;
+        assert!(!PoolKey::of(&plan).reset, "a writable root is not reset");
     }
 
     #[test]
@@ -182,7 +238,9 @@ mod tests {
             read_only_root: false,
             tmpfs_bytes: 64 << 20,
             entry: None,
+            client: None,
             reuse: 1,
+            reset: false,
             serve: None,
         }
     }

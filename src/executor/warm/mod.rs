@@ -37,7 +37,7 @@ use super::plan::Plan;
 use super::process::StartError;
 use super::stats::PoolStats;
 use key::{eligible, PoolKey};
-use pool::Pool;
+use pool::{Pool, Take, WAIT_FOR_WARM};
 use process::Handed;
 
 /// The executor's warm pools.
@@ -79,8 +79,16 @@ impl Warm {
         // A container that turns out dead before the task starts is
         // dropped and the next one tried.
         loop {
-            let Some(lease) = self.pool.take(&key, program(plan)) else {
-                return Ok(None);
+            let lease = match self.pool.take(&key, program(plan)) {
+                Take::Hit(lease) => lease,
+                Take::Miss => return Ok(None),
+                Take::Wait(waiter) => tokio::select! {
+                    lease = waiter.wait(WAIT_FOR_WARM) => match lease {
+                        Some(lease) => lease,
+                        None => return Ok(None),
+                    },
+                    _ = cancel.cancelled() => return Err(StartError::Cancelled),
+                },
             };
             match process::hand(lease, &self.docker, plan, events, cancel).await {
                 Handed::Started(process) => return Ok(Some(*process)),

@@ -12,15 +12,29 @@
 //!   skips any that closed, so a dead container is never handed out.
 //! - Removal is in the background, off the task's path; [`Pool::settle`]
 //!   waits for it, and [`Pool::drain`] empties every pool at shutdown.
+//! - Pools follow demand within the budget: each request that finds none
+//!   ready grows its pool by one (its `burst`; a single-use pool only once
+//!   it is warm at all), so that a burst has
+//!   containers started for it while its first tasks run; after
+//!   [`SHRINK_AFTER`] without such a miss the pool shrinks by one a tick
+//!   back to its base, and once it had no request for as long, its idle
+//!   containers beyond that are removed, one a tick.
+//! - At most [`MAX_STARTING`] containers start at once, all pools
+//!   together: more would only slow each start (the engine serialises
+//!   much of it) and leave tasks waiting longer for the first ones.
+//! - A task of a pool whose containers serve several tasks (`reuse`) that
+//!   finds none ready waits up to [`WAIT_FOR_WARM`] for the next one (a
+//!   container coming back from its task, or a new one) instead of paying
+//!   for a cold container that would serve it alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::container::{Launcher, WarmContainer};
+use super::container::{Launcher, Record, WarmContainer};
 use super::key::PoolKey;
 use crate::executor::config::WarmConfig;
 use crate::executor::stats::PoolStats;
@@ -30,6 +44,17 @@ use crate::task::TaskError;
 const TICK: Duration = Duration::from_millis(500);
 /// Wait after a failed refill before trying that key again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a container's agent may take after a task to say it is ready
+/// for the next (the reset included); then the container is removed.
+const READY_AGAIN: Duration = Duration::from_secs(10);
+/// Containers starting at once, all pools together.
+pub(crate) const MAX_STARTING: u32 = 4;
+/// A pool grown by misses shrinks back one container a tick after this
+/// long without a miss.
+pub(crate) const SHRINK_AFTER: Duration = Duration::from_secs(5);
+/// How long a task of a `reuse` pool waits for a container of its pool
+/// before it runs cold.
+pub(crate) const WAIT_FOR_WARM: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -50,7 +75,13 @@ struct State {
 
 #[derive(Debug)]
 struct KeyPool {
+    /// The base size: the catalog's `warm`, or `on_demand` once warm.
     target: u32,
+    /// Containers added on top by recent misses.
+    burst: u32,
+    last_miss: Instant,
+    /// Tasks waiting for the next ready container, first come first served.
+    waiters: VecDeque<oneshot::Sender<WarmContainer>>,
     /// Set by the catalog: never cools down.
     fixed: bool,
     idle: Vec<WarmContainer>,
@@ -70,6 +101,9 @@ impl KeyPool {
     fn new() -> KeyPool {
         KeyPool {
             target: 0,
+            burst: 0,
+            last_miss: Instant::now(),
+            waiters: VecDeque::new(),
             fixed: false,
             idle: Vec::new(),
             starting: 0,
@@ -86,6 +120,49 @@ impl KeyPool {
     fn warm(&self) -> u32 {
         self.idle.len() as u32 + self.starting
     }
+
+    fn wanted(&self) -> u32 {
+        self.target + self.burst
+    }
+
+    /// The containers the pool has: ready or starting, and for a pool
+    /// whose containers come back after their task, those in use too.
+    fn size(&self, key: &PoolKey) -> u32 {
+        let back = if key.reuse > 1 { self.in_use } else { 0 };
+        self.warm() + back
+    }
+
+    /// A ready container: to the first task still waiting, else idle.
+    fn put_back(&mut self, container: WarmContainer) {
+        if let Some(container) = self.offer(container) {
+            self.idle.push(container);
+        }
+    }
+
+    /// Gives `container` to the first task still waiting; it comes back
+    /// when none is.
+    fn offer(&mut self, mut container: WarmContainer) -> Option<WarmContainer> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(container) {
+                Ok(()) => {
+                    self.in_use += 1;
+                    self.hits += 1;
+                    return None;
+                }
+                Err(back) => container = back,
+            }
+        }
+        Some(container)
+    }
+}
+
+/// What [`Pool::take`] found.
+pub(crate) enum Take {
+    Hit(Lease),
+    /// None ready, but one of the pool's containers will be: wait for it.
+    Wait(Waiter),
+    /// Run cold.
+    Miss,
 }
 
 impl Pool {
@@ -130,8 +207,8 @@ impl Pool {
     /// otherwise when the task gives the container back (or at the next
     /// tick), so that a short task does not share dockerd and the CPU with
     /// the container start it caused.
-    pub fn take(self: &Arc<Self>, key: &PoolKey, program: &str) -> Option<Lease> {
-        let (taken, dead, dry) = {
+    pub fn take(self: &Arc<Self>, key: &PoolKey, program: &str) -> Take {
+        let (taken, dead, dry, waiter) = {
             let mut state = self.lock();
             let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
             note_request(pool, &self.config);
@@ -148,28 +225,89 @@ impl Pool {
                     break;
                 }
             }
+            let dry = pool.idle.is_empty();
+            // A named client's pool can start with a container that never
+            // served anyone (a catalog entry's `warm` ones are anonymous).
+            if taken.is_none() {
+                taken = key.anonymous().and_then(|k| take_fresh(&mut state, &k));
+            }
+            let pool = state.pools.entry(key.clone()).or_insert_with(KeyPool::new);
+            let mut waiter = None;
             match taken {
                 Some(_) => {
                     pool.hits += 1;
                     pool.in_use += 1;
                 }
-                None => pool.misses += 1,
+                None if key.reuse > 1 => {
+                    // One more start for each waiting task that neither a
+                    // start nor a container coming back from its task
+                    // (in use) already covers.
+                    if (pool.starting + pool.in_use) as usize <= pool.waiters.len() {
+                        grow(pool, self.config.max_containers);
+                    }
+                    {
+                        let (tx, rx) = oneshot::channel();
+                        pool.waiters.push_back(tx);
+                        waiter = Some(rx);
+                    }
+                }
+                None => {
+                    // Only a pool that is warm at all (the catalog's, or
+                    // warmed up by demand) grows: a one-off task leaves
+                    // nothing behind.
+                    if pool.target > 0 {
+                        grow(pool, self.config.max_containers);
+                    }
+                    pool.misses += 1;
+                }
             }
-            (taken, dead, pool.idle.is_empty())
+            (taken, dead, dry, waiter)
         };
+        if let Some(anonymous) = key.anonymous() {
+            self.replenish(&anonymous);
+        }
         dead.into_iter().for_each(|c| self.retire(c));
         if dry {
             self.replenish(key);
         }
-        taken.map(|mut container| {
-            container.uses += 1;
-            Lease {
-                pool: self.clone(),
-                key: key.clone(),
-                container: Some(container),
-                pooled: true,
-            }
-        })
+        if let Some(rx) = waiter {
+            return self.wait_or_miss(key, rx);
+        }
+        match taken {
+            Some(container) => Take::Hit(self.lease(key, container)),
+            None => Take::Miss,
+        }
+    }
+
+    /// A waiter for `key`, or a miss when no container of the pool is in
+    /// use or starting (the budget is spent, or refills are failing).
+    fn wait_or_miss(self: &Arc<Self>, key: &PoolKey, rx: oneshot::Receiver<WarmContainer>) -> Take {
+        let coming = self
+            .lock()
+            .pools
+            .get(key)
+            .is_some_and(|p| p.starting + p.in_use > 0);
+        let waiter = Waiter {
+            rx,
+            pool: self.clone(),
+            key: key.clone(),
+        };
+        if coming {
+            Take::Wait(waiter)
+        } else {
+            waiter.gave_up();
+            Take::Miss
+        }
+    }
+
+    fn lease(self: &Arc<Self>, key: &PoolKey, mut container: WarmContainer) -> Lease {
+        container.uses += 1;
+        Lease {
+            pool: self.clone(),
+            key: key.clone(),
+            container: Some(container),
+            pooled: true,
+        }
     }
 
     /// Launches a container of `key` for one task now, waiting up to
@@ -192,20 +330,36 @@ impl Pool {
     }
 
     /// Takes back a container after a task: idle again when it may serve
-    /// more tasks, else removed. Either way the pool is topped up.
+    /// more tasks and its agent says it is ready again (after a reset, for
+    /// a `reset` key), else removed. Either way the pool is topped up.
     fn give_back(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, reusable: bool) {
+        let may_serve = reusable
+            && !self.lock().closed
+            && container.uses < key.reuse
+            && !container.closed.is_cancelled();
+        if !may_serve {
+            return self.returned(key, container, false);
+        }
+        let pool = self.clone();
+        let key = key.clone();
+        self.background(async move {
+            let mut container = container;
+            let ready = ready_again(&mut container).await;
+            pool.returned(&key, container, ready);
+        });
+    }
+
+    /// A container is back from a task: idle when `fit`, else removed.
+    fn returned(self: &Arc<Self>, key: &PoolKey, container: WarmContainer, fit: bool) {
         let unused = {
             let mut state = self.lock();
             let closed = state.closed;
             match state.pools.get_mut(key) {
                 Some(pool) => {
                     pool.in_use = pool.in_use.saturating_sub(1);
-                    let keep = reusable
-                        && !closed
-                        && container.uses < key.reuse
-                        && !container.closed.is_cancelled();
-                    if keep {
-                        pool.idle.push(container);
+                    // Its death watch, set when it was filled, still holds.
+                    if fit && !closed && !container.closed.is_cancelled() {
+                        pool.put_back(container);
                         None
                     } else {
                         Some(container)
@@ -260,7 +414,7 @@ impl Pool {
             if pool.retry_at.is_some_and(|at| Instant::now() < at) {
                 return;
             }
-            let count = pool.target.saturating_sub(pool.warm()).min(room);
+            let count = pool.wanted().saturating_sub(pool.size(key)).min(room);
             pool.starting += count;
             (count, pool.program.clone())
         };
@@ -274,16 +428,20 @@ impl Pool {
         if state.closed || !self.config.enabled {
             return 0;
         }
-        let count: u32 = state.pools.values().map(KeyPool::warm).sum();
+        let count: u32 = state.pools.iter().map(|(k, p)| p.size(k)).sum();
         let memory: u64 = state
             .pools
             .iter()
-            .map(|(k, p)| k.memory_bytes * u64::from(p.warm()))
+            .map(|(k, p)| k.memory_bytes * u64::from(p.size(k)))
             .sum();
+        let starting: u32 = state.pools.values().map(|p| p.starting).sum();
         let by_count = self.config.max_containers.saturating_sub(count);
         let free_memory = self.config.max_memory_bytes.saturating_sub(memory);
         let by_memory = free_memory / key.memory_bytes.max(1);
-        by_count.min(u32::try_from(by_memory).unwrap_or(u32::MAX))
+        let by_starting = MAX_STARTING.saturating_sub(starting);
+        by_count
+            .min(by_starting)
+            .min(u32::try_from(by_memory).unwrap_or(u32::MAX))
     }
 
     fn spawn_fill(self: &Arc<Self>, key: PoolKey, program: Option<String>) {
@@ -309,17 +467,20 @@ impl Pool {
                 return;
             };
             pool.starting = pool.starting.saturating_sub(1);
+            let wanted = pool.size(key) < pool.wanted() || !pool.waiters.is_empty();
             match launched {
-                Ok(container) if !closed && pool.warm() < pool.target => {
+                Ok(container) if !closed && wanted => {
                     pool.retry_at = None;
                     self.watch_death(key, &container);
-                    pool.idle.push(container);
+                    pool.put_back(container);
                     None
                 }
                 Ok(container) => Some(container),
                 Err(e) => {
                     tracing::warn!(pool = %key, error = %e, "a warm container could not be started");
                     pool.retry_at = Some(Instant::now() + RETRY_AFTER);
+                    // Waiting tasks run cold rather than wait for a retry.
+                    pool.waiters.clear();
                     None
                 }
             }
@@ -327,6 +488,9 @@ impl Pool {
         if let Some(container) = surplus {
             self.retire(container);
         }
+        // The budget of starts it held may let another pool start one.
+        let keys: Vec<PoolKey> = self.lock().pools.keys().cloned().collect();
+        keys.iter().for_each(|k| self.replenish(k));
     }
 
     /// When an idle container's stream closes, it leaves the pool and is
@@ -386,18 +550,22 @@ impl Pool {
                 return false;
             }
             let mut cold = Vec::new();
-            for pool in state.pools.values_mut() {
+            for (key, pool) in state.pools.iter_mut() {
                 if !pool.fixed && pool.last_request.elapsed() > idle_for {
                     pool.target = 0;
+                    pool.burst = 0;
                     cold.append(&mut pool.idle);
                 }
+                shrink(pool);
+                cold.extend(surplus(pool, key));
             }
             // A key is forgotten once nothing of it is left and its last
             // request is too old to count towards demand.
             let window = Duration::from_millis(self.config.demand_window_ms);
             state.pools.retain(|_, p| {
                 p.fixed
-                    || p.target > 0
+                    || p.wanted() > 0
+                    || !p.idle.is_empty()
                     || p.starting + p.in_use > 0
                     || p.last_request.elapsed() <= window
             });
@@ -499,6 +667,100 @@ impl Drop for Lease {
     }
 }
 
+/// A miss grows the pool by one, up to the whole budget.
+fn grow(pool: &mut KeyPool, max: u32) {
+    pool.last_miss = Instant::now();
+    pool.burst = (pool.burst + 1).min(max.saturating_sub(pool.target));
+}
+
+/// One container less a tick once misses stopped for [`SHRINK_AFTER`].
+fn shrink(pool: &mut KeyPool) {
+    if pool.burst > 0 && pool.last_miss.elapsed() > SHRINK_AFTER {
+        pool.burst -= 1;
+    }
+}
+
+/// An idle container beyond what the pool wants, taken out, once the pool
+/// had no request for [`SHRINK_AFTER`]: one a tick, the oldest first. (A
+/// `reuse` pool's containers come back after each task whatever its size,
+/// so they are only shed when quiet.)
+fn surplus(pool: &mut KeyPool, key: &PoolKey) -> Option<WarmContainer> {
+    let quiet = pool.last_request.elapsed() > SHRINK_AFTER;
+    let over = pool.size(key) > pool.wanted() && !pool.idle.is_empty();
+    (quiet && over).then(|| pool.idle.remove(0))
+}
+
+/// A live container of `key`'s pool that never served a task, taken out.
+fn take_fresh(state: &mut State, key: &PoolKey) -> Option<WarmContainer> {
+    let pool = state.pools.get_mut(key)?;
+    let at = pool
+        .idle
+        .iter()
+        .position(|c| c.uses == 0 && !c.closed.is_cancelled())?;
+    Some(pool.idle.swap_remove(at))
+}
+
+/// A task waiting for the next ready container of its pool. Dropped
+/// without having it (the task was cancelled), it gives back whatever was
+/// handed to it meanwhile.
+pub(crate) struct Waiter {
+    rx: oneshot::Receiver<WarmContainer>,
+    pool: Arc<Pool>,
+    key: PoolKey,
+}
+
+impl Waiter {
+    /// The container, or `None` after `limit` (or if the pool gave up on
+    /// its waiters): run cold.
+    pub async fn wait(mut self, limit: Duration) -> Option<Lease> {
+        match tokio::time::timeout(limit, &mut self.rx).await {
+            Ok(Ok(container)) => Some(self.pool.lease(&self.key, container)),
+            _ => {
+                self.gave_up();
+                None
+            }
+        }
+    }
+
+    /// Counts the miss: the task runs cold.
+    fn gave_up(&self) {
+        if let Some(pool) = self.pool.lock().pools.get_mut(&self.key) {
+            pool.misses += 1;
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(container) = self.rx.try_recv() {
+            self.pool.returned(&self.key, container, true);
+        }
+    }
+}
+
+/// Waits for the agent to say it is ready for another task, which it does
+/// once it has ended what the last task left running and, for a `reset`
+/// key, reset the container and checked it. Anything else (the container
+/// ended: a failed reset; a stray frame; no answer in [`READY_AGAIN`])
+/// makes the container unfit.
+async fn ready_again(container: &mut WarmContainer) -> bool {
+    let answer = tokio::time::timeout(READY_AGAIN, container.records.recv()).await;
+    match answer {
+        Ok(Some(Record::Ready)) => true,
+        Ok(None) => {
+            let why = container
+                .diagnostics
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default();
+            tracing::info!(container = %container.id, reason = %why.trim(), "a warm container was not fit for another task; removing it");
+            false
+        }
+        Ok(Some(_)) | Err(_) => false,
+    }
+}
+
 /// Counts a request for a key; enough of them in the window warm a
 /// generic key up.
 fn note_request(pool: &mut KeyPool, config: &WarmConfig) {
@@ -522,6 +784,23 @@ fn note_request(pool: &mut KeyPool, config: &WarmConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misses_grow_a_pool_within_the_budget_and_quiet_shrinks_it() {
+        let mut pool = KeyPool::new();
+        pool.target = 2;
+        for _ in 0..20 {
+            grow(&mut pool, 16);
+        }
+        assert_eq!(pool.wanted(), 16, "never past the budget");
+        shrink(&mut pool);
+        assert_eq!(pool.burst, 14, "no shrinking right after a miss");
+        pool.last_miss = Instant::now() - SHRINK_AFTER - Duration::from_millis(1);
+        for _ in 0..20 {
+            shrink(&mut pool);
+        }
+        assert_eq!(pool.wanted(), 2, "back to the base, not below");
+    }
 
     #[test]
     fn demand_warms_generic_keys_up_and_leaves_fixed_ones_alone() {

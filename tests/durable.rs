@@ -8,63 +8,15 @@
 
 mod cli_server;
 
+use cli_server::kept::{
+    detach, eventually, ps_all, run_in_background, sha, state_of, ticks_output,
+};
 use cli_server::{Out, Server};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tcp_task::images::EXAMPLES_IMAGE as IMAGE;
 use tcp_task::{Client, ProgressEvent, TaskEvent, TaskSpec};
-
-/// What `ticks N _ _` writes: `out i` on stdout, `err i` on stderr.
-fn ticks_output(n: usize) -> (Vec<u8>, Vec<u8>) {
-    let lines = |tag: &str| {
-        (0..n)
-            .map(|i| format!("{tag} {i}\n"))
-            .collect::<String>()
-            .into_bytes()
-    };
-    (lines("out"), lines("err"))
-}
-
-fn sha(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// A task id printed by `run -d`.
-fn detach(server: &Server, args: &[&str]) -> String {
-    let mut all = vec!["run", "-d"];
-    all.extend_from_slice(args);
-    let out = server.run(&all);
-    assert_eq!(out.code, 0, "run -d failed: {}", out.stderr);
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(id.len(), 20, "a task id: {id:?}");
-    id
-}
-
-/// `tcp-task run ARGS…` in the background, its output collected later.
-fn run_in_background(server: &Server, args: &[&str]) -> (Child, Instant) {
-    let mut command = server.cli(["run"].iter().chain(args));
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    (
-        command.spawn().expect("tcp-task run starts"),
-        Instant::now(),
-    )
-}
-
-/// The tasks `ps -a --json` lists, by id.
-fn ps_all(server: &Server) -> Vec<Value> {
-    let out = server.run(&["ps", "-a", "--json"]);
-    assert_eq!(out.code, 0, "ps failed: {}", out.stderr);
-    serde_json::from_slice(&out.stdout).expect("ps --json prints JSON")
-}
-
-fn state_of(server: &Server, id: &str) -> Option<Value> {
-    ps_all(server)
-        .into_iter()
-        .find(|t| t["id"] == id)
-        .map(|t| t["state"].clone())
-}
 
 /// Whether the kept task `id` has a container (named after it).
 fn has_container(id: &str) -> bool {
@@ -73,14 +25,6 @@ fn has_container(id: &str) -> bool {
     runtime
         .block_on(docker.inspect_container(&name, None))
         .is_ok()
-}
-
-fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A library client's run of `spec`, in a thread of its own: its stdout,

@@ -9,11 +9,11 @@ mod cli_server;
 
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListServicesOptions};
 use bollard::Docker;
+use cli_server::kept::{
+    detach, eventually, ps_all, run_in_background, sha, state_of, ticks_output,
+};
 use cli_server::{Out, Server};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tcp_task::executor::{label_filter, LABEL_INSTANCE};
@@ -67,40 +67,10 @@ fn swarm_server(config: &str) -> Server {
     Server::with_config(&args, config, "")
 }
 
-/// What `ticks N _ _` writes: `out i` on stdout, `err i` on stderr.
-fn ticks_output(n: usize) -> (Vec<u8>, Vec<u8>) {
-    let lines = |tag: &str| {
-        (0..n)
-            .map(|i| format!("{tag} {i}\n"))
-            .collect::<String>()
-            .into_bytes()
-    };
-    (lines("out"), lines("err"))
-}
-
 /// The server's log so far (a copy: the lock is not held while a failed
 /// assertion panics).
 fn log_of(server: &Server) -> String {
     server.log.lock().unwrap().clone()
-}
-
-fn sha(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// A task id printed by `run -d`.
-fn detach(server: &Server, args: &[&str]) -> String {
-    let mut all = vec!["run", "-d"];
-    all.extend_from_slice(args);
-    let out = server.run(&all);
-    assert_eq!(out.code, 0, "run -d failed: {}", out.stderr);
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn ps_all(server: &Server) -> Vec<Value> {
-    let out = server.run(&["ps", "-a", "--json"]);
-    assert_eq!(out.code, 0, "ps failed: {}", out.stderr);
-    serde_json::from_slice(&out.stdout).expect("ps --json prints JSON")
 }
 
 fn task_ids(server: &Server) -> Vec<String> {
@@ -108,21 +78,6 @@ fn task_ids(server: &Server) -> Vec<String> {
         .into_iter()
         .map(|t| t["id"].as_str().map(str::to_owned));
     ids.collect::<Option<_>>().expect("ids are strings")
-}
-
-fn state_of(server: &Server, id: &str) -> Option<Value> {
-    ps_all(server)
-        .into_iter()
-        .find(|t| t["id"] == id)
-        .map(|t| t["state"].clone())
-}
-
-fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until task `id` has written something (it runs on a node).
@@ -257,16 +212,6 @@ impl Drop for Sweep {
             }
         });
     }
-}
-
-/// `tcp-task run ARGS…` in the background, its output collected later.
-fn run_in_background(server: &Server, args: &[&str]) -> (Child, Instant) {
-    let mut command = server.cli(["run"].iter().chain(args));
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    (
-        command.spawn().expect("tcp-task run starts"),
-        Instant::now(),
-    )
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! container left behind" is checked precisely, and the CLI run against it.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod kept;
+
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use serde_json::Value;

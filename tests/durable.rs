@@ -401,3 +401,41 @@ fn tasks_on_warm_containers_outlive_a_server_kill_too() {
     assert_eq!(server.run(&["rm", &id]).code, 0);
     server.assert_clean();
 }
+
+#[test]
+fn an_adopted_warm_task_takes_the_signal_it_is_sent() {
+    let config =
+        format!("[catalog.ticker]\nimage = \"{IMAGE}\"\ncommand = [\"ticks\"]\nwarm = 1\n");
+    let mut server = Server::with_config(&[], &config, "");
+    eventually("a warm container is ready", Duration::from_secs(60), || {
+        let out = server.run(&["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["pools"]
+            .as_array()
+            .is_some_and(|pools| pools.iter().any(|p| p["warm"].as_u64() >= Some(1)))
+    });
+    let out = server.run(&["task", "-d", "ticker", "300", "100", "9"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill_and_restart(Duration::from_millis(300));
+
+    // Its agent no longer hears from a server: the signal goes to the
+    // container, whose agent (PID 1) passes it on.
+    let refused = server.run(&["kill", "-s", "7", &id]);
+    assert_ne!(
+        refused.code, 0,
+        "a signal the agent does not pass on is refused"
+    );
+    let killed = server.run(&["kill", "-s", "TERM", &id]);
+    assert_eq!(killed.code, 0, "{}", killed.stderr);
+    let waited = server.run(&["wait", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout).trim(),
+        "143",
+        "SIGTERM, not SIGKILL (137): {}",
+        waited.stderr
+    );
+    assert_eq!(server.run(&["rm", &id]).code, 0);
+    server.assert_clean();
+}

@@ -26,6 +26,7 @@ use super::supervise::{command_error, killed, supervise};
 use super::swarm::Swarm;
 use super::warm::{
     replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
+    FORWARDED_SIGNALS,
 };
 use super::{no_such_task, Executor, Replay, TaskIo};
 use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
@@ -525,10 +526,18 @@ impl Executor for DockerExecutor {
                     TaskError::new(ErrorKind::Engine, message)
                 })
             }
-            // Adopted: its agent (PID 1, which ignores the signals it has
-            // no handler for) no longer listens to a server; only SIGKILL
-            // of the whole container reaches the task.
-            Some((container, None)) => kept::signal(self.docker(), &container, kept::SIGKILL).await,
+            // Adopted: its agent no longer listens to a server, but as the
+            // container's PID 1 it passes the signals it forwards on to
+            // the task; the others only SIGKILL of the container delivers.
+            Some((container, None)) => {
+                if signal != kept::SIGKILL && !FORWARDED_SIGNALS.contains(&signal) {
+                    return Err(TaskError::new(
+                        ErrorKind::BadRequest,
+                        format!("task {task} was taken over from a server that restarted, and its warm container passes on only signals {:?} and SIGKILL (9); not {signal}", FORWARDED_SIGNALS),
+                    ));
+                }
+                kept::signal(self.docker(), &container, signal).await
+            }
             None => {
                 let container = self.kept(task).await?;
                 if !container.running {

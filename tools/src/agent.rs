@@ -47,6 +47,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -80,6 +81,8 @@ enum Event {
     InputEnd(Result<(), String>),
     /// The task's process terminated, having used this much.
     Exited(Reaped, sys::Usage),
+    /// A signal sent to us (the container) for the task.
+    Signal(i32),
 }
 
 pub fn run(args: &[String]) -> Result<(), Fail> {
@@ -109,6 +112,10 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     let out = Output::stdout()?;
     out.send(proto::READY, &[proto::VERSION])?;
     let (tx, rx) = mpsc::channel();
+    // Before any thread starts, so that every thread has them blocked.
+    let forwarded = sys::block_signals(&proto::FORWARDED_SIGNALS)
+        .map_err(|e| Fail::Exit(3, format!("cannot take signals for the task: {e}")))?;
+    spawn_signal_relay(forwarded, tx.clone());
     spawn_reader(dup_stdin()?, tx.clone(), StdinBound::new(STDIN_QUEUE_BYTES));
     let mut served: u64 = 0;
     while tasks == 0 || served < tasks {
@@ -371,7 +378,7 @@ fn next_task(rx: &Receiver<Event>) -> Result<Option<TaskHeader>, Fail> {
             Ok(Event::Frame(proto::TASK, payload)) => {
                 return TaskHeader::decode(&payload).map(Some).map_err(malformed)
             }
-            Ok(Event::Frame(..) | Event::Stdin(_) | Event::Exited(..)) => {}
+            Ok(Event::Frame(..) | Event::Stdin(_) | Event::Exited(..) | Event::Signal(_)) => {}
             Ok(Event::InputEnd(Ok(()))) | Err(_) => return Ok(None),
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
@@ -440,6 +447,13 @@ fn spawn(header: &TaskHeader) -> Result<Child, ExitReport> {
     } else {
         Stdio::null()
     };
+    // The signals we take for the task (blocked here, for our relay) are
+    // the task's own to receive.
+    // SAFETY: unblock_signals only calls async-signal-safe functions and
+    // allocates nothing, as a child between fork and exec requires.
+    unsafe {
+        command.pre_exec(|| sys::unblock_signals(&proto::FORWARDED_SIGNALS));
+    }
     command
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -482,6 +496,9 @@ fn supervise(
             Ok(Event::Frame(proto::SIGNAL, signal)) => {
                 let _ = sys::send_signal(pid, i32::from(signal[0]));
             }
+            Ok(Event::Signal(signal)) => {
+                let _ = sys::send_signal(pid, signal);
+            }
             Ok(Event::Frame(..)) => {
                 return Err(malformed("a task header arrived while a task was running"))
             }
@@ -493,6 +510,18 @@ fn supervise(
             Ok(Event::InputEnd(Err(e))) => return Err(malformed(e)),
         }
     }
+}
+
+/// Passes the signals sent to the container on as events: a task taken
+/// over by a restarted server is signalled this way.
+fn spawn_signal_relay(set: sys::SigSet, tx: Sender<Event>) {
+    thread::spawn(move || {
+        while let Ok(signal) = sys::wait_signal(&set) {
+            if tx.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Kills every process but us, again until none is left (one that forks

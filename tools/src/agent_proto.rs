@@ -66,6 +66,13 @@ pub const MAX_PAYLOAD: usize = 1024 * 1024;
 /// Bytes before a frame's payload.
 pub const HEADER_LEN: usize = 5;
 
+/// The signals the agent, as its container's PID 1, passes on to the task
+/// it runs when they are sent to the container (`docker kill -s`): SIGHUP,
+/// SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH. PID 1 would
+/// otherwise ignore them. It is how a server that took the task over
+/// after a restart, with no frame channel to the agent, signals it.
+pub const FORWARDED_SIGNALS: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
+
 pub const TASK: u8 = b'T';
 pub const STDIN: u8 = b'I';
 pub const CLOSE: u8 = b'C';

@@ -5,6 +5,10 @@
 use std::io;
 
 extern "C" {
+    fn sigemptyset(set: *mut SigSet) -> i32;
+    fn sigaddset(set: *mut SigSet, sig: i32) -> i32;
+    fn pthread_sigmask(how: i32, set: *const SigSet, old: *mut SigSet) -> i32;
+    fn sigwait(set: *const SigSet, sig: *mut i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
     fn getpid() -> i32;
     fn getppid() -> i32;
@@ -111,6 +115,64 @@ pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A `sigset_t` (glibc's: 1024 bits).
+#[repr(C)]
+pub struct SigSet([u64; 16]);
+
+const SIG_BLOCK: i32 = 0;
+const SIG_UNBLOCK: i32 = 1;
+
+/// Blocks `signals` in this thread and in the threads it starts from now
+/// on, so that only [`wait_signal`] takes them. A child inherits the mask:
+/// unblock them in it with [`unblock_signals`].
+pub fn block_signals(signals: &[i32]) -> io::Result<SigSet> {
+    let mut set = SigSet([0; 16]);
+    // SAFETY: `set` is a valid, writable sigset_t for these calls.
+    unsafe {
+        sigemptyset(&mut set);
+        for &sig in signals {
+            if sigaddset(&mut set, sig) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let err = pthread_sigmask(SIG_BLOCK, &set, std::ptr::null_mut());
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    Ok(set)
+}
+
+/// Unblocks `signals` in this thread. Made for a child between fork and
+/// exec (std keeps the parent's mask there): it only calls functions that
+/// are safe in that state, and allocates nothing.
+pub fn unblock_signals(signals: &[i32]) -> io::Result<()> {
+    let mut set = SigSet([0; 16]);
+    // SAFETY: `set` is a valid, writable sigset_t for these calls.
+    let err = unsafe {
+        sigemptyset(&mut set);
+        for &sig in signals {
+            sigaddset(&mut set, sig);
+        }
+        pthread_sigmask(SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+/// Waits for one of the signals of `set` (blocked with [`block_signals`]).
+pub fn wait_signal(set: &SigSet) -> io::Result<i32> {
+    let mut sig = 0;
+    // SAFETY: `set` is a valid sigset_t and `sig` a writable int.
+    let err = unsafe { sigwait(set, &mut sig) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(sig)
 }
 
 /// Restores the default disposition of `sig`: std installs handlers (SIGSEGV,

@@ -26,6 +26,7 @@ pub(crate) use container::Launcher;
 pub use container::{AGENT_PATH, LABEL_WARM, RELAY_PATH};
 pub(crate) use log::{end_of, last_task, replay as replay_task, LoggedWarmProcess};
 pub(crate) use process::{signal_task, WarmProcess, WarmStdin};
+pub(crate) use proto::FORWARDED_SIGNALS;
 
 use bollard::Docker;
 use std::sync::Arc;

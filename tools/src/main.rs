@@ -165,7 +165,7 @@ const APPLETS: &[Applet] = &[
         "alloc",
         testing::alloc,
         "MB [DELAY_MS]",
-        "wait DELAY_MS (at least 200), then allocate and touch MB MiB",
+        "wait DELAY_MS (at least 1000), then allocate and touch MB MiB",
     ),
     Applet::new("flood", testing::flood, "", "write 'x' to stdout forever"),
     Applet::new(

@@ -20,7 +20,7 @@
 //! | `pwd`                   | the current directory                                       |
 //! | `id`                    | `uid=U gid=G`                                               |
 //! | `forkbomb`              | spawns `/proc/self/exe forkbomb-child` until that fails, then prints `fork failed: <err>` on stderr, waits 1 s, exits 3 |
-//! | `alloc MB [DELAY_MS]`   | after DELAY_MS (at least 200), allocates MB MiB, writes every page, prints `allocated MB MiB` |
+//! | `alloc MB [DELAY_MS]`   | after DELAY_MS (at least 1000), allocates MB MiB, writes every page, prints `allocated MB MiB` |
 //! | `flood`                 | 64 KiB blocks of `x` on stdout, forever                     |
 //! | `counter N FILE`        | `i` as 15 digits plus `\n` (16 bytes) on stdout for i in 0..N, 256 lines (4 KiB) per write; after each write, FILE holds the lines written so far (20 digits plus `\n`, rewritten in place) |
 //! | `writefile PATH`        | creates PATH and writes `tcp-task\n`: prints `wrote PATH`, or the error on stderr and exit 1 |
@@ -346,9 +346,10 @@ pub fn alloc(args: &[String]) -> Result<(), Fail> {
     // A moment first: the engine (containerd on cgroup v1) starts watching a
     // container's OOM notifications only after its process has started, and
     // under load an OOM kill in the first milliseconds can come before that,
-    // to be reported as a plain SIGKILL. The tests that use this applet
+    // to be reported as a plain SIGKILL (seen with 200 ms at load 20; so a
+    // second). The tests that use this applet
     // check how tcp-task reports an OOM kill, not that race.
-    std::thread::sleep(Duration::from_millis(200).max(delay));
+    std::thread::sleep(Duration::from_millis(1000).max(delay));
     let mut block: Vec<u8> = Vec::new();
     block
         .try_reserve_exact(bytes)

@@ -50,7 +50,8 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
-use criterion::{Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -158,13 +159,24 @@ fn executor_config() -> ExecutorConfig {
     config
 }
 
-fn task_latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
-    let mut group = c.benchmark_group("task_latency");
+/// A group of benchmarks that each run a container: few samples, each
+/// timed once (flat), a short warm-up, and `measurement` to spend.
+pub(crate) fn container_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    measurement: Duration,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(12));
+        .measurement_time(measurement);
+    group
+}
+
+fn task_latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
+    let mut group = container_group(c, "task_latency", Duration::from_secs(12));
     if setup.cli {
         group.bench_function("docker_cli", |b| {
             b.to_async(rt).iter(docker_cli_true);
@@ -182,13 +194,8 @@ fn task_latency(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
 }
 
 fn stream(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
-    let mut group = c.benchmark_group("stream");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(15))
-        .throughput(Throughput::Bytes(STREAM_BYTES));
+    let mut group = container_group(c, "stream", Duration::from_secs(15));
+    group.throughput(Throughput::Bytes(STREAM_BYTES));
     if setup.cli {
         group.bench_function("docker_cli", |b| {
             b.to_async(rt).iter(docker_cli_zeros);

@@ -38,7 +38,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
-use criterion::{Criterion, SamplingMode};
+use criterion::Criterion;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -82,12 +82,7 @@ pub fn http_task_benches(c: &mut Criterion, rt: &Runtime, setup: &Setup) {
             false
         }
     };
-    let mut group = c.benchmark_group("http_task");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(12));
+    let mut group = crate::container_group(c, "http_task", Duration::from_secs(12));
     if setup.cli {
         group.bench_function("docker_cli", |b| {
             b.to_async(rt).iter(docker_cli_true);

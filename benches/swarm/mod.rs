@@ -16,7 +16,7 @@
 //! TCP_TASK_SWARM_HOST (or the `docker` command) both are skipped with
 //! the reason.
 
-use criterion::{Criterion, SamplingMode};
+use criterion::Criterion;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,12 +48,7 @@ pub fn swarm_benches(c: &mut Criterion, rt: &Runtime) {
         Ok(setup) => setup,
         Err(why) => return eprintln!("benches/tasks: swarm benchmarks skipped: {why}"),
     };
-    let mut group = c.benchmark_group("task_latency");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(30));
+    let mut group = crate::container_group(c, "task_latency", Duration::from_secs(30));
     group.bench_function("swarm_cli", |b| {
         b.to_async(rt).iter(|| swarm_cli(&setup.manager));
     });

@@ -42,10 +42,7 @@ warm = 4
 reuse = 1000000
 EOF
 
-build
-engine_start
-build_image
-server_start
+start_all
 wait_for 120 '[ "$(tcp task sum 1 2 2>/dev/null)" = 3 ]'
 log "server $SERVER_PID on 127.0.0.1:$PORT (fd limit $(ulimit -n)), $(open_fds "$SERVER_PID") fds"
 

@@ -43,10 +43,7 @@ warm = 4
 reuse = 100000
 EOF
 
-build
-engine_start
-build_image
-server_start
+start_all
 log "server $SERVER_PID on 127.0.0.1:$PORT, HTTP $HTTP_PORT, engine $ENGINE_PID (live-restore $LIVE_RESTORE)"
 check "/readyz is ready before the fault" [ "$(readyz)" = 200 ]
 wait_for 60 'curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" -o /dev/null'

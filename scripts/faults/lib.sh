@@ -122,6 +122,15 @@ engine_stop() {
     done
 }
 
+# Everything a run needs, in order: the binary, its own engine, the
+# examples image on it, and the server (arguments go to server_start).
+start_all() {
+    build
+    engine_start
+    build_image
+    server_start "$@"
+}
+
 # server_start [ARGS…]: a server on $PORT (kept across restarts: a server
 # that comes back on its address takes its tasks over), HTTP on $HTTP_PORT,
 # config $FAULT_DIR/server.toml if there is one. Waits until /healthz

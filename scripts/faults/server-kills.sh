@@ -39,10 +39,7 @@ DOWN_SECS=${DOWN_SECS:-2}
 # (most wait in the server's queue), more keeps the queue short.
 SUBMIT_GAP=${SUBMIT_GAP:-0}
 
-build
-engine_start
-build_image
-server_start
+start_all
 log "server $SERVER_PID on 127.0.0.1:$PORT, engine $ENGINE_PID"
 
 # Task i: `ticks N 60 CODE`; its stdout is `out 0`…`out N-1`, stderr

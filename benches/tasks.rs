@@ -112,12 +112,7 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Result<Setup, String> {
-        let docker = tcp_task::docker::connect_docker()
-            .await
-            .map_err(|e| format!("no Docker engine: {e}"))?;
-        tcp_task::images::ensure_examples_image(&docker)
-            .await
-            .map_err(|e| format!("the examples image: {e}"))?;
+        let docker = engine_with_examples().await?;
         let executor = DockerExecutor::new(docker.clone(), executor_config());
         let server = Server::new(ServerConfig::default(), executor)
             .spawn("127.0.0.1:0")
@@ -157,6 +152,18 @@ fn executor_config() -> ExecutorConfig {
     };
     config.warm.enabled = false;
     config
+}
+
+/// The engine, with the examples image built on it: what every container
+/// benchmark starts from.
+pub(crate) async fn engine_with_examples() -> Result<Docker, String> {
+    let docker = tcp_task::docker::connect_docker()
+        .await
+        .map_err(|e| format!("no Docker engine: {e}"))?;
+    tcp_task::images::ensure_examples_image(&docker)
+        .await
+        .map_err(|e| format!("no examples image: {e}"))?;
+    Ok(docker)
 }
 
 /// A group of benchmarks that each run a container: few samples, each

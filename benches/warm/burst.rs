@@ -112,12 +112,7 @@ struct BurstServer {
 
 impl BurstServer {
     async fn start() -> Result<BurstServer, String> {
-        let docker = tcp_task::docker::connect_docker()
-            .await
-            .map_err(|e| format!("no Docker engine: {e}"))?;
-        tcp_task::images::ensure_examples_image(&docker)
-            .await
-            .map_err(|e| format!("no examples image: {e}"))?;
+        let docker = crate::engine_with_examples().await?;
         let executor = DockerExecutor::new(docker, ExecutorConfig::default());
         let mut catalog = examples_catalog();
         let mut single = catalog.entries["sum"].clone();

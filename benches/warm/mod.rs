@@ -84,12 +84,7 @@ impl WarmServer {
         catalog: Catalog,
         pooled: u64,
     ) -> Result<WarmServer, String> {
-        let docker = tcp_task::docker::connect_docker()
-            .await
-            .map_err(|e| format!("no Docker engine: {e}"))?;
-        tcp_task::images::ensure_examples_image(&docker)
-            .await
-            .map_err(|e| format!("no examples image: {e}"))?;
+        let docker = crate::engine_with_examples().await?;
         let executor = DockerExecutor::new(docker.clone(), config);
         let instance = executor.instance_id().to_owned();
         executor

@@ -300,6 +300,22 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_file_past_the_size_bound_is_skipped_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Journal::open(dir.path(), None, gone_owner("old")).unwrap();
+        old.write(&ticket("aaaaaaaaaaaaaaaaaaaa", 1)).unwrap();
+        // A valid ticket, padded with JSON whitespace past the bound: only
+        // the bound keeps it out.
+        let mut big = serde_json::to_vec(&ticket("bbbbbbbbbbbbbbbbbbbb", 2)).unwrap();
+        big.resize(MAX_TICKET_BYTES as usize + 1, b' ');
+        fs::write(old.mine.join("bbbbbbbbbbbbbbbbbbbb.json"), big).unwrap();
+
+        let new = Journal::open(dir.path(), None, Owner::this_process(None)).unwrap();
+        let ids: Vec<String> = new.left_behind().into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["aaaaaaaaaaaaaaaaaaaa"]);
+    }
+
+    #[test]
     fn scope_and_instance_names_stay_one_path_component() {
         assert_eq!(dir_name("../../etc"), "_.._etc");
         assert_eq!(dir_name("a/b c"), "a_b_c");

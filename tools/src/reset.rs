@@ -98,23 +98,8 @@ struct AgentState {
 impl Baseline {
     /// Takes the baseline; `Err` says why this container cannot be reset.
     pub fn take() -> Result<Baseline, String> {
-        let mounts = writable_mounts()?;
-        let mut total = 0;
-        let mut bases = Vec::new();
-        for point in mounts {
-            let base = MountBase::scan(&point)?;
-            total += base.entries.len();
-            if total > MAX_BASELINE_ENTRIES {
-                return Err(format!(
-                    "the writable mounts hold more than {MAX_BASELINE_ENTRIES} entries \
-                     (at {}); such a container is not reset",
-                    point.display()
-                ));
-            }
-            bases.push(base);
-        }
         Ok(Baseline {
-            mounts: bases,
+            mounts: scan_all(writable_mounts()?)?,
             mount_table: mount_table()?,
             agent: AgentState::read()?,
         })
@@ -158,6 +143,25 @@ impl Baseline {
         }
         Ok(())
     }
+}
+
+/// The baselines of `points`, refused past [`MAX_BASELINE_ENTRIES`] in all.
+fn scan_all(points: Vec<PathBuf>) -> Result<Vec<MountBase>, String> {
+    let mut total = 0;
+    let mut bases = Vec::new();
+    for point in points {
+        let base = MountBase::scan(&point)?;
+        total += base.entries.len();
+        if total > MAX_BASELINE_ENTRIES {
+            return Err(format!(
+                "the writable mounts hold more than {MAX_BASELINE_ENTRIES} entries \
+                 (at {}); such a container is not reset",
+                point.display()
+            ));
+        }
+        bases.push(base);
+    }
+    Ok(bases)
 }
 
 impl MountBase {
@@ -603,5 +607,58 @@ mod tests {
         base.check().expect("back to the baseline");
         assert_eq!(fs::read_to_string(&file).unwrap(), "127.0.0.1 localhost\n");
         fs::remove_file(&file).unwrap();
+    }
+
+    /// Baselines over all mounts hold at most MAX_BASELINE_ENTRIES: one
+    /// more, even split over two mounts, and the container is not reset.
+    #[test]
+    fn a_baseline_past_its_entry_bound_is_refused() {
+        let root = std::env::temp_dir().join(format!("reset-bound-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (a, b) = (root.join("a"), root.join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        // Each mount's root is an entry of its own.
+        let half = MAX_BASELINE_ENTRIES / 2;
+        for i in 0..half - 1 {
+            File::create(a.join(i.to_string())).unwrap();
+            File::create(b.join(i.to_string())).unwrap();
+        }
+        let bases = scan_all(vec![a.clone(), b.clone()]).expect("exactly at the bound");
+        assert_eq!(
+            bases.iter().map(|m| m.entries.len()).sum::<usize>(),
+            MAX_BASELINE_ENTRIES
+        );
+        File::create(b.join("one-more")).unwrap();
+        let refused = scan_all(vec![a, b]).expect_err("one past the bound");
+        assert!(refused.contains("more than 4096 entries"), "{refused}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A file of MAX_RESTORED_FILE_BYTES gets its content back; one byte
+    /// more and a change to it cannot be undone: the check fails.
+    #[test]
+    fn only_files_up_to_the_restore_bound_are_restored() {
+        let root = std::env::temp_dir().join(format!("reset-big-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let bound = MAX_RESTORED_FILE_BYTES as usize;
+        fs::write(root.join("small"), vec![b'a'; bound]).unwrap();
+        let base = MountBase::scan(&root).expect("scans");
+        fs::write(root.join("small"), vec![b'b'; bound]).unwrap();
+        base.restore();
+        base.check().expect("a file at the bound is restored");
+        assert_eq!(fs::read(root.join("small")).unwrap(), vec![b'a'; bound]);
+
+        fs::write(root.join("big"), vec![b'a'; bound + 1]).unwrap();
+        let base = MountBase::scan(&root).expect("scans");
+        // Another size: a same-size rewrite may keep a coarse mtime.
+        fs::write(root.join("big"), vec![b'b'; bound + 2]).unwrap();
+        base.restore();
+        let kept = base
+            .check()
+            .expect_err("a file past the bound is not restored");
+        assert!(kept.contains("big differs"), "{kept}");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -172,6 +172,11 @@ enum Fault {
     Duplicate,
     /// Task 3 of each connection never gets an answer at all.
     Forget,
+    /// Every task is answered, each 50 ms after the one before on its
+    /// connection.
+    Slow,
+    /// Every task is answered at once.
+    None,
 }
 
 /// A server that speaks the protocol and answers each Submit with Accepted,
@@ -229,6 +234,9 @@ fn fake_server(fault: Fault) -> (String, Arc<AtomicU64>) {
                         match message {
                             ClientMessage::Submit { id, .. } => {
                                 submits += 1;
+                                if matches!(fault, Fault::Slow) {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
                                 if matches!(fault, Fault::Forget) && submits == 3 {
                                     continue;
                                 }
@@ -314,4 +322,63 @@ fn a_task_the_server_forgets_counts_as_lost_after_the_stall_time() {
     assert_eq!(report["errors"]["stalled"], 4, "{report}");
     assert_eq!(count(&report, "duplicated"), 0, "{report}");
     assert_eq!(out.code, 1, "{out:?}");
+}
+
+#[test]
+fn a_rate_spaces_the_tasks_out() {
+    let (addr, _) = fake_server(Fault::None);
+    let (out, report) = bench_against(&addr, &["--rate", "200"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(count(&report, "completed"), 100, "{report}");
+    assert_eq!(report["rate"], 200.0, "{report}");
+    // The 100th task is due 99/200 s after the start; unpaced, the fake
+    // server answers all of them within milliseconds.
+    let elapsed = report["elapsed_s"].as_f64().unwrap();
+    assert!(
+        elapsed >= 0.495,
+        "finished before the last task was due: {report}"
+    );
+}
+
+#[test]
+fn with_a_rate_latency_counts_from_each_tasks_scheduled_start() {
+    // One task at a time, 50 ms each, offered every 10 ms: the tasks fall
+    // behind their schedule, and their latency must show it (a closed loop
+    // would report 50 ms each).
+    let (addr, _) = fake_server(Fault::Slow);
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["bench", "load", "--server", &addr, "--json"])
+        .args(["--connections", "1", "--window", "1", "--tasks", "20"])
+        .args(["--rate", "100", "--task", "anything"])
+        .stdin(Stdio::null());
+    let out = Out::of(command);
+    let report = report(&out);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(count(&report, "completed"), 20, "{report}");
+    // The last task: due at 190 ms, answered after 20 x 50 ms.
+    let max = report["max_ms"].as_f64().unwrap();
+    assert!(
+        max >= 800.0,
+        "latency counted from the send, not the schedule: {report}"
+    );
+}
+
+#[test]
+fn a_rate_that_is_not_a_positive_number_is_refused() {
+    for rate in ["0", "-5", "nan", "2e6", "fast"] {
+        let out = Out::of({
+            let mut command = std::process::Command::new(BIN);
+            command
+                .args(["bench", "load", "--server", "127.0.0.1:9", "--rate", rate])
+                .args(["--task", "anything"])
+                .stdin(Stdio::null());
+            command
+        });
+        assert_eq!(out.code, 125, "--rate {rate}: {out:?}");
+        assert!(
+            out.stderr.contains("is not a rate in tasks per second"),
+            "--rate {rate}: {out:?}"
+        );
+    }
 }

@@ -478,6 +478,7 @@ impl<E: Executor> Connection<E> {
         // Accepted goes on the queue before the task can produce anything, so
         // it is always the task's first frame.
         let task = record.id.clone();
+        tracing::debug!(%task, request = id, detach, "accepted a task");
         self.send(ServerMessage::Accepted { id, task }).await;
 
         let events = TaskEvents::new(id, self.outgoing.clone(), self.output_budget.clone());
@@ -518,6 +519,7 @@ impl<E: Executor> Connection<E> {
         };
         self.tasks.lock().unwrap().insert(id, entry);
         record.watch();
+        tracing::debug!(%task, request = id, ?replay, running = record.is_running(), "following a task");
         self.send(ServerMessage::Accepted { id, task }).await;
         let tasks = self.shared.tasks.clone();
         let events = TaskEvents::new(id, self.outgoing.clone(), self.output_budget.clone());
@@ -735,6 +737,7 @@ async fn send_output<E: Executor>(
     }
     let replayed = at.stdout + at.stderr;
     let wrote = record.output_bytes();
+    tracing::debug!(task = %record.id, ?from, to = ?at, wrote, "replay ended");
     (record.result().is_some() && replayed < wrote).then(|| short_log(record, replayed, wrote))
 }
 

@@ -420,6 +420,11 @@ pub struct LoadArgs {
     /// Tasks in flight per connection at most.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = parse_positive)]
     pub window: usize,
+    /// Offer tasks at this many per second in all (an open loop), instead
+    /// of as fast as the windows allow: latency then counts from each
+    /// task's scheduled start, so time spent waiting for a window is in it.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Run this pre-compiled task (what follows are its arguments) instead
     /// of IMAGE CMD.
     #[arg(long, value_name = "NAME")]
@@ -571,6 +576,20 @@ pub fn parse_positive(text: &str) -> Result<usize, String> {
         _ => Err(format!("`{text}` is not a whole number of at least 1")),
     }
 }
+
+/// A rate in tasks per second: above 0 and at most [`MAX_RATE`].
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= MAX_RATE => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate in tasks per second above 0 and at most {MAX_RATE}"
+        )),
+    }
+}
+
+/// The highest `--rate`: a task every microsecond, far past what one
+/// machine submits.
+pub const MAX_RATE: f64 = 1_000_000.0;
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -116,19 +116,29 @@ fn remote(error: &tcp_task::TaskError) -> Failure {
 /// What every connection shares.
 struct Shared {
     spec: TaskSpec,
+    tasks: u64,
     /// Tasks not yet taken by a connection.
     left: AtomicU64,
+    /// With `--rate`: when the run started and the time between tasks.
+    schedule: Option<(Instant, Duration)>,
     /// The first completed task's output: the one every other must match.
     reference: Mutex<Option<Signature>>,
     progress: ProgressBar,
 }
 
 impl Shared {
-    /// Takes one task to submit, if any is left.
-    fn take(&self) -> bool {
-        self.left
+    /// Takes one task to submit, if any is left, with the time it is due:
+    /// now, or with `--rate` its place in the schedule.
+    fn take(&self) -> Option<Instant> {
+        let left = self
+            .left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+            .ok()?;
+        let due = match self.schedule {
+            Some((start, interval)) => start + interval.mul_f64((self.tasks - left) as f64),
+            None => Instant::now(),
+        };
+        Some(due)
     }
 
     /// True when `signature` matches the reference (the first one becomes it).
@@ -150,6 +160,8 @@ struct Report {
     tasks: u64,
     connections: usize,
     window: usize,
+    /// `--rate`: tasks offered per second (null: as fast as the windows allow).
+    rate: Option<f64>,
     submitted: u64,
     not_submitted: u64,
     completed: u64,
@@ -190,13 +202,17 @@ pub async fn load(connection: &ConnectionArgs, args: LoadArgs) -> u8 {
     } else {
         ProgressBar::hidden()
     };
+    let started = Instant::now();
     let shared = Arc::new(Shared {
         spec,
+        tasks: args.tasks,
         left: AtomicU64::new(args.tasks),
+        schedule: args
+            .rate
+            .map(|rate| (started, Duration::from_secs_f64(1.0 / rate))),
         reference: Mutex::new(None),
         progress,
     });
-    let started = Instant::now();
     let workers: Vec<_> = (0..args.connections)
         .map(|_| {
             let shared = shared.clone();
@@ -352,10 +368,24 @@ async fn exchange(
     // Ids whose terminal frame has come: a second one is a duplicate.
     let mut ended: std::collections::HashSet<RequestId> = Default::default();
     let mut ping: Option<RequestId> = None;
+    // A task taken whose time (with --rate) has not come yet.
+    let mut pending: Option<Instant> = None;
+    // The last frame, or the first task sent after none was in flight.
+    let mut heard = Instant::now();
     loop {
         // Fill the window.
         let mut sent = false;
-        while ping.is_none() && in_flight.len() < window.max(1) && shared.take() {
+        while ping.is_none() && in_flight.len() < window.max(1) {
+            let Some(due) = pending.take().or_else(|| shared.take()) else {
+                break;
+            };
+            if due > Instant::now() {
+                pending = Some(due);
+                break;
+            }
+            if in_flight.is_empty() {
+                heard = Instant::now();
+            }
             let id = next_id;
             next_id += 1;
             let submit = ClientMessage::Submit {
@@ -372,14 +402,14 @@ async fn exchange(
             in_flight.insert(
                 id,
                 InFlight {
-                    submitted: Instant::now(),
+                    submitted: due,
                     stdout: Vec::new(),
                     stderr: Vec::new(),
                 },
             );
             sent = true;
         }
-        if in_flight.is_empty() && ping.is_none() {
+        if in_flight.is_empty() && ping.is_none() && pending.is_none() {
             // Our share is done: a Ping flushes out anything the server
             // queued before it, a duplicate terminal frame included.
             let id = next_id;
@@ -399,16 +429,26 @@ async fn exchange(
                 return Err(give_up(tally, &mut in_flight, shared, broken(e)));
             }
         }
-        let (wait, silence) = match ping {
+        let (limit, silence) = match ping {
             Some(_) => (DRAIN_TIMEOUT, "no_pong"),
             None => (stall, "stalled"),
         };
+        let mut wait = limit.saturating_sub(heard.elapsed());
+        if let Some(due) = pending.filter(|_| in_flight.len() < window.max(1)) {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        let quiet = in_flight.is_empty() && ping.is_none();
         let frame = match tokio::time::timeout(wait, framed.reader.next()).await {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                heard = Instant::now();
+                frame
+            }
+            // The schedule's wake-up: the next task is due.
+            Err(_) if quiet || heard.elapsed() < limit => continue,
             // Tasks that got no frame at all for this long are given up:
             // a server that forgets a task must not hang the run.
             Err(_) => {
-                let silence = failure(silence, format!("no frame from the server for {wait:?}"));
+                let silence = failure(silence, format!("no frame from the server for {limit:?}"));
                 return Err(give_up(tally, &mut in_flight, shared, silence));
             }
         };
@@ -560,6 +600,7 @@ fn report(args: &LoadArgs, mut tally: Tally, elapsed: Duration) -> Report {
         tasks: args.tasks,
         connections: args.connections,
         window: args.window,
+        rate: args.rate,
         submitted: tally.submitted,
         not_submitted,
         completed: tally.completed,
@@ -584,6 +625,9 @@ fn print_report(r: &Report) {
         "{} tasks over {} connections (window {}) in {:.2}s: {:.1} tasks/s",
         r.tasks, r.connections, r.window, r.elapsed_s, r.tasks_per_second
     );
+    if let Some(rate) = r.rate {
+        println!("offered {rate} tasks/s; latency counts from each task's scheduled start");
+    }
     println!(
         "latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
         r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms

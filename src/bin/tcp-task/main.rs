@@ -52,6 +52,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> u8 {
+    // `serve` sets up its own logs; the other commands log only when
+    // RUST_LOG asks (a resume, say, is otherwise silent by design).
+    if std::env::var_os("RUST_LOG").is_some() && !matches!(cli.command, Command::Serve(_)) {
+        serve::init_logging(0, args::LogFormat::Text);
+    }
     let outer = &cli.connection;
     let result = match cli.command {
         Command::Run(args) => {

@@ -10,6 +10,10 @@
 #   on reused warm containers;
 # - `bench load IMAGE echo cold` over 4 connections: COLD_PERCENT (5) % of
 #   the tasks, each a new single-use container.
+# Both offer their share of RATE (40) tasks/s in all (`--rate`, an open
+# loop: latency counts from each task's scheduled start); RATE=0 runs them
+# as fast as their windows allow instead (a closed loop, whose latency is
+# queueing: tasks in flight divided by throughput).
 # The server's RSS and open fds (from /proc/PID) and the engine's
 # containers are sampled every SAMPLE_SECS (2) into samples.csv.
 #
@@ -33,8 +37,14 @@ COLD_PERCENT=${COLD_PERCENT:-5}
 WARM=${WARM:-8}
 SAMPLE_SECS=${SAMPLE_SECS:-2}
 GROWTH=${GROWTH:-1.25}
+RATE=${RATE:-40}
 cold_tasks=$((TASKS * COLD_PERCENT / 100))
 warm_tasks=$((TASKS - cold_tasks))
+# Each load's `--rate` flag: its share of RATE.
+rate_of() { # TASKS
+    if [[ $RATE == 0 ]]; then return; fi
+    awk -v r="$RATE" -v n="$1" -v all="$TASKS" 'BEGIN { printf "--rate %.3f", r * n / all }'
+}
 
 cat >"$FAULT_DIR/server.toml" <<EOF
 [executor.warm]
@@ -64,11 +74,13 @@ JOBS+=($!)
 sampler_pid=$!
 
 started=$SECONDS
-tcp bench load --connections 60 --tasks "$warm_tasks" --json --task sum 1 2 3 \
+# shellcheck disable=SC2046 # rate_of gives two words, or none
+tcp bench load --connections 60 --tasks "$warm_tasks" $(rate_of "$warm_tasks") --json --task sum 1 2 3 \
     >"$FAULT_DIR/warm.json" 2>"$FAULT_DIR/warm.err" &
 warm_pid=$!
 JOBS+=($warm_pid)
-tcp bench load --connections 4 --tasks "$cold_tasks" --json "$IMAGE" echo cold \
+# shellcheck disable=SC2046
+tcp bench load --connections 4 --tasks "$cold_tasks" $(rate_of "$cold_tasks") --json "$IMAGE" echo cold \
     >"$FAULT_DIR/cold.json" 2>"$FAULT_DIR/cold.err" &
 cold_pid=$!
 JOBS+=($cold_pid)
@@ -118,5 +130,5 @@ check "no container left after the server's graceful stop" wait_for 30 '[ -z "$(
 awk -F, 'NR == 2 { printf "first sample: RSS %d kB, %d fds\n", $2, $3 }
     NR > 1 { if ($2 > r) r = $2; if ($3 > f) f = $3 }
     END { printf "peak: RSS %d kB, %d fds\n", r, f }' "$FAULT_DIR/samples.csv" >&2
-echo "soak: $TASKS tasks ($warm_tasks warm over 60 connections, $cold_tasks cold over 4) in $elapsed s; RSS middle/last third max $rss_mid/$rss_end kB, fds $fds_mid/$fds_end; after the loads RSS $rss_after kB, $fds_after fds; warm p99 $(jq .p99_ms "$FAULT_DIR/warm.json") ms; cold p99 $(jq .p99_ms "$FAULT_DIR/cold.json") ms; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "soak: $TASKS tasks (offered ${RATE}/s, 0 = closed loop; $warm_tasks warm over 60 connections, $cold_tasks cold over 4) in $elapsed s; RSS middle/last third max $rss_mid/$rss_end kB, fds $fds_mid/$fds_end; after the loads RSS $rss_after kB, $fds_after fds; warm p99 $(jq .p99_ms "$FAULT_DIR/warm.json") ms; cold p99 $(jq .p99_ms "$FAULT_DIR/cold.json") ms; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 finish

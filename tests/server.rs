@@ -700,6 +700,23 @@ async fn an_attach_whose_log_ends_early_still_gets_all_the_output() {
     executor
         .replay_ends_early_once
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    attach_gets_every_tick(executor).await;
+}
+
+/// The engine lists a container a moment before it can read the
+/// container's log (404): an attach that meets that while the task runs
+/// reads again, and gets every byte (server-kills.sh lost a resumed run's
+/// whole output to it).
+#[tokio::test]
+async fn an_attach_whose_log_is_not_there_yet_still_gets_all_the_output() {
+    let executor = ScriptExecutor::default();
+    executor
+        .replay_fails_once
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    attach_gets_every_tick(executor).await;
+}
+
+async fn attach_gets_every_tick(executor: ScriptExecutor) {
     let server = Server::new(ServerConfig::default(), executor)
         .spawn("127.0.0.1:0")
         .await

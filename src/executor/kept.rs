@@ -279,7 +279,7 @@ fn read_log(docker: &Docker, container: &str, from: Offsets, limit: u64, follow:
                 Ok(LogOutput::StdErr { message }) => Some(Ok((OutputStream::Stderr, message))),
                 Ok(LogOutput::Console { message }) => Some(Ok((OutputStream::Stdout, message))),
                 Ok(LogOutput::StdIn { .. }) => None,
-                Err(e) => Some(Err(engine_error("reading the task's output log", &e))),
+                Err(e) => Some(Err(log_error(&e))),
             }
         });
     strip_report(output)
@@ -294,6 +294,19 @@ fn read_log(docker: &Docker, container: &str, from: Offsets, limit: u64, follow:
             }
         })
         .boxed()
+}
+
+/// A log that cannot be read. A 404 says the container is not there: gone,
+/// or (the engine lists a container a moment before its log can be read)
+/// not quite there yet; a reader that follows a running task reads again.
+fn log_error(e: &bollard::errors::Error) -> TaskError {
+    if status_code(e) == Some(404) {
+        return TaskError::new(
+            ErrorKind::NoSuchTask,
+            format!("the task's container is not in the engine (yet, or any more): {e}"),
+        );
+    }
+    engine_error("reading the task's output log", e)
 }
 
 /// The part of `chunk` that lies past `from` and within `limit`, counting
@@ -372,6 +385,20 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// The real engine's 404 for a log becomes `NoSuchTask`, which a
+    /// reader following a running task takes as "read again".
+    #[tokio::test]
+    async fn the_log_of_a_container_the_engine_does_not_have_is_no_such_task() {
+        let docker = crate::docker::connect_docker()
+            .await
+            .expect("a Docker engine (scripts/start-docker.sh starts one)");
+        let missing = "tcp-task-no-such-container-0123456789";
+        let mut replay = replay(&docker, missing, Offsets::default(), 1024, true);
+        let first = replay.next().await.expect("an error, not an empty log");
+        let error = first.expect_err("no log to read");
+        assert_eq!(error.kind, ErrorKind::NoSuchTask, "{error}");
+    }
 
     #[test]
     fn engine_timestamps_parse() {

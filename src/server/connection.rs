@@ -711,6 +711,14 @@ async fn send_output<E: Executor>(
                     at.advance(stream, chunk.len() as u64);
                     events.output(stream, chunk).await
                 }
+                // The engine lists a container a moment before it can
+                // read its log (seen here: 404 from `logs` on a container
+                // just created): while the task runs, read again below.
+                Err(error)
+                    if follow && error.kind == ErrorKind::NoSuchTask && record.is_running() =>
+                {
+                    break;
+                }
                 Err(error) => {
                     let _ = events.note(error).await;
                     return None;

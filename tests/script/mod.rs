@@ -44,6 +44,9 @@ pub struct ScriptExecutor {
     /// The next `replay` ends at once with nothing, as the engine's
     /// follow of a container created and not yet started does.
     pub replay_ends_early_once: Arc<AtomicBool>,
+    /// The next `replay` fails with `NoSuchTask`, as the engine's log of a
+    /// container it lists but has not quite registered does.
+    pub replay_fails_once: Arc<AtomicBool>,
 }
 
 /// The commands understood:
@@ -184,6 +187,10 @@ impl Executor for ScriptExecutor {
     ) -> Result<Replay, TaskError> {
         if self.replay_ends_early_once.swap(false, Ordering::SeqCst) {
             return Ok(futures::stream::empty().boxed());
+        }
+        if self.replay_fails_once.swap(false, Ordering::SeqCst) {
+            let error = TaskError::new(ErrorKind::NoSuchTask, "no such container (yet)");
+            return Ok(futures::stream::iter([Err(error)]).boxed());
         }
         let entries = self
             .log

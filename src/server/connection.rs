@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -43,9 +42,6 @@ use crate::tasks::{Record, Tasks};
 /// Frames waiting for the writer. Output frames are also bounded in bytes by
 /// the connection's output budget; this bounds the small ones.
 const OUTGOING_QUEUE: usize = 1024;
-/// How soon a followed replay that ended while its task runs on is read
-/// again.
-const REPLAY_AGAIN: Duration = Duration::from_millis(100);
 
 /// Stdin chunks between a task's stdin window and its runtime: one, so
 /// that nearly all of what a client sent and the task did not take yet is
@@ -684,8 +680,8 @@ fn answer(id: RequestId, done: Result<(), TaskError>) -> ServerMessage {
 /// wrote (the engine could not write it: a full disk): a replay that is
 /// silently short would pass for the whole output.
 async fn send_output<E: Executor>(
-    tasks: &Tasks<E>,
-    record: &Record,
+    tasks: &Arc<Tasks<E>>,
+    record: &Arc<Record>,
     from: Offsets,
     follow: bool,
     events: &TaskEvents,
@@ -696,51 +692,20 @@ async fn send_output<E: Executor>(
         return None;
     }
     let mut at = from;
-    loop {
-        let was_running = record.is_running();
-        let mut replay = match tasks.replay(record, at, follow).await {
-            Ok(replay) => replay,
+    let mut replay = tasks.output(record.clone(), from, follow);
+    while let Some(item) = replay.next().await {
+        let sent = match item {
+            Ok((stream, chunk)) => {
+                at.advance(stream, chunk.len() as u64);
+                events.output(stream, chunk).await
+            }
             Err(error) => {
                 let _ = events.note(error).await;
                 return None;
             }
         };
-        while let Some(item) = replay.next().await {
-            let sent = match item {
-                Ok((stream, chunk)) => {
-                    at.advance(stream, chunk.len() as u64);
-                    events.output(stream, chunk).await
-                }
-                // The engine lists a container a moment before it can
-                // read its log (seen here: 404 from `logs` on a container
-                // just created): while the task runs, read again below.
-                Err(error)
-                    if follow && error.kind == ErrorKind::NoSuchTask && record.is_running() =>
-                {
-                    break;
-                }
-                Err(error) => {
-                    let _ = events.note(error).await;
-                    return None;
-                }
-            };
-            if sent.is_err() {
-                return None;
-            }
-        }
-        // A followed log can end while its task runs on: the engine ends
-        // a follow at once on a container created and not yet started (a
-        // task taken over after a restart, say). Read on from where it
-        // stopped, and once more after the task's end for what came
-        // meanwhile.
-        if !follow || !was_running {
-            break;
-        }
-        if record.is_running() {
-            tokio::select! {
-                _ = tokio::time::sleep(REPLAY_AGAIN) => {}
-                _ = record.ended() => {}
-            }
+        if sent.is_err() {
+            return None;
         }
     }
     let replayed = at.stdout + at.stderr;

@@ -11,6 +11,7 @@
 //! Nothing here knows of frames or of Docker: connections speak to this
 //! module in records and results, and it speaks to the [`Executor`].
 
+mod follow;
 mod journal;
 mod record;
 mod retention;
@@ -354,10 +355,11 @@ impl<E: Executor> Tasks<E> {
         });
     }
 
-    /// Its output from `from`, replayed by the executor. A task still
+    /// Its output from `from`, replayed by the executor once. A task still
     /// waiting for its container has nothing to replay yet: this waits
-    /// for the container (or the task's end).
-    pub async fn replay(
+    /// for the container (or the task's end). [`Tasks::output`] reads on
+    /// across a replay's early end.
+    async fn replay(
         &self,
         record: &Record,
         from: Offsets,

@@ -9,6 +9,7 @@
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{AttachContainerOptions, CreateContainerOptions};
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
@@ -30,7 +31,7 @@ use super::kept::{container_name, stop_with_verdict};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
 use super::pull::{credentials_for, ensure_image, ImageRef};
-use super::tools::{self, MEASURE_PATH, TOOLS_DIR};
+use super::tools::{Tools, ToolsMount, MEASURE_PATH};
 use super::usage::UsageLine;
 use crate::task::ProgressEvent;
 use crate::task::{Ending, Offsets, OutputStream, TaskError, TaskId, Usage};
@@ -41,15 +42,17 @@ pub(crate) struct Cold {
     pub docker: Docker,
     pub config: ExecutorConfig,
     pub owner: Owner,
+    tools: Tools,
     next_task: AtomicU64,
 }
 
 impl Cold {
-    pub fn new(docker: Docker, config: ExecutorConfig, owner: Owner) -> Cold {
+    pub fn new(docker: Docker, config: ExecutorConfig, owner: Owner, tools: Tools) -> Cold {
         Cold {
             docker,
             config,
             owner,
+            tools,
             next_task: AtomicU64::new(1),
         }
     }
@@ -64,14 +67,14 @@ impl Cold {
         cancel: &CancellationToken,
     ) -> Result<ColdProcess, StartError> {
         let default_command = self.pull(plan, events, cancel).await?;
-        let container = self.create(plan, default_command).await?;
+        let (container, tools) = self.create(plan, default_command).await?;
         // Before the start, so that its end cannot be missed.
         let watch = ExitWatch::subscribe(&self.docker, container.id());
         let short = container.id().chars().take(12).collect();
         let _ = events
             .progress(ProgressEvent::Created { container: short })
             .await;
-        match self.attach_and_start(&container, plan).await {
+        match self.attach_and_start(&container, plan, tools).await {
             Ok(attached) => {
                 let _ = events.progress(ProgressEvent::Started).await;
                 Ok(ColdProcess::new(
@@ -118,29 +121,46 @@ impl Cold {
         &self,
         plan: &Plan,
         default_command: Vec<String>,
-    ) -> Result<ContainerGuard, TaskError> {
+    ) -> Result<(ContainerGuard, ToolsMount), TaskError> {
+        loop {
+            let (body, tools) = self.body(plan, &default_command);
+            match self.create_with(plan, body).await {
+                Ok(container) => return Ok((container, tools)),
+                Err(e) if self.tools.cannot_mount(tools, &e) => continue,
+                Err(e) => return Err(create_error(&plan.image, &e)),
+            }
+        }
+    }
+
+    /// The container's settings, and how the tools get into it.
+    fn body(&self, plan: &Plan, default_command: &[String]) -> (ContainerCreateBody, ToolsMount) {
         let task = self.next_task.fetch_add(1, Ordering::Relaxed);
         let mut body = container_body(&self.config, &self.owner, plan, &task.to_string());
         let argv = if plan.command.is_empty() {
-            default_command
+            default_command.to_vec()
         } else {
             plan.command.clone()
         };
-        if !argv.is_empty() {
-            body.entrypoint = Some(vec![MEASURE_PATH.to_owned()]);
-            body.cmd = Some(argv);
-            body.volumes = Some(vec![TOOLS_DIR.to_owned()]);
+        if argv.is_empty() {
+            return (body, ToolsMount::Unneeded);
         }
+        body.entrypoint = Some(vec![MEASURE_PATH.to_owned()]);
+        body.cmd = Some(argv);
+        let tools = self.tools.mount(&mut body);
+        (body, tools)
+    }
+
+    async fn create_with(
+        &self,
+        plan: &Plan,
+        body: ContainerCreateBody,
+    ) -> Result<ContainerGuard, BollardError> {
         // A kept task's container is named after it, for `docker logs`.
         let options = plan.task.as_ref().map(|tag| CreateContainerOptions {
             name: Some(container_name(&tag.id)),
             ..CreateContainerOptions::default()
         });
-        let created = self
-            .docker
-            .create_container(options, body)
-            .await
-            .map_err(|e| create_error(&plan.image, &e))?;
+        let created = self.docker.create_container(options, body).await?;
         for warning in &created.warnings {
             tracing::warn!(container = %created.id, %warning, "engine warning on create");
         }
@@ -148,12 +168,13 @@ impl Cold {
     }
 
     /// Attaches before starting, so not a byte of output is missed; the
-    /// tools go in meanwhile (two engine calls at once, not one after the
-    /// other).
+    /// tools go in meanwhile when they are uploaded (two engine calls at
+    /// once, not one after the other).
     async fn attach_and_start(
         &self,
         container: &ContainerGuard,
         plan: &Plan,
+        tools: ToolsMount,
     ) -> Result<Attached, StartError> {
         let options = AttachContainerOptions {
             stream: true,
@@ -163,7 +184,7 @@ impl Cold {
             ..AttachContainerOptions::default()
         };
         let attach = self.docker.attach_container(container.id(), Some(options));
-        let upload = tools::upload(&self.docker, container.id());
+        let upload = self.tools.provide(&self.docker, container.id(), tools);
         let (attach, uploaded) = tokio::join!(attach, upload);
         let attach = attach.map_err(|e| engine_error("attaching to the container", &e))?;
         uploaded?;

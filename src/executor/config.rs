@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -59,6 +60,37 @@ pub struct ExecutorConfig {
     pub backend: Backend,
     /// The Swarm backend's settings (`[executor.swarm]`).
     pub swarm: SwarmConfig,
+    /// Where the tools binary is written for task containers to mount
+    /// read-only, when the engine is on this host; nobody but the server's
+    /// user may write to it (made 0700 when missing). Unset: `$RUNTIME_DIRECTORY/tools`, else
+    /// `$XDG_RUNTIME_DIR/tcp-task/tools`, else `/tmp/tcp-task-UID/tools`.
+    /// An engine that cannot mount it gets the tools uploaded into each
+    /// container instead.
+    pub tools_dir: Option<PathBuf>,
+}
+
+impl ExecutorConfig {
+    /// [`ExecutorConfig::tools_dir`], or its default.
+    pub fn tools_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.tools_dir {
+            return dir.clone();
+        }
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(dir) = var("RUNTIME_DIRECTORY") {
+            return dir.join("tools");
+        }
+        if let Some(dir) = var("XDG_RUNTIME_DIR") {
+            return dir.join("tcp-task").join("tools");
+        }
+        let uid = super::tools::current_uid().unwrap_or_default();
+        std::env::temp_dir()
+            .join(format!("tcp-task-{uid}"))
+            .join("tools")
+    }
 }
 
 /// Where tasks run.
@@ -109,6 +141,7 @@ impl Default for ExecutorConfig {
             warm: WarmConfig::default(),
             backend: Backend::Local,
             swarm: SwarmConfig::default(),
+            tools_dir: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::queue::{Acquired, Slot, Slots, Turn};
 use super::stats::ExecutorStats;
 use super::supervise::{command_error, killed, supervise};
 use super::swarm::Swarm;
+use super::tools::Tools;
 use super::warm::{
     replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
     FORWARDED_SIGNALS,
@@ -72,16 +73,18 @@ impl DockerExecutor {
     pub fn new(docker: Docker, config: ExecutorConfig) -> DockerExecutor {
         let owner = Owner::this_process(config.instance_id.clone());
         let slots = Slots::new(config.max_concurrent, config.max_queue);
+        let tools = Tools::new(&config);
         let warm = Warm::new(Launcher {
             docker: docker.clone(),
             config: config.clone(),
             owner: owner.clone(),
+            tools: tools.clone(),
         });
         let swarm = (config.backend == Backend::Swarm)
             .then(|| Arc::new(Swarm::new(docker.clone(), config.clone(), owner.clone())));
         DockerExecutor {
             swarm,
-            cold: Cold::new(docker, config, owner),
+            cold: Cold::new(docker, config, owner, tools),
             warm,
             slots,
             finishing: TaskTracker::new(),

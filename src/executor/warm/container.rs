@@ -25,7 +25,7 @@ use crate::executor::container::container_body;
 use crate::executor::engine::{create_error, engine_error};
 use crate::task::{ErrorKind, TaskError};
 
-use crate::executor::tools::{self, TOOLS_DIR};
+use crate::executor::tools::{Tools, ToolsMount};
 pub use crate::executor::tools::{AGENT_PATH, RELAY_PATH};
 /// Label carrying the pool key of a warm container.
 pub const LABEL_WARM: &str = "tcp-task.warm";
@@ -86,6 +86,7 @@ pub(crate) struct Launcher {
     pub docker: Docker,
     pub config: ExecutorConfig,
     pub owner: Owner,
+    pub tools: Tools,
 }
 
 impl Launcher {
@@ -105,14 +106,16 @@ impl Launcher {
             Some(serve) => Some(self.server_argv(&key.image, &serve.command).await?),
             None => None,
         };
-        let body = self.body(key, serial, prefetch, server);
-        let created = self
-            .docker
-            .create_container(None, body)
-            .await
-            .map_err(|e| create_error(&key.image, &e))?;
+        let (created, tools) = loop {
+            let (body, tools) = self.body(key, serial, prefetch, server.clone());
+            match self.docker.create_container(None, body).await {
+                Ok(created) => break (created, tools),
+                Err(e) if self.tools.cannot_mount(tools, &e) => continue,
+                Err(e) => return Err(create_error(&key.image, &e)),
+            }
+        };
         let guard = ContainerGuard::new(self.docker.clone(), created.id);
-        tools::upload(&self.docker, guard.id()).await?;
+        self.tools.provide(&self.docker, guard.id(), tools).await?;
         let mut container = self.attach_and_start(guard).await?;
         let answer = tokio::time::timeout(ready, container.records.recv()).await;
         match (answer, &key.serve) {
@@ -158,7 +161,7 @@ impl Launcher {
         serial: u64,
         prefetch: Option<&str>,
         server: Option<Vec<String>>,
-    ) -> ContainerCreateBody {
+    ) -> (ContainerCreateBody, ToolsMount) {
         let plan = key.profile();
         let mut body = container_body(&self.config, &self.owner, &plan, &format!("warm-{serial}"));
         body.entrypoint = Some(vec![AGENT_PATH.to_owned()]);
@@ -178,7 +181,7 @@ impl Launcher {
             args.extend(server);
         }
         body.cmd = Some(args);
-        body.volumes = Some(vec![TOOLS_DIR.to_owned()]);
+        let tools = self.tools.mount(&mut body);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(LABEL_WARM.to_owned(), key.to_string());
         }
@@ -187,7 +190,7 @@ impl Launcher {
             // what a task leaves behind); docker-init would add a process.
             host.init = Some(false);
         }
-        body
+        (body, tools)
     }
 
     async fn attach_and_start(&self, guard: ContainerGuard) -> Result<WarmContainer, TaskError> {

@@ -24,10 +24,14 @@ async fn harness(tools_dir: &Path) -> Harness {
     .await
 }
 
-/// The mount at /.tcp-task of the container running `command_line`.
-async fn tools_mount(h: &Harness, command_line: &str) -> MountPoint {
+/// The mount at /.tcp-task of a task's container, seen while it runs
+/// `sleep SECONDS` (a length no other test uses, to find it by).
+async fn tools_mount(h: &Harness, seconds: &str) -> MountPoint {
+    let running = h.start(task(["sleep", seconds]));
     let inspected: ContainerInspectResponse =
-        container_running(&h.docker, h.exec.instance_id(), command_line).await;
+        container_running(&h.docker, h.exec.instance_id(), &format!("sleep {seconds}")).await;
+    running.cancel.cancel();
+    running.finish().await;
     inspected
         .mounts
         .unwrap_or_default()
@@ -57,14 +61,11 @@ async fn a_task_container_mounts_the_tools_read_only_from_the_tools_dir() {
     );
     runs_measured(&h).await;
 
-    let running = h.start(task(["sleep", "61.5"]));
-    let mount = tools_mount(&h, "sleep 61.5").await;
+    let mount = tools_mount(&h, "61.5").await;
     assert_eq!(mount.typ.as_deref(), Some("bind"), "{mount:?}");
     assert_eq!(mount.rw, Some(false), "{mount:?}");
     let source = root.join(TOOLS_DIGEST);
     assert_eq!(mount.source.as_deref(), source.to_str(), "{mount:?}");
-    running.cancel.cancel();
-    running.finish().await;
     h.assert_clean().await;
 }
 
@@ -77,11 +78,8 @@ async fn an_engine_that_cannot_mount_the_tools_dir_gets_them_uploaded() {
     fs::remove_dir_all(&root).unwrap();
     runs_measured(&h).await;
 
-    let running = h.start(task(["sleep", "61.75"]));
-    let mount = tools_mount(&h, "sleep 61.75").await;
+    let mount = tools_mount(&h, "61.75").await;
     assert_eq!(mount.typ.as_deref(), Some("volume"), "{mount:?}");
-    running.cancel.cancel();
-    running.finish().await;
     h.assert_clean().await;
 }
 
@@ -98,10 +96,7 @@ async fn a_tools_dir_others_may_write_to_is_not_used() {
     );
     runs_measured(&h).await;
 
-    let running = h.start(task(["sleep", "61.875"]));
-    let mount = tools_mount(&h, "sleep 61.875").await;
+    let mount = tools_mount(&h, "61.875").await;
     assert_eq!(mount.typ.as_deref(), Some("volume"), "{mount:?}");
-    running.cancel.cancel();
-    running.finish().await;
     h.assert_clean().await;
 }

@@ -123,8 +123,14 @@ impl Tools {
     /// directory (it is on another host). Then every later container gets
     /// them uploaded, and the caller creates this one again.
     pub fn cannot_mount(&self, how: ToolsMount, e: &BollardError) -> bool {
-        let missing = matches!(e, BollardError::DockerResponseServerError { status_code: 400, message }
-            if message.contains("bind source path does not exist"));
+        // The engine names the path it misses: another bind (an agent's
+        // socket, say) may be the one missing.
+        let dir = self
+            .host_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned());
+        let missing = matches!((e, dir), (BollardError::DockerResponseServerError { status_code: 400, message }, Some(dir))
+            if message.contains("bind source path does not exist") && message.contains(&dir));
         if how == ToolsMount::Bound && missing && !self.unmountable.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 dir = ?self.host_dir,

@@ -9,9 +9,9 @@ use bollard::Docker;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tcp_task::executor::DockerExecutor;
+use tcp_task::executor::{DockerExecutor, EngineOutage, ExecutorConfig};
 use tcp_task::images::{build_examples_image, EXAMPLES_IMAGE as IMAGE};
-use tcp_task::{Client, Server, ServerConfig, TaskEvent, TaskId, TaskSpec};
+use tcp_task::{Client, Server, ServerConfig, TaskEvent, TaskId, TaskSpec, TaskState};
 
 /// A dockerd of the test's own, stopped and cleaned up on drop.
 struct Engine {
@@ -184,6 +184,62 @@ async fn a_running_task_outlives_a_kill_of_its_engine() {
     let lines = |tag: &str| (0..60).map(|i| format!("{tag} {i}\n")).collect::<String>();
     assert_eq!(String::from_utf8_lossy(&output.stdout), lines("out"));
     assert_eq!(String::from_utf8_lossy(&output.stderr), lines("err"));
+
+    client.remove(&id, true).await.unwrap();
+    server.shutdown().await;
+}
+
+/// With `engine_outage = "hold"`, a task that would start while the
+/// engine is away waits for it and then runs (with the default, `fail`, it
+/// ends at once with the `engine` error: scripts/faults/engine-restart.sh).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_hold_a_task_submitted_while_the_engine_is_away_runs_when_it_returns() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = PathBuf::from(format!("/tmp/tcp-task-engine-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut engine = Engine::start(&dir);
+    let docker = engine.client().await;
+    build_examples_image(&docker).await.unwrap();
+    let config = ExecutorConfig {
+        engine_outage: EngineOutage::Hold,
+        ..ExecutorConfig::default()
+    };
+    let executor = DockerExecutor::new(docker, config);
+    let server = Server::new(ServerConfig::default(), executor)
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_addr()).await.unwrap();
+
+    engine.kill();
+    let id = client
+        .run_detached(TaskSpec::image(IMAGE, ["echo", "held"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let info = client.list(true).await.unwrap();
+    let listed = info
+        .iter()
+        .find(|t| t.id == id)
+        .expect("the task is listed");
+    assert_eq!(
+        listed.state,
+        TaskState::Running,
+        "it ended while the engine was away: {listed:?}"
+    );
+    engine.launch();
+    engine.client().await;
+
+    let outcome = tokio::time::timeout(Duration::from_secs(120), client.wait(&id))
+        .await
+        .expect("the task's result within 120 s")
+        .expect("the task ran, not an engine error");
+    assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+    let output = client.logs(&id).await.unwrap().output().await.unwrap();
+    assert_eq!(output.stdout, b"held\n");
 
     client.remove(&id, true).await.unwrap();
     server.shutdown().await;

@@ -67,6 +67,11 @@ pub struct ExecutorConfig {
     /// An engine that cannot mount it gets the tools uploaded into each
     /// container instead.
     pub tools_dir: Option<PathBuf>,
+    /// What a task that is about to start does when the engine does not
+    /// answer: `fail` at once with the `engine` error (the default), or
+    /// `hold` its place and wait for the engine to come back (up to 5
+    /// minutes; the tasks behind it wait in line).
+    pub engine_outage: EngineOutage,
 }
 
 impl ExecutorConfig {
@@ -91,6 +96,17 @@ impl ExecutorConfig {
             .join(format!("tcp-task-{uid}"))
             .join("tools")
     }
+}
+
+/// What a starting task does while the engine does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineOutage {
+    /// End at once with the `engine` error.
+    #[default]
+    Fail,
+    /// Wait for the engine (up to `ENGINE_RETURN_WAIT`), then start.
+    Hold,
 }
 
 /// Where tasks run.
@@ -142,6 +158,7 @@ impl Default for ExecutorConfig {
             backend: Backend::Local,
             swarm: SwarmConfig::default(),
             tools_dir: None,
+            engine_outage: EngineOutage::Fail,
         }
     }
 }

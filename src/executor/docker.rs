@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::adopt::{self, Adopted, LoggedProcess};
 use super::cleanup::{self, Owner};
 use super::cold::{Cold, ColdProcess};
-use super::config::{Backend, ExecutorConfig};
+use super::config::{Backend, EngineOutage, ExecutorConfig};
 use super::engine_loss::{engine_back, engine_lost, ENGINE_RETURN_WAIT};
 use super::health::EngineCheck;
 use super::http::HttpProcess;
@@ -204,7 +204,7 @@ impl DockerExecutor {
                     .await;
                 return result;
             }
-            Ok(None) => self.cold.start(&plan, &io.events, &io.cancel).await,
+            Ok(None) => self.start_cold(&plan, &io).await,
             Err(e) => Err(e),
         };
         match started {
@@ -245,6 +245,31 @@ impl DockerExecutor {
             Err(StartError::Cancelled) => Ok(killed(Ending::Cancelled, Duration::ZERO)),
             Err(StartError::Failed(error)) => Err(error),
         }
+    }
+
+    /// Starts a cold container; with `engine_outage = "hold"`, a start
+    /// that fails because the engine does not answer waits for the engine
+    /// (holding the task's slot, so the line behind it waits too) and
+    /// tries again.
+    async fn start_cold(&self, plan: &Plan, io: &TaskIo) -> Result<ColdProcess, StartError> {
+        loop {
+            let started = self.cold.start(plan, &io.events, &io.cancel).await;
+            let error = match &started {
+                Err(StartError::Failed(error)) if self.holds_for(error).await => error,
+                _ => return started,
+            };
+            tracing::info!(%error, wait_s = ENGINE_RETURN_WAIT.as_secs(), "the engine does not answer; the task waits for it");
+            if !engine_back(self.docker(), &io.cancel, ENGINE_RETURN_WAIT).await {
+                return started;
+            }
+        }
+    }
+
+    /// Whether a start that failed with `error` waits for the engine.
+    async fn holds_for(&self, error: &TaskError) -> bool {
+        self.config().engine_outage == EngineOutage::Hold
+            && error.kind == ErrorKind::Engine
+            && self.docker().ping().await.is_err()
     }
 
     /// A task on the swarm: a service of its own, supervised like a local

@@ -38,7 +38,9 @@ pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
 };
-pub use config::{Backend, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig};
+pub use config::{
+    Backend, EngineOutage, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig,
+};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use health::ENGINE_CHECK_TTL;

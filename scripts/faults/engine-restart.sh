@@ -18,7 +18,9 @@
 #   sudo bash scripts/faults/engine-restart.sh            # live-restore off (Docker's default)
 #   LIVE_RESTORE=1 sudo bash scripts/faults/engine-restart.sh
 #
-# Knobs: DETACHED (16), LOAD_TASKS (4000), DOWN_SECS (5), LIVE_RESTORE (0).
+# Knobs: DETACHED (16), LOAD_TASKS (4000), DOWN_SECS (5), LIVE_RESTORE (0),
+# ENGINE_OUTAGE (fail; `hold` makes tasks about to start wait for the
+# engine instead: [executor] engine_outage).
 # Needs root (dockerd), curl, python3; prints `N passed, M failed`.
 source "$(dirname "$0")/lib.sh"
 
@@ -36,6 +38,9 @@ if [[ $LIVE_RESTORE == 1 ]]; then
 fi
 
 cat >"$FAULT_DIR/server.toml" <<EOF
+[executor]
+engine_outage = "${ENGINE_OUTAGE:-fail}"
+
 [catalog.sum]
 image = "$IMAGE"
 command = ["sum"]
@@ -78,14 +83,24 @@ killed_at=$(date +%s.%N)
 check "/readyz says not ready within 5 s of the engine's death" wait_for 5 '[ "$(readyz)" = 503 ]'
 curl -s "http://127.0.0.1:$HTTP_PORT/readyz" >"$FAULT_DIR/readyz-down.json"
 check "/readyz names the engine as the reason" grep -q 'engine' "$FAULT_DIR/readyz-down.json"
-set +e
-timeout 60 "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
-    >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err"
-down_status=$?
-set -e
-log "a task while the engine is down: exit $down_status, $(head -c 300 "$FAULT_DIR/down.err")"
-check "a new task fails with exit 125 while the engine is down (no hang)" [ "$down_status" = 125 ]
-check "its message names the engine" grep -qi 'engine' "$FAULT_DIR/down.err"
+if [[ ${ENGINE_OUTAGE:-fail} == hold ]]; then
+    # Held: it waits for the engine, and runs once it is back.
+    "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
+        >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err" &
+    held_pid=$!
+    JOBS+=("$held_pid")
+    sleep 2
+    check "a new task waits while the engine is down (held)" kill -0 "$held_pid"
+else
+    set +e
+    timeout 60 "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
+        >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err"
+    down_status=$?
+    set -e
+    log "a task while the engine is down: exit $down_status, $(head -c 300 "$FAULT_DIR/down.err")"
+    check "a new task fails with exit 125 while the engine is down (no hang)" [ "$down_status" = 125 ]
+    check "its message names the engine" grep -qi 'engine' "$FAULT_DIR/down.err"
+fi
 check "status answers while the engine is down" timeout 30 "$BIN" --server "127.0.0.1:$PORT" status >/dev/null
 check "the server is still running" kill -0 "$SERVER_PID"
 
@@ -94,6 +109,12 @@ engine_start
 back_at=$(date +%s.%N)
 check "/readyz is ready again within 30 s of the engine's return" wait_for 30 '[ "$(readyz)" = 200 ]'
 ready_at=$(date +%s.%N)
+if [[ ${ENGINE_OUTAGE:-fail} == hold ]]; then
+    held_status=0
+    wait "$held_pid" || held_status=$?
+    check "the held task ran once the engine was back" [ "$held_status" = 0 ]
+    check "and printed its line" grep -qx 'while-down' "$FAULT_DIR/down.out"
+fi
 check "a new task runs after the engine's return" \
     timeout 120 "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo after
 check "a catalog task runs after the engine's return" \

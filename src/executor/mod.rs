@@ -38,7 +38,9 @@ pub use cleanup::{
     label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
     LABEL_PID_START, LABEL_TASK,
 };
-pub use config::{Backend, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig};
+pub use config::{
+    Backend, DataPlane, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig,
+};
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use health::ENGINE_CHECK_TTL;
@@ -49,7 +51,7 @@ pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, NodeStats, PoolStats};
 pub use swarm::LABEL_SERVICE;
-pub use warm::{AGENT_PATH, LABEL_WARM};
+pub use warm::{AGENT_PATH, LABEL_WARM, MAX_SOCKET_DIR_LEN, SOCKET_IN_CONTAINER, SUN_PATH_MAX};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;

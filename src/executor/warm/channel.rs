@@ -30,6 +30,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -48,7 +49,8 @@ use crate::task::{ErrorKind, TaskError};
 pub const SUN_PATH_MAX: usize = 108;
 /// The socket's name in its container's directory.
 const SOCKET_FILE: &str = "agent.sock";
-/// The longest name of a container's directory: `{pid:x}-{serial:x}`.
+/// The longest name of a container's directory: `{pid:x}-{n:x}`, n
+/// counting this process's sockets.
 const CONTAINER_DIR_MAX: usize = 8 + 1 + 16;
 /// The longest `socket_dir`: a container's socket,
 /// `SOCKET_DIR/PID-SERIAL/agent.sock`, must fit in `sun_path`.
@@ -268,11 +270,15 @@ pub(crate) struct AgentSocket {
 }
 
 impl AgentSocket {
-    /// Listens at `base/PID-SERIAL/agent.sock`. The socket is mode 0666
-    /// so that the container's user, whoever it is, may connect; its
-    /// directories (0700) keep everyone else on the host out.
-    pub fn bind(base: &Path, serial: u64) -> io::Result<AgentSocket> {
-        let dir = base.join(format!("{:x}-{serial:x}", std::process::id()));
+    /// Listens at `base/PID-N/agent.sock`, N counting this process's
+    /// sockets (several executors may share a process and a directory).
+    /// The socket is mode 0666 so that the container's user, whoever it
+    /// is, may connect; its directories (0700) keep everyone else on the
+    /// host out.
+    pub fn bind(base: &Path) -> io::Result<AgentSocket> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{:x}-{n:x}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join(SOCKET_FILE);
         let socket = UnixListener::bind(&path)
@@ -732,7 +738,9 @@ mod tests {
     #[tokio::test]
     async fn one_connection_is_taken_and_the_socket_is_gone_after() {
         let root = tempfile::tempdir().expect("a temporary directory");
-        let socket = AgentSocket::bind(root.path(), 1).expect("binds");
+        let socket = AgentSocket::bind(root.path()).expect("binds");
+        let other = AgentSocket::bind(root.path()).expect("a second one");
+        assert_ne!(socket.host_path(), other.host_path());
         let path = socket.host_path().to_owned();
         let mode = fs::metadata(&path).expect("the socket file").mode();
         assert_eq!(mode & 0o777, 0o666);

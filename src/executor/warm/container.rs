@@ -131,7 +131,7 @@ impl Launcher {
     ) -> Result<WarmContainer, Failed> {
         let socket =
             match &plane {
-                Plane::Socket(dir) => Some(AgentSocket::bind(dir, serial).map_err(|e| {
+                Plane::Socket(dir) => Some(AgentSocket::bind(dir).map_err(|e| {
                     Failed::Socket(format!("cannot listen in {}: {e}", dir.display()))
                 })?),
                 Plane::Attach => None,

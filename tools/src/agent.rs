@@ -428,7 +428,11 @@ fn fill(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading stdin: {e}")),
+            // A server that dies with our frames unread in its socket
+            // leaves us ECONNRESET, not an end of file: it is gone all the
+            // same, and the task must run on (the log has its output).
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("reading the server's frames: {e}")),
         }
     }
     Ok(done)
@@ -763,6 +767,16 @@ mod tests {
         assert!(read(&proto::frame(proto::CLOSE, b"x")).is_err());
         assert!(read(&proto::frame(proto::SIGNAL, b"")).is_err());
         assert!(read(&proto::frame(proto::STDOUT, b"x")).is_err());
+    }
+
+    /// The server died with our frames unread in its socket: the kernel
+    /// says ECONNRESET, which ends the input like an end of file does.
+    #[test]
+    fn a_reset_socket_is_the_server_gone() {
+        let (server, mut agent) = UnixStream::pair().expect("a socket pair");
+        agent.write_all(b"a frame the server never reads").unwrap();
+        drop(server);
+        assert_eq!(read_frame(&mut agent), Ok(None));
     }
 
     #[test]

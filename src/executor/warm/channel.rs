@@ -38,6 +38,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::container::short;
 use super::proto::{self, ExitReport, ProtoError, UsageReport};
 use crate::executor::config::{DataPlane, WarmConfig};
 use crate::executor::engine::engine_error;
@@ -353,6 +354,70 @@ pub(crate) enum NotConnected {
     /// said.
     Ended(Option<i64>),
     Failed(String),
+}
+
+/// Why a launch failed.
+pub(crate) enum Failed {
+    /// The socket did not work (the engine cannot mount it, the agent
+    /// cannot connect): the same launch on attach may.
+    Socket(String),
+    Launch(TaskError),
+}
+
+impl From<TaskError> for Failed {
+    fn from(error: TaskError) -> Failed {
+        Failed::Launch(error)
+    }
+}
+
+/// Starts created container `id` and takes its agent's connection to
+/// `socket`, waiting up to `ready`.
+pub(crate) async fn connect(
+    docker: &Docker,
+    id: &str,
+    socket: AgentSocket,
+    ready: Duration,
+) -> Result<Link, Failed> {
+    let path = socket.host_path().to_owned();
+    if let Err(e) = docker.start_container(id, None).await {
+        return Err(match names(&e, &path) {
+            true => Failed::Socket(format!("the engine cannot mount {}: {e}", path.display())),
+            false => Failed::Launch(engine_error("starting a warm container", &e)),
+        });
+    }
+    match socket.accept(docker, id, ready).await {
+        Ok(stream) => Ok(connected(docker, id, stream)),
+        Err(NotConnected::Ended(Some(code))) if code == i64::from(proto::SOCKET_UNREACHABLE) => {
+            let said = Diagnostics::of_log(docker, id).text().await;
+            Err(Failed::Socket(format!(
+                "the agent in warm container {} could not connect to {}: {said}",
+                short(id),
+                path.display()
+            )))
+        }
+        Err(NotConnected::Ended(code)) => {
+            let said = Diagnostics::of_log(docker, id).text().await;
+            let code = code
+                .map(|c| format!(" with status {c}"))
+                .unwrap_or_default();
+            Err(Failed::Launch(TaskError::new(
+                ErrorKind::Engine,
+                format!(
+                    "warm container {} ended{code} before its agent started: {said}",
+                    short(id)
+                ),
+            )))
+        }
+        Err(NotConnected::Failed(why)) => Err(Failed::Launch(TaskError::new(
+            ErrorKind::Engine,
+            format!("warm container {}: {why}", short(id)),
+        ))),
+    }
+}
+
+/// Whether the engine's error is about `path` (a mount it cannot make).
+pub(crate) fn names(error: &bollard::errors::Error, path: &Path) -> bool {
+    error.to_string().contains(&*path.to_string_lossy())
 }
 
 /// Frames to the agent: the attach connection's or the socket's write

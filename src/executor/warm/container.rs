@@ -8,18 +8,16 @@
 
 use bollard::models::ContainerCreateBody;
 use bollard::Docker;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{
-    self, AgentInput, AgentSocket, Channels, Diagnostics, Link, NotConnected, Plane, Record,
+    self, names, AgentInput, AgentSocket, Channels, Diagnostics, Failed, Plane, Record,
     SOCKET_IN_CONTAINER,
 };
 use super::key::PoolKey;
-use super::proto;
 use crate::executor::cleanup::{ContainerGuard, Owner};
 use crate::executor::config::ExecutorConfig;
 use crate::executor::container::container_body;
@@ -66,20 +64,6 @@ pub(crate) struct Launcher {
     pub owner: Owner,
     /// The agents' data plane.
     pub channels: Arc<Channels>,
-}
-
-/// Why a launch failed.
-enum Failed {
-    /// The socket did not work (the engine cannot mount it, the agent
-    /// cannot connect): the same launch on attach may.
-    Socket(String),
-    Launch(TaskError),
-}
-
-impl From<TaskError> for Failed {
-    fn from(error: TaskError) -> Failed {
-        Failed::Launch(error)
-    }
 }
 
 impl Launcher {
@@ -149,7 +133,7 @@ impl Launcher {
         let guard = ContainerGuard::new(self.docker.clone(), created.id);
         tools::upload(&self.docker, guard.id()).await?;
         let link = match socket {
-            Some(socket) => self.connect(&guard, socket, ready).await?,
+            Some(socket) => channel::connect(&self.docker, guard.id(), socket, ready).await?,
             None => channel::attach(&self.docker, guard.id()).await?,
         };
         let mut container = WarmContainer {
@@ -172,53 +156,6 @@ impl Launcher {
             (Err(_), Some(serve)) => not_listening(&container, serve.port, ready).await,
         };
         Err(failed.into())
-    }
-
-    /// Starts the container and takes its agent's connection to `socket`.
-    async fn connect(
-        &self,
-        guard: &ContainerGuard,
-        socket: AgentSocket,
-        ready: Duration,
-    ) -> Result<Link, Failed> {
-        let path = socket.host_path().to_owned();
-        if let Err(e) = self.docker.start_container(guard.id(), None).await {
-            return Err(match names(&e, &path) {
-                true => Failed::Socket(format!("the engine cannot mount {}: {e}", path.display())),
-                false => Failed::Launch(engine_error("starting a warm container", &e)),
-            });
-        }
-        let id = guard.id();
-        match socket.accept(&self.docker, id, ready).await {
-            Ok(stream) => Ok(channel::connected(&self.docker, id, stream)),
-            Err(NotConnected::Ended(Some(code)))
-                if code == i64::from(proto::SOCKET_UNREACHABLE) =>
-            {
-                let said = Diagnostics::of_log(&self.docker, id).text().await;
-                Err(Failed::Socket(format!(
-                    "the agent in warm container {} could not connect to {}: {said}",
-                    short(id),
-                    path.display()
-                )))
-            }
-            Err(NotConnected::Ended(code)) => {
-                let said = Diagnostics::of_log(&self.docker, id).text().await;
-                let code = code
-                    .map(|c| format!(" with status {c}"))
-                    .unwrap_or_default();
-                Err(Failed::Launch(TaskError::new(
-                    ErrorKind::Engine,
-                    format!(
-                        "warm container {} ended{code} before its agent started: {said}",
-                        short(id)
-                    ),
-                )))
-            }
-            Err(NotConnected::Failed(why)) => Err(Failed::Launch(TaskError::new(
-                ErrorKind::Engine,
-                format!("warm container {}: {why}", short(id)),
-            ))),
-        }
     }
 
     /// The command of an HTTP key's server: the key's, or the image's
@@ -345,11 +282,6 @@ fn socket_failed(why: &str) -> TaskError {
              \"attach\" (or \"auto\") if the engine cannot reach this server's socket_dir"
         ),
     )
-}
-
-/// Whether the engine's error is about `path` (a mount it cannot make).
-fn names(error: &bollard::errors::Error, path: &Path) -> bool {
-    error.to_string().contains(&*path.to_string_lossy())
 }
 
 pub(crate) fn short(id: &str) -> String {

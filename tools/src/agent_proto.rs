@@ -46,8 +46,9 @@
 //! - `K` signal: one byte, the signal number to send the task's process.
 //!
 //! `I`, `C` and `K` that arrive between tasks are leftovers of a finished
-//! task and are ignored. End of file on the agent's input (stdin or socket) means the server
-//! is gone: the agent kills everything and exits.
+//! task and are ignored. End of file on the agent's input (stdin or
+//! socket; on the socket, a reset too) means the server is gone: an idle
+//! agent exits, a running task runs on, its frames going to the log.
 //!
 //! # Agent → server
 //!

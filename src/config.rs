@@ -68,7 +68,13 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        Ok(toml::from_str(text)?)
+        let config: Config = toml::from_str(text)?;
+        config
+            .executor
+            .runtime
+            .check()
+            .map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 
     /// The `[server]` settings with the named clients' credentials loaded

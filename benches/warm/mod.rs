@@ -11,6 +11,10 @@
 //! - `throughput/warm_reuse`: batches of 32 concurrent `true` tasks on a
 //!   catalog entry with `reuse` (32 warm containers, each serving many tasks),
 //!   Throughput::Elements.
+//! - `task_latency/tcp_task_warm_attach`, `throughput/warm_reuse_attach`:
+//!   the same two with `data_plane = "attach"`, the peer of the default
+//!   (the agents' own sockets on a local engine): frames through dockerd's
+//!   attach relay (docs/WARM.md, "The data plane").
 //!
 //! - `burst/…`: 200 tasks at once, on a `reset = true` entry, on a
 //!   single-use one, and as parallel `docker run`s (benches/warm/burst.rs).
@@ -30,7 +34,7 @@ use tokio::runtime::Runtime;
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use tcp_task::catalog::Catalog;
-use tcp_task::executor::{label_filter, DockerExecutor, ExecutorConfig, WarmConfig};
+use tcp_task::executor::{label_filter, DataPlane, DockerExecutor, ExecutorConfig, WarmConfig};
 use tcp_task::images::EXAMPLES_IMAGE;
 use tcp_task::{Client, RunningServer, Server, ServerConfig, TaskSpec};
 
@@ -61,18 +65,22 @@ pub fn warm_benches(c: &mut Criterion) {
         Ok(rt) => rt,
         Err(e) => return eprintln!("warm benchmarks skipped: no runtime: {e}"),
     };
-    let pooled = u64::from(SINGLE_USE) + CONCURRENT as u64;
-    let started = catalog().map(|catalog| WarmServer::start(config(), catalog, pooled));
-    let setup = match started {
-        Ok(start) => match rt.block_on(start) {
-            Ok(setup) => setup,
+    // The default data plane (the agents' sockets, on a local engine),
+    // then the attach stream as the peer, in the same run.
+    for (plane, suffix) in [(DataPlane::Auto, ""), (DataPlane::Attach, "_attach")] {
+        let pooled = u64::from(SINGLE_USE) + CONCURRENT as u64;
+        let started = catalog().map(|catalog| WarmServer::start(config(plane), catalog, pooled));
+        let setup = match started {
+            Ok(start) => match rt.block_on(start) {
+                Ok(setup) => setup,
+                Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
+            },
             Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
-        },
-        Err(why) => return eprintln!("warm benchmarks skipped: {why}"),
-    };
-    latency(c, &rt, &setup);
-    throughput(c, &rt, &setup);
-    rt.block_on(setup.server.shutdown());
+        };
+        latency(c, &rt, &setup, suffix);
+        throughput(c, &rt, &setup, suffix);
+        rt.block_on(setup.server.shutdown());
+    }
     burst::burst_benches(c, &rt);
 }
 
@@ -185,10 +193,11 @@ impl WarmServer {
     }
 }
 
-fn config() -> ExecutorConfig {
+fn config(data_plane: DataPlane) -> ExecutorConfig {
     ExecutorConfig {
         max_concurrent: 2 * CONCURRENT,
         warm: WarmConfig {
+            data_plane,
             max_containers: 2 * CONCURRENT as u32,
             max_memory_bytes: 16 << 30,
             // Only the catalog's pools: `true` as an image task would
@@ -220,14 +229,14 @@ fn catalog() -> Result<Catalog, String> {
     .map_err(|e| format!("bad benchmark catalog: {e}"))
 }
 
-fn latency(c: &mut Criterion, rt: &Runtime, setup: &WarmServer) {
+fn latency(c: &mut Criterion, rt: &Runtime, setup: &WarmServer, suffix: &str) {
     let mut group = c.benchmark_group("task_latency");
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(100))
         .measurement_time(Duration::from_secs(1));
-    group.bench_function("tcp_task_warm", |b| {
+    group.bench_function(format!("tcp_task_warm{suffix}"), |b| {
         b.iter_custom(|iters| rt.block_on(setup.time_settled(iters, || setup.run("true-warm"))))
     });
     group.finish();
@@ -239,13 +248,13 @@ async fn settle_engine() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-fn throughput(c: &mut Criterion, rt: &Runtime, setup: &WarmServer) {
+fn throughput(c: &mut Criterion, rt: &Runtime, setup: &WarmServer, suffix: &str) {
     let mut group = c.benchmark_group("throughput");
     group
         .sample_size(10)
         .throughput(Throughput::Elements(CONCURRENT as u64))
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("warm_reuse", |b| {
+    group.bench_function(format!("warm_reuse{suffix}"), |b| {
         b.to_async(rt).iter(|| async {
             let batch = (0..CONCURRENT).map(|_| setup.run("true-reuse"));
             futures::future::join_all(batch).await;

@@ -204,6 +204,42 @@ pub struct WarmConfig {
     /// How long a new warm container may take to report ready before it is
     /// given up (and removed). Default 30 s.
     pub ready_timeout_ms: u64,
+    /// How the server and a warm container's agent exchange frames.
+    /// Default `auto`.
+    pub data_plane: DataPlane,
+    /// Where the agents' Unix sockets are made, one directory per
+    /// container (data plane `socket`). Default: `$RUNTIME_DIRECTORY`,
+    /// else `$XDG_RUNTIME_DIR/tcp-task`, else `/tmp/tcp-task-UID`. Made
+    /// mode 0700; at most `MAX_SOCKET_DIR_LEN` bytes (70), since a Unix
+    /// socket's path is limited.
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// How the server and a warm container's agent exchange frames
+/// (docs/WARM.md, "The data plane").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPlane {
+    /// The socket when the engine is local (a Unix-socket `DOCKER_HOST`)
+    /// and the socket directory is usable; attach otherwise, and from the
+    /// first launch on which the socket did not work (the engine cannot
+    /// mount it, the agent cannot connect).
+    #[default]
+    Auto,
+    /// A Unix socket per container, bind-mounted read-only into it: frames
+    /// bypass dockerd. A launch that cannot use it fails.
+    Socket,
+    /// The container's attach stream, through dockerd. Works with any
+    /// engine, remote ones included.
+    Attach,
+}
+
+impl ExecutorConfig {
+    /// What the executor would refuse, said before it starts: a
+    /// `socket_dir` too long for a Unix socket's path.
+    pub fn check(&self) -> Result<(), String> {
+        super::warm::check_socket_dir(&self.warm)
+    }
 }
 
 impl Default for WarmConfig {
@@ -217,6 +253,8 @@ impl Default for WarmConfig {
             on_demand: 2,
             idle_ms: 60_000,
             ready_timeout_ms: 30_000,
+            data_plane: DataPlane::Auto,
+            socket_dir: None,
         }
     }
 }

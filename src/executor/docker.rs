@@ -26,7 +26,7 @@ use super::supervise::{command_error, killed, supervise};
 use super::swarm::Swarm;
 use super::tools::Tools;
 use super::warm::{
-    replay_task, signal_task, AgentInput, Launcher, LoggedWarmProcess, Warm, WarmProcess,
+    replay_task, signal_task, AgentInput, Channels, Launcher, LoggedWarmProcess, Warm, WarmProcess,
     FORWARDED_SIGNALS,
 };
 use super::{no_such_task, Executor, Replay, TaskIo};
@@ -79,6 +79,7 @@ impl DockerExecutor {
             config: config.clone(),
             owner: owner.clone(),
             tools: tools.clone(),
+            channels: Arc::new(Channels::new(&config.warm)),
         });
         let swarm = (config.backend == Backend::Swarm)
             .then(|| Arc::new(Swarm::new(docker.clone(), config.clone(), owner.clone())));
@@ -658,6 +659,10 @@ impl Executor for DockerExecutor {
             queued: queued as u64,
             engine: self.engine_check.health(self.docker()).await,
             pools: self.warm.stats(),
+            warm_data_plane: match &self.swarm {
+                Some(_) => String::new(),
+                None => self.warm.data_plane(),
+            },
             nodes: match &self.swarm {
                 Some(swarm) => swarm.nodes().await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "could not list the swarm's nodes");

@@ -39,7 +39,7 @@ pub use cleanup::{
     LABEL_PID_START, LABEL_TASK,
 };
 pub use config::{
-    Backend, EngineOutage, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig,
+    Backend, DataPlane, EngineOutage, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig,
 };
 pub use docker::DockerExecutor;
 pub use events::{Delivery, Disconnected, EventSink, Events};
@@ -51,7 +51,7 @@ pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, NodeStats, PoolStats};
 pub use swarm::LABEL_SERVICE;
-pub use warm::{AGENT_PATH, LABEL_WARM};
+pub use warm::{AGENT_PATH, LABEL_WARM, MAX_SOCKET_DIR_LEN, SOCKET_IN_CONTAINER, SUN_PATH_MAX};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;

@@ -9,6 +9,9 @@ pub struct ExecutorStats {
     pub queued: u64,
     pub engine: EngineHealth,
     pub pools: Vec<PoolStats>,
+    /// How warm containers' agents talk to the server: `socket`, `attach`
+    /// (with why, when `auto` chose it). Empty on the Swarm backend.
+    pub warm_data_plane: String,
     /// The swarm's nodes, on the Swarm backend.
     pub nodes: Vec<NodeStats>,
 }

@@ -40,6 +40,8 @@ pub const AGENT_PATH: &str = "/.tcp-task/agent";
 pub const RELAY_PATH: &str = "/.tcp-task/relay";
 /// A cold task's measurer (tools/src/measure.rs).
 pub const MEASURE_PATH: &str = "/.tcp-task/measure";
+/// The warm agent's socket, beside the binary (`warm::channel`).
+pub const SOCKET_NAME: &str = "agent.sock";
 
 /// How the tools reach the containers of one executor. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -171,7 +173,9 @@ fn prepare(root: &Path) -> Result<PathBuf, String> {
     }
     let dir = root.join(TOOLS_DIGEST);
     let agent = dir.join("agent");
-    if fs::metadata(&agent).is_ok_and(|m| m.len() == TOOLS_BINARY.len() as u64) {
+    let complete = fs::metadata(&agent).is_ok_and(|m| m.len() == TOOLS_BINARY.len() as u64)
+        && dir.join(SOCKET_NAME).exists();
+    if complete {
         return Ok(dir);
     }
     // Written aside and renamed into place: a server that dies halfway
@@ -206,6 +210,9 @@ fn write_tools(dir: &Path) -> std::io::Result<()> {
     for name in ["relay", "measure"] {
         std::os::unix::fs::symlink("agent", dir.join(name))?;
     }
+    // Where a warm agent's socket is mounted (`warm::channel`): in a
+    // read-only bind the engine cannot create a mount point, so it is here.
+    fs::File::create(dir.join(SOCKET_NAME))?;
     Ok(())
 }
 

@@ -171,8 +171,14 @@ impl<E: Executor> Shared<E> {
     pub async fn status(&self) -> ServerStatus {
         let stats = self.executor.stats().await;
         let (retained, retained_bytes) = self.tasks.retained();
+        // The status's shape is fixed within a protocol version; the
+        // server's name is free text, so the warm data plane goes there.
+        let server = match stats.warm_data_plane.as_str() {
+            "" => server_name(),
+            plane => format!("{}; warm data plane: {plane}", server_name()),
+        };
         ServerStatus {
-            server: server_name(),
+            server,
             protocol_version: PROTOCOL_VERSION,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             connections: self.connections.load(Ordering::Relaxed),

@@ -18,6 +18,16 @@
 //! one task wrote for the next. Either way the agent says `ready` again
 //! after each task but the last.
 //!
+//! `--socket PATH` (the server's choice of data plane, see
+//! [`crate::agent_proto`]) makes the agent connect to the Unix socket at
+//! PATH first of all, read the server's frames from it instead of stdin,
+//! and write each of its own frames to its stdout (the container's log, for
+//! a restarted server) and then to the socket (for the server, live). A
+//! socket that cannot be reached is exit status
+//! [`proto::SOCKET_UNREACHABLE`]; a socket that breaks later (the server
+//! went away) leaves the log: the task runs on, as it does when a server's
+//! attach stream goes.
+//!
 //! `--prefetch PROGRAM` reads the program's file once before the agent says
 //! it is ready: in a fresh container the first exec of a file otherwise goes
 //! through a cold page cache (with fuse-overlayfs, one userspace round trip
@@ -31,7 +41,8 @@
 //!   init exits. That also closes every copy of the output pipes, so the
 //!   relay always finishes, and a reused container starts each task empty.
 //!
-//! Threads, all blocking std I/O: one reads frames from stdin for the whole
+//! Threads, all blocking std I/O: one reads frames from stdin (or the
+//! socket) for the whole
 //! life of the agent, one waits for children, one feeds the task's stdin,
 //! two pump its stdout and stderr. The main thread owns the state and takes
 //! their news from one channel. Signals reach the task as `K` frames: the
@@ -47,6 +58,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -88,6 +100,18 @@ enum Event {
 pub fn run(args: &[String]) -> Result<(), Fail> {
     let options = parse_args(args)?;
     let tasks = options.tasks;
+    // Before anything else: the server waits for this connection only as
+    // long as its ready timeout, and a socket that cannot be reached must
+    // be told from an agent that failed later.
+    let socket = match &options.socket {
+        Some(path) => Some(UnixStream::connect(path).map_err(|e| {
+            Fail::Exit(
+                proto::SOCKET_UNREACHABLE,
+                format!("cannot connect to the server's socket {path}: {e}"),
+            )
+        })?),
+        None => None,
+    };
     // No task may ptrace us or open our /proc/1/fd (our frames to the
     // server): a process of the same user could otherwise.
     let _ = sys::set_not_dumpable();
@@ -109,14 +133,21 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     // A write to a server that went away must be an error we handle, not
     // death by SIGPIPE. Children get the default back: std resets it.
     let _ = sys::ignore_signal(sys::SIGPIPE);
-    let out = Output::stdout()?;
+    let out = Output::new(socket.as_ref())?;
     out.send(proto::READY, &[proto::VERSION])?;
     let (tx, rx) = mpsc::channel();
     // Before any thread starts, so that every thread has them blocked.
     let forwarded = sys::block_signals(&proto::FORWARDED_SIGNALS)
         .map_err(|e| Fail::Exit(3, format!("cannot take signals for the task: {e}")))?;
     spawn_signal_relay(forwarded, tx.clone());
-    spawn_reader(dup_stdin()?, tx.clone(), StdinBound::new(STDIN_QUEUE_BYTES));
+    let input = match &socket {
+        Some(socket) => socket
+            .try_clone()
+            .map(|s| File::from(std::os::fd::OwnedFd::from(s)))
+            .map_err(|e| Fail::Exit(125, format!("cannot read the server's socket: {e}")))?,
+        None => dup_stdin()?,
+    };
+    spawn_reader(input, tx.clone(), StdinBound::new(STDIN_QUEUE_BYTES));
     let mut served: u64 = 0;
     while tasks == 0 || served < tasks {
         let Some(header) = next_task(&rx)? else {
@@ -146,6 +177,8 @@ struct Options {
     /// Reset the container between tasks (tools/src/reset.rs).
     reset: bool,
     prefetch: Option<String>,
+    /// The server's Unix socket: the data plane instead of stdin/stdout.
+    socket: Option<String>,
     serve_port: Option<u16>,
     /// The image's server: argv after `--`.
     serve: Vec<String>,
@@ -156,6 +189,7 @@ fn parse_args(args: &[String]) -> Result<Options, Fail> {
         tasks: 1,
         reset: false,
         prefetch: None,
+        socket: None,
         serve_port: None,
         serve: Vec::new(),
     };
@@ -179,6 +213,7 @@ fn parse_args(args: &[String]) -> Result<Options, Fail> {
                     .map_err(|_| Fail::Usage(format!("--tasks takes a number, not {value:?}")))?
             }
             "--prefetch" => options.prefetch = Some(value.clone()),
+            "--socket" => options.socket = Some(value.clone()),
             "--serve-port" => {
                 options.serve_port = Some(value.parse().map_err(|_| {
                     Fail::Usage(format!("--serve-port takes a port number, not {value:?}"))
@@ -286,27 +321,56 @@ fn dup_stdin() -> Result<File, Fail> {
 /// Frames to the server, one whole frame per write so that the threads
 /// that share it never interleave bytes.
 #[derive(Clone)]
-struct Output(Arc<Mutex<File>>);
+struct Output(Arc<Mutex<Sinks>>);
+
+/// Where each frame goes: the stdout (the container's log; with attach,
+/// also the server's live view of it) and, with `--socket`, the socket.
+struct Sinks {
+    log: File,
+    /// `None` without `--socket`, and once the socket broke.
+    live: Option<UnixStream>,
+}
 
 impl Output {
-    fn stdout() -> Result<Output, Fail> {
+    fn new(socket: Option<&UnixStream>) -> Result<Output, Fail> {
         // A raw dup of fd 1: std's stdout is line-buffered, which would
         // split frames at newlines.
-        let file = io::stdout()
+        let log = io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .map(File::from)
             .map_err(|e| Fail::Exit(125, format!("cannot use stdout: {e}")))?;
-        Ok(Output(Arc::new(Mutex::new(file))))
+        let live = match socket {
+            Some(socket) => Some(
+                socket
+                    .try_clone()
+                    .map_err(|e| Fail::Exit(125, format!("cannot use the socket: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Output(Arc::new(Mutex::new(Sinks { log, live }))))
     }
 
     fn send(&self, kind: u8, payload: &[u8]) -> Result<(), Fail> {
         let frame = proto::frame(kind, payload);
         // A pump that panicked cannot leave a half-written frame behind
         // (write_all either finished or failed), so poison is harmless.
-        let mut file = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&frame)
-            .map_err(|e| Fail::Exit(1, format!("cannot write to the server: {e}")))
+        let mut sinks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The log first: a frame the server saw live must be in the log a
+        // restarted server reads.
+        sinks
+            .log
+            .write_all(&frame)
+            .map_err(|e| Fail::Exit(1, format!("cannot write to the server: {e}")))?;
+        if let Some(live) = sinks.live.as_mut() {
+            // The server went away: what follows goes to the log only, where
+            // the next server finds it (as with attach, whose end leaves
+            // the log going).
+            if live.write_all(&frame).is_err() {
+                sinks.live = None;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -364,7 +428,11 @@ fn fill(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading stdin: {e}")),
+            // A server that dies with our frames unread in its socket
+            // leaves us ECONNRESET, not an end of file: it is gone all the
+            // same, and the task must run on (the log has its output).
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("reading the server's frames: {e}")),
         }
     }
     Ok(done)
@@ -701,6 +769,16 @@ mod tests {
         assert!(read(&proto::frame(proto::STDOUT, b"x")).is_err());
     }
 
+    /// The server died with our frames unread in its socket: the kernel
+    /// says ECONNRESET, which ends the input like an end of file does.
+    #[test]
+    fn a_reset_socket_is_the_server_gone() {
+        let (server, mut agent) = UnixStream::pair().expect("a socket pair");
+        agent.write_all(b"a frame the server never reads").unwrap();
+        drop(server);
+        assert_eq!(read_frame(&mut agent), Ok(None));
+    }
+
     #[test]
     fn truncated_frames_are_errors_not_clean_ends() {
         let whole = proto::frame(proto::STDIN, b"hello");
@@ -732,6 +810,12 @@ mod tests {
             both.map(|o| (o.tasks, o.prefetch)),
             Some((3, Some("true".into())))
         );
+        let socket = parse_args(&args(&["--socket", "/.tcp-task/agent.sock"])).ok();
+        assert_eq!(
+            socket.and_then(|o| o.socket),
+            Some("/.tcp-task/agent.sock".into())
+        );
+        assert!(parse_args(&args(&["--socket"])).is_err());
         assert!(parse_args(&args(&["--tasks", "x"])).is_err());
         assert!(parse_args(&args(&["--tasks"])).is_err());
         assert!(parse_args(&args(&["3"])).is_err());

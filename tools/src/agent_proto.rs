@@ -4,11 +4,25 @@
 //!
 //! # Channel
 //!
-//! The container's attach stream, with no TTY. The server writes frames to
-//! the agent's stdin; the agent writes frames to its stdout. The agent's
-//! stderr is for people only: it says why the agent gave up. Nothing else
-//! ever writes to the agent's stdout, so binary task output stays
-//! byte-exact: it travels as frame payloads, never as raw text.
+//! One of two, the server's choice (docs/WARM.md, "The data plane"):
+//!
+//! - **attach**: the container's attach stream, with no TTY. The server
+//!   writes frames to the agent's stdin; the agent writes frames to its
+//!   stdout.
+//! - **socket** (`--socket PATH`): a Unix socket the server listens on,
+//!   bind-mounted read-only into the container at PATH. The agent connects
+//!   to it before anything else (or exits [`SOCKET_UNREACHABLE`]), reads the
+//!   server's frames from it, and writes each of its frames to its stdout
+//!   first, then to the socket: the stdout is the container's log, which a
+//!   restarted server reads the frames back from, so it must hold every
+//!   frame the server may have seen. The server accepts one connection
+//!   only and then closes its listener: a task that connects again is
+//!   refused.
+//!
+//! Either way the agent's stderr is for people only: it says why the agent
+//! gave up. Nothing else ever writes to the agent's stdout, so binary task
+//! output stays byte-exact: it travels as frame payloads, never as raw
+//! text.
 //!
 //! # Frame
 //!
@@ -32,8 +46,9 @@
 //! - `K` signal: one byte, the signal number to send the task's process.
 //!
 //! `I`, `C` and `K` that arrive between tasks are leftovers of a finished
-//! task and are ignored. End of file on the agent's stdin means the server
-//! is gone: the agent kills everything and exits.
+//! task and are ignored. End of file on the agent's input (stdin or
+//! socket; on the socket, a reset too) means the server is gone: an idle
+//! agent exits, a running task runs on, its frames going to the log.
 //!
 //! # Agent → server
 //!
@@ -58,6 +73,11 @@ use std::fmt;
 
 /// The protocol version the `R` frame announces.
 pub const VERSION: u8 = 3;
+
+/// The agent's exit status when `--socket` was given and it could not
+/// connect there: the server then knows the socket, not the agent, failed
+/// (and, choosing the data plane by itself, falls back to attach).
+pub const SOCKET_UNREACHABLE: i32 = 4;
 
 /// The largest payload of any frame. Task output is sent in smaller chunks;
 /// a task header (argv and env) must fit.

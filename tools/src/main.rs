@@ -193,6 +193,12 @@ const APPLETS: &[Applet] = &[
         "try a TCP connection (2 s timeout)",
     ),
     Applet::new(
+        "unixcheck",
+        testing::unixcheck,
+        "PATH N",
+        "connect to the Unix socket PATH N times, writing garbage when it connects",
+    ),
+    Applet::new(
         "ifaces",
         testing::ifaces,
         "",

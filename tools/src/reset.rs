@@ -393,14 +393,26 @@ fn writable_mounts() -> Result<Vec<PathBuf>, String> {
 }
 
 /// The lines of `/proc/self/mountinfo` without the mount ids, which say
-/// nothing about what is mounted where.
+/// nothing about what is mounted where, and without the `//deleted` the
+/// kernel appends to the root of a bind mount whose source the host
+/// removed: the
+/// server removes the agent's socket file on the host once the agent is
+/// connected (the mount keeps it in here), which may happen before or
+/// after the baseline is taken, and which no task can do.
 fn mount_table() -> Result<Vec<String>, String> {
     let table = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    Ok(table
-        .lines()
-        .map(|line| line.splitn(3, ' ').nth(2).unwrap_or(line).to_owned())
-        .collect())
+    Ok(table.lines().map(mount_line).collect())
+}
+
+/// `ID PARENT MAJ:MIN ROOT POINT…` → `MAJ:MIN ROOT POINT…`, ROOT without
+/// `//deleted`.
+fn mount_line(line: &str) -> String {
+    let mut fields: Vec<&str> = line.split(' ').skip(2).collect();
+    if let Some(root) = fields.get_mut(1) {
+        *root = root.strip_suffix("//deleted").unwrap_or(root);
+    }
+    fields.join(" ")
 }
 
 /// One line of `/proc/self/mountinfo`, the parts we use.
@@ -561,6 +573,15 @@ mod tests {
         assert_eq!(mount.fstype, "overlay");
         assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
         assert!(MountLine::parse("garbage").is_none());
+        // The host removed the source of a bind (the agent's socket).
+        let deleted =
+            "68 47 254:0 /run/x/agent.sock//deleted /.tcp-task/agent.sock ro - ext4 /dev/vda rw";
+        let there = "69 47 254:0 /run/x/agent.sock /.tcp-task/agent.sock ro - ext4 /dev/vda rw";
+        assert_eq!(mount_line(deleted), mount_line(there));
+        assert_eq!(
+            mount_line(there),
+            "254:0 /run/x/agent.sock /.tcp-task/agent.sock ro - ext4 /dev/vda rw"
+        );
     }
 
     /// A directory tree changed and brought back, outside a container:

@@ -25,6 +25,7 @@
 //! | `counter N FILE`        | `i` as 15 digits plus `\n` (16 bytes) on stdout for i in 0..N, 256 lines (4 KiB) per write; after each write, FILE holds the lines written so far (20 digits plus `\n`, rewritten in place) |
 //! | `writefile PATH`        | creates PATH and writes `tcp-task\n`: prints `wrote PATH`, or the error on stderr and exit 1 |
 //! | `netcheck HOST:PORT`    | TCP connect, 2 s timeout: prints `connected` (exit 0) or `no network: <err>` (exit 1), both on stdout |
+//! | `unixcheck PATH N`      | N connects to the Unix socket PATH, writing 64 KiB of garbage on each that succeeds; prints `connected C refused R other O` (O: other errors, the last one after it) |
 //! | `ifaces`                | the network interfaces the task can see, one per line, sorted (from `/proc/net/dev`; no traffic sent) |
 
 use crate::cli::{eprint_line, expect_args, parse, print_line, raw_stdin, raw_stdout, Fail};
@@ -437,6 +438,34 @@ pub fn netcheck(args: &[String]) -> Result<(), Fail> {
             Err(Fail::quiet(1))
         }
     }
+}
+
+/// Tries a Unix socket `N` times, as a task that abuses the warm agent's
+/// socket would: every connect that succeeds gets garbage written to it.
+pub fn unixcheck(args: &[String]) -> Result<(), Fail> {
+    expect_args(args, 2)?;
+    let path = &args[0];
+    let times: u32 = parse("N", &args[1])?;
+    let garbage = vec![0xa5u8; 64 * 1024];
+    let (mut connected, mut refused, mut other) = (0, 0, 0);
+    let mut last = String::new();
+    for _ in 0..times {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(mut stream) => {
+                connected += 1;
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = stream.write_all(&garbage);
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => {
+                other += 1;
+                last = format!(" ({e})");
+            }
+        }
+    }
+    print_line(format_args!(
+        "connected {connected} refused {refused} other {other}{last}"
+    ))
 }
 
 /// Lists the interfaces of the task's network namespace. Checking that a

@@ -73,11 +73,11 @@ impl HttpProcess {
         body.clone()
     }
 
-    fn failed(&mut self, kind: ErrorKind, what: &str) -> TaskError {
+    async fn failed(&mut self, kind: ErrorKind, what: &str) -> TaskError {
         let relay = String::from_utf8_lossy(&self.relay_stderr)
             .trim()
             .to_owned();
-        let server = self.inner.diagnostics();
+        let server = self.inner.diagnostics().await;
         let server = server.trim();
         TaskError::new(
             kind,
@@ -183,7 +183,7 @@ impl Process for HttpProcess {
         }
         if let Some(why) = self.malformed.clone() {
             let what = format!("the answer is not valid HTTP: {why}");
-            return Err(self.failed(ErrorKind::TaskFailed, &what));
+            return Err(self.failed(ErrorKind::TaskFailed, &what).await);
         }
         // The exchange stopped short: how the relay ended says more.
         let why = self.cut.clone().unwrap_or_default();
@@ -194,7 +194,7 @@ impl Process for HttpProcess {
             }) => "the container ran out of memory before the task answered".to_owned(),
             _ => format!("no whole answer came: {why}"),
         };
-        Err(self.failed(ErrorKind::TaskExited, &what))
+        Err(self.failed(ErrorKind::TaskExited, &what).await)
     }
 
     /// Frees the container: it serves one task.

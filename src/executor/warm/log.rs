@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
-use super::container::{Decoder, Record};
+use super::channel::{Decoder, Record};
 use super::proto::ExitReport;
 use crate::executor::engine::engine_error;
 use crate::executor::exit::container_end;

@@ -2,8 +2,10 @@
 //! starts in milliseconds instead of paying for a container start.
 //!
 //! - [`pool`]: the pools per key, their budget, refills and cool-down;
-//! - [`container`]: creating a warm container (agent uploaded, attached,
-//!   started) and reading the agent's frames;
+//! - [`container`]: creating a warm container (agent uploaded, started,
+//!   its channel opened);
+//! - [`channel`]: the agent's channel, its own socket or the attach
+//!   stream, which data plane is in use, and the reader of its frames;
 //! - [`process`]: one task on a warm container, as a
 //!   [`crate::executor::process::Process`];
 //! - [`key`]: what a task must match to use a pool;
@@ -12,6 +14,7 @@
 //!
 //! docs/WARM.md describes the design for operators.
 
+mod channel;
 mod container;
 mod key;
 mod log;
@@ -21,7 +24,9 @@ mod process;
 #[allow(dead_code)]
 mod proto;
 
-pub(crate) use container::AgentInput;
+pub(crate) use channel::AgentInput;
+pub(crate) use channel::Channels;
+pub use channel::{check_socket_dir, MAX_SOCKET_DIR_LEN, SOCKET_IN_CONTAINER, SUN_PATH_MAX};
 pub(crate) use container::Launcher;
 pub use container::{AGENT_PATH, LABEL_WARM, RELAY_PATH};
 pub(crate) use log::{end_of, last_task, replay as replay_task, LoggedWarmProcess};
@@ -47,6 +52,7 @@ pub(crate) struct Warm {
     pool: Arc<Pool>,
     docker: Docker,
     enabled: bool,
+    channels: Arc<Channels>,
 }
 
 impl Warm {
@@ -54,6 +60,7 @@ impl Warm {
         Warm {
             docker: launcher.docker.clone(),
             enabled: launcher.config.warm.enabled,
+            channels: launcher.channels.clone(),
             pool: Arc::new(Pool::new(launcher)),
         }
     }
@@ -126,6 +133,15 @@ impl Warm {
 
     pub fn stats(&self) -> Vec<PoolStats> {
         self.pool.stats()
+    }
+
+    /// The data plane warm containers use now (`socket`, `attach`, and
+    /// why).
+    pub fn data_plane(&self) -> String {
+        match self.enabled {
+            true => self.channels.describe(),
+            false => "none (warm containers are disabled)".to_owned(),
+        }
     }
 
     /// Waits for background refills and removals to finish.

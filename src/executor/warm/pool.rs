@@ -7,7 +7,7 @@
 //!   after `idle_ms` without a request.
 //! - A container handed out is replaced when its task ends, or at once
 //!   when the pool ran dry (see [`Pool::take`]).
-//! - A container whose attach stream closes while idle (it died, or someone
+//! - A container whose agent's channel closes while idle (it died, or someone
 //!   killed it) leaves the pool at once and is replaced; [`Pool::take`] also
 //!   skips any that closed, so a dead container is never handed out.
 //! - Removal is in the background, off the task's path; [`Pool::settle`]
@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-use super::container::{Launcher, Record, WarmContainer};
+use super::channel::Record;
+use super::container::{Launcher, WarmContainer};
 use super::key::PoolKey;
 use crate::executor::config::WarmConfig;
 use crate::executor::stats::PoolStats;
@@ -749,12 +750,8 @@ async fn ready_again(container: &mut WarmContainer) -> bool {
     match answer {
         Ok(Some(Record::Ready)) => true,
         Ok(None) => {
-            let why = container
-                .diagnostics
-                .lock()
-                .map(|d| d.clone())
-                .unwrap_or_default();
-            tracing::info!(container = %container.id, reason = %why.trim(), "a warm container was not fit for another task; removing it");
+            let why = container.diagnostics.text().await;
+            tracing::info!(container = %container.id, reason = %why, "a warm container was not fit for another task; removing it");
             false
         }
         Ok(Some(_)) | Err(_) => false,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::container::{diagnostics_of, short, AgentInput, Record, WarmContainer, RELAY_PATH};
+use super::channel::{AgentInput, Record};
+use super::container::{short, WarmContainer, RELAY_PATH};
 use super::pool::Lease;
 use super::proto::{self, ExitReport, TaskHeader, UsageReport};
 use crate::executor::events::EventSink;
@@ -62,7 +63,7 @@ pub(crate) async fn hand(
         Some(Record::Started(_)) => {}
         None => return Handed::Gone,
         Some(Record::Exit(report)) => {
-            let refused = refusal(report, &program, plan.workdir.as_deref(), container);
+            let refused = refusal(report, &program, plan.workdir.as_deref(), container).await;
             // The agent is fine and waits for the next task.
             lease.finish(true);
             return Handed::Failed(refused);
@@ -142,11 +143,11 @@ pub(crate) struct WarmProcess {
 impl WarmProcess {
     /// What the container's agent (and an HTTP task's server) last wrote
     /// on stderr, for error messages.
-    pub fn diagnostics(&mut self) -> String {
-        self.lease
-            .container()
-            .map(|c| diagnostics_of(c))
-            .unwrap_or_default()
+    pub async fn diagnostics(&mut self) -> String {
+        match self.lease.container() {
+            Some(container) => container.diagnostics.text().await,
+            None => String::new(),
+        }
     }
 }
 
@@ -188,7 +189,7 @@ impl Process for WarmProcess {
             }),
             Some(report) => {
                 let container = self.lease.container().ok_or_else(gone)?;
-                match refusal(report, &self.program, self.workdir.as_deref(), container) {
+                match refusal(report, &self.program, self.workdir.as_deref(), container).await {
                     StartError::Command(failure) => Ok(ProcessEnd::NotStarted(failure)),
                     StartError::Failed(error) => Err(error),
                     StartError::Cancelled => Err(gone()),
@@ -288,7 +289,7 @@ fn gone() -> TaskError {
 /// Why the agent did not start the process, in the cold path's terms
 /// (`docker run` gives 127 for a missing command, 126 for one that cannot
 /// be run).
-fn refusal(
+async fn refusal(
     report: ExitReport,
     program: &str,
     workdir: Option<&str>,
@@ -311,7 +312,7 @@ fn refusal(
                 format!(
                     "the agent in warm container {} reported an end before a start: {}",
                     short(&container.id),
-                    diagnostics_of(container)
+                    container.diagnostics.text().await
                 ),
             ))
         }

@@ -69,11 +69,7 @@ impl Config {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
         let config: Config = toml::from_str(text)?;
-        config
-            .executor
-            .runtime
-            .check()
-            .map_err(anyhow::Error::msg)?;
+        crate::executor::check_config(&config.executor.runtime).map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 

@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cleanup::{remove_container, Liveness, Owner, LABEL_MANAGED};
+use super::cleanup::{LABEL_ID, LABEL_SCOPE};
 use super::cold::ColdStdin;
 use super::engine::engine_error;
 use super::exit::container_end;
-use super::kept::{self, tag_of, times_of, verdict_of, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS};
+use super::kept::{self, tag_of, times_of, verdict_of, LABEL_TIMEOUT_MS};
 use super::plan::TaskTag;
 use super::process::{Process, ProcessEnd};
 use super::supervise::{ended, killed};

@@ -23,10 +23,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::engine::{engine_error, status_code};
-use super::kept::{LABEL_ID, LABEL_SCOPE};
 use crate::task::TaskError;
 
 pub const LABEL_MANAGED: &str = "tcp-task.managed";
+/// The task id of a kept task's container.
+pub const LABEL_ID: &str = "tcp-task.id";
+/// Which servers may take a container over (`[executor] scope`).
+pub const LABEL_SCOPE: &str = "tcp-task.scope";
 pub const LABEL_INSTANCE: &str = "tcp-task.instance";
 pub const LABEL_TASK: &str = "tcp-task.task";
 pub const LABEL_HOST: &str = "tcp-task.host";

@@ -91,7 +91,7 @@ impl ExecutorConfig {
         if let Some(dir) = var("XDG_RUNTIME_DIR") {
             return dir.join("tcp-task").join("tools");
         }
-        let uid = super::tools::current_uid().unwrap_or_default();
+        let uid = current_uid().unwrap_or_default();
         std::env::temp_dir()
             .join(format!("tcp-task-{uid}"))
             .join("tools")
@@ -163,6 +163,12 @@ impl Default for ExecutorConfig {
     }
 }
 
+/// This process's effective user: the owner of its `/proc/self`.
+pub(crate) fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
 /// A registry login from the server's configuration.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,14 +238,6 @@ pub enum DataPlane {
     /// The container's attach stream, through dockerd. Works with any
     /// engine, remote ones included.
     Attach,
-}
-
-impl ExecutorConfig {
-    /// What the executor would refuse, said before it starts: a
-    /// `socket_dir` too long for a Unix socket's path.
-    pub fn check(&self) -> Result<(), String> {
-        super::warm::check_socket_dir(&self.warm)
-    }
 }
 
 impl Default for WarmConfig {

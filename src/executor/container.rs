@@ -5,9 +5,10 @@
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use std::collections::HashMap;
 
+use super::cleanup::LABEL_SCOPE;
 use super::cleanup::{Owner, LABEL_TASK};
 use super::config::ExecutorConfig;
-use super::kept::{tag_labels, LABEL_SCOPE};
+use super::kept::tag_labels;
 use super::plan::Plan;
 
 /// The create request for `plan`'s container; `task` goes into the

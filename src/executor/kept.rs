@@ -20,18 +20,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use super::cleanup::LABEL_MANAGED;
+use super::cleanup::{LABEL_ID, LABEL_MANAGED};
 use super::engine::{engine_error, status_code};
 use super::plan::TaskTag;
 use super::usage::strip_report;
 use super::Replay;
 use crate::task::{Ending, ErrorKind, Offsets, OutputStream, TaskError, TaskId};
 
-pub const LABEL_ID: &str = "tcp-task.id";
 pub const LABEL_CLIENT: &str = "tcp-task.client";
 pub const LABEL_DETACH: &str = "tcp-task.detach";
 pub const LABEL_TIMEOUT_MS: &str = "tcp-task.timeout-ms";
-pub const LABEL_SCOPE: &str = "tcp-task.scope";
 
 pub(crate) const SIGKILL: i32 = 9;
 

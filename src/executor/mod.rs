@@ -35,18 +35,22 @@ mod warm;
 
 pub use adopt::Adopted;
 pub use cleanup::{
-    label_filter, Liveness, Owner, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
-    LABEL_PID_START, LABEL_TASK,
+    label_filter, Liveness, Owner, LABEL_HOST, LABEL_ID, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PID,
+    LABEL_PID_START, LABEL_SCOPE, LABEL_TASK,
 };
 pub use config::{
     Backend, DataPlane, EngineOutage, ExecutorConfig, RegistryCredentials, SwarmConfig, WarmConfig,
 };
 pub use docker::DockerExecutor;
+
+/// What the executor would refuse, said before it starts: a warm
+/// `socket_dir` too long for a Unix socket's path.
+pub fn check_config(config: &ExecutorConfig) -> Result<(), String> {
+    warm::check_socket_dir(&config.warm)
+}
 pub use events::{Delivery, Disconnected, EventSink, Events};
 pub use health::ENGINE_CHECK_TTL;
-pub use kept::{
-    container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS,
-};
+pub use kept::{container_name, LABEL_CLIENT, LABEL_DETACH, LABEL_TIMEOUT_MS};
 pub use observe::{Observer, RunPath, SharedObserver, Unobserved};
 pub use plan::{EntryRef, HttpCall, Plan, TaskTag};
 pub use stats::{EngineHealth, ExecutorStats, NodeStats, PoolStats};

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::config::ExecutorConfig;
+use super::config::{current_uid, ExecutorConfig};
 use super::engine::engine_error;
 use crate::images::{TOOLS_BINARY, TOOLS_DIGEST};
 use crate::task::{ErrorKind, TaskError};
@@ -193,11 +193,6 @@ fn prepare(root: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => Err(format!("cannot move the tools into {}: {e}", dir.display())),
     }
-}
-
-/// This process's effective user: the owner of its `/proc/self`.
-pub(crate) fn current_uid() -> Option<u32> {
-    fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 fn write_tools(dir: &Path) -> std::io::Result<()> {

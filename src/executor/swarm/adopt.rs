@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use super::super::adopt::Adopted;
 use super::super::cleanup::{label_filter, Liveness, Owner};
+use super::super::cleanup::{LABEL_ID, LABEL_SCOPE};
 use super::super::engine::engine_error;
-use super::super::kept::{parse_rfc3339, tag_of, LABEL_ID, LABEL_SCOPE, LABEL_TIMEOUT_MS};
+use super::super::kept::{parse_rfc3339, tag_of, LABEL_TIMEOUT_MS};
 use super::super::supervise::{ended, killed};
 use super::kept::verdict_of;
 use super::schedule::{exit_code, is_terminal, reason, state, task_of};

@@ -10,9 +10,10 @@ use bollard::query_parameters::ListServicesOptions;
 use bollard::Docker;
 use std::collections::{HashMap, HashSet};
 
+use super::super::cleanup::LABEL_SCOPE;
 use super::super::cleanup::{label_filter, Liveness, Owner};
 use super::super::engine::{engine_error, status_code};
-use super::super::kept::{tag_of, LABEL_SCOPE};
+use super::super::kept::tag_of;
 use super::network;
 use crate::task::TaskError;
 

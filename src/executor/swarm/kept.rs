@@ -26,9 +26,10 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::super::cleanup::LABEL_ID;
 use super::super::cleanup::LABEL_MANAGED;
 use super::super::engine::{engine_error, status_code};
-use super::super::kept::{cut, verdict_suffix, LABEL_ID};
+use super::super::kept::{cut, verdict_suffix};
 use super::super::{no_such_task, Replay};
 use super::log::{chunk_of, logs, TaskLog};
 use super::schedule::{is_terminal, state, task_of};

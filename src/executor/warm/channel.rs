@@ -38,7 +38,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::container::short;
 use super::proto::{self, ExitReport, ProtoError, UsageReport};
 use crate::executor::config::{DataPlane, WarmConfig};
 use crate::executor::engine::engine_error;
@@ -706,6 +705,11 @@ fn record(kind: u8, payload: Bytes) -> Result<Record, ProtoError> {
         proto::EXIT => ExitReport::decode(&payload).map(Record::Exit),
         other => Err(ProtoError::UnknownKind(other)),
     }
+}
+
+/// A container id as `docker ps` shows it.
+pub(crate) fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{
-    self, names, AgentInput, AgentSocket, Channels, Diagnostics, Failed, Plane, Record,
+    self, names, short, AgentInput, AgentSocket, Channels, Diagnostics, Failed, Plane, Record,
     SOCKET_IN_CONTAINER,
 };
 use super::key::PoolKey;
@@ -288,8 +288,4 @@ fn socket_failed(why: &str) -> TaskError {
              \"attach\" (or \"auto\") if the engine cannot reach this server's socket_dir"
         ),
     )
-}
-
-pub(crate) fn short(id: &str) -> String {
-    id.chars().take(12).collect()
 }

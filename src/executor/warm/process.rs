@@ -11,8 +11,9 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use super::channel::short;
 use super::channel::{AgentInput, Record};
-use super::container::{short, WarmContainer, RELAY_PATH};
+use super::container::{WarmContainer, RELAY_PATH};
 use super::pool::Lease;
 use super::proto::{self, ExitReport, TaskHeader, UsageReport};
 use crate::executor::events::EventSink;

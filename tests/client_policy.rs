@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::engine::wait_until_none;
 use common::{Harness, EXAMPLES_IMAGE};
 use std::sync::Arc;
 use tcp_task::access::{ClientPolicy, Credential};
@@ -69,11 +68,7 @@ async fn a_clients_rules_refuse_before_any_container_and_allow_the_rest() {
     assert!(too_much.wait().await.unwrap().oom_killed());
 
     drop(client);
-    // Before the shutdown, whose safety net would hide leftovers. A result
-    // that reached its client is forgotten and its container removed once
-    // the server has seen it delivered, a moment after the client got it:
-    // wait for that, within a bound, rather than race it.
-    h.exec.settle().await;
-    wait_until_none(&h.docker, h.exec.instance_id()).await;
+    // Before the shutdown, whose safety net would hide leftovers.
+    h.assert_clean().await;
     server.shutdown().await;
 }

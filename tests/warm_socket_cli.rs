@@ -10,6 +10,9 @@
 //! the engine. It needs root and `unshare`; without them it says it is
 //! skipped.
 
+mod cli_server;
+
+use cli_server::strip_ansi;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -216,23 +219,6 @@ fn follow_log(child: &mut Child) -> (mpsc::Receiver<String>, String) {
             panic!("the server did not listen:\n{log}");
         }
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// SIGTERM (a graceful stop: the pools are drained), then wait.

@@ -77,25 +77,29 @@ pub struct ExecutorConfig {
 impl ExecutorConfig {
     /// [`ExecutorConfig::tools_dir`], or its default.
     pub fn tools_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.tools_dir {
-            return dir.clone();
-        }
-        let var = |name| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        if let Some(dir) = var("RUNTIME_DIRECTORY") {
-            return dir.join("tools");
-        }
-        if let Some(dir) = var("XDG_RUNTIME_DIR") {
-            return dir.join("tcp-task").join("tools");
-        }
-        let uid = current_uid().unwrap_or_default();
-        std::env::temp_dir()
-            .join(format!("tcp-task-{uid}"))
-            .join("tools")
+        self.tools_dir
+            .clone()
+            .unwrap_or_else(|| runtime_dir().join("tools"))
     }
+}
+
+/// The server's runtime directory, where the tools and the warm agents'
+/// sockets go unless configured elsewhere: systemd's `RuntimeDirectory=`
+/// (the first, when it names several), else the user's runtime
+/// directory, else `/tmp/tcp-task-UID`.
+pub(crate) fn runtime_dir() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = var("RUNTIME_DIRECTORY") {
+        // systemd separates several directories with colons.
+        if let Some(first) = dirs.to_string_lossy().split(':').next() {
+            return PathBuf::from(first);
+        }
+    }
+    if let Some(dir) = var("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("tcp-task");
+    }
+    let uid = current_uid().unwrap_or_default();
+    std::env::temp_dir().join(format!("tcp-task-{uid}"))
 }
 
 /// What a starting task does while the engine does not answer.

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{self, ExitReport, ProtoError, UsageReport};
-use crate::executor::config::{DataPlane, WarmConfig};
+use crate::executor::config::{current_uid, runtime_dir, DataPlane, WarmConfig};
 use crate::executor::engine::engine_error;
 use crate::executor::exit::wait_exit;
 use crate::task::{ErrorKind, TaskError};
@@ -90,28 +90,6 @@ fn fits(dir: &Path) -> Result<(), String> {
     ))
 }
 
-/// Where the sockets go when `socket_dir` is not set: systemd's
-/// `RuntimeDirectory=`, else the user's runtime directory, else `/tmp`.
-fn default_socket_dir() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dirs) = var("RUNTIME_DIRECTORY") {
-        // systemd separates several directories with colons.
-        let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
-        if let Some(first) = first {
-            return first;
-        }
-    }
-    if let Some(dir) = var("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join("tcp-task");
-    }
-    PathBuf::from(format!("/tmp/tcp-task-{}", own_uid().unwrap_or(0)))
-}
-
-/// This process's user id (the owner of its `/proc` directory).
-fn own_uid() -> io::Result<u32> {
-    fs::metadata("/proc/self").map(|m| m.uid())
-}
-
 /// Makes `dir` (mode 0700) if missing, and checks that it is a directory
 /// of ours that no other user may enter: sockets in it are 0666, so the
 /// directory is what keeps other host users away from them.
@@ -127,7 +105,7 @@ fn prepare(dir: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
-    if meta.uid() != own_uid().map_err(failed)? {
+    if Some(meta.uid()) != current_uid() {
         return Err(format!(
             "{} belongs to another user (uid {})",
             dir.display(),
@@ -170,7 +148,7 @@ impl Channels {
             DataPlane::Attach => Err("configured".to_owned()),
             DataPlane::Auto if !local => Err(format!("the engine {host} is not local")),
             DataPlane::Auto | DataPlane::Socket => {
-                let dir = config.socket_dir.clone().unwrap_or_else(default_socket_dir);
+                let dir = config.socket_dir.clone().unwrap_or_else(runtime_dir);
                 prepare(&dir).map(|()| {
                     sweep_leftovers(&dir);
                     dir

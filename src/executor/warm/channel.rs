@@ -56,9 +56,10 @@ const CONTAINER_DIR_MAX: usize = 8 + 1 + 16;
 /// `SOCKET_DIR/PID-SERIAL/agent.sock`, must fit in `sun_path`.
 pub const MAX_SOCKET_DIR_LEN: usize =
     SUN_PATH_MAX - 1 - (1 + CONTAINER_DIR_MAX + 1 + SOCKET_FILE.len());
-/// Where the agent finds the socket in its container: in the tools
-/// volume, beside the agent, so that nothing is added to the image's own
-/// file system.
+/// Where the agent finds the socket in its container: beside the agent
+/// (over the empty `tools::SOCKET_NAME` file of the read-only tools
+/// directory, or in the tools volume), so that nothing is added to the
+/// image's own file system.
 pub const SOCKET_IN_CONTAINER: &str = "/.tcp-task/agent.sock";
 /// How much of the agent's stderr is kept (attach) or read back from the
 /// log (socket) for an error message: the lines before a failure are the

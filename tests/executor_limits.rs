@@ -20,6 +20,7 @@ use tcp_task::executor::{
     label_filter, Delivery, Disconnected, Events, Executor, ExecutorConfig, Owner, TaskIo,
     LABEL_INSTANCE, LABEL_MANAGED,
 };
+use tcp_task::images::TOOLS_DIGEST;
 use tcp_task::protocol::{Ending, ErrorKind, OutputStream, ProgressEvent, TaskSpec};
 
 /// Waits until the engine runs a container of `instance`; returns its id.
@@ -108,6 +109,47 @@ async fn oom_is_reported_as_oom_not_as_137() {
     let outcome = run.outcome();
     assert_eq!(outcome.ending, Ending::OomKilled, "{outcome:?}");
     assert!(outcome.oom_killed());
+    h.assert_clean().await;
+}
+
+/// The engine can miss an OOM kill under load (its `oom` event lost, the
+/// flag unset: a plain 137). `measure`, between docker-init and the task,
+/// reads the cgroup's own count after the task ended, and the server
+/// believes that: here the count must be in its report, read off a
+/// container run by hand with the same tools mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_reports_the_cgroups_count_of_oom_kills() {
+    let scratch = tempfile::tempdir().unwrap();
+    let tools = scratch.path().join("tools");
+    let h = Harness::new(ExecutorConfig {
+        tools_dir: Some(tools.clone()),
+        ..ExecutorConfig::default()
+    })
+    .await;
+    let image = h.docker.inspect_image(EXAMPLES_IMAGE).await.unwrap();
+    let entrypoint = image.config.and_then(|c| c.entrypoint).unwrap_or_default();
+    let mount = format!("{}:/.tcp-task:ro", tools.join(TOOLS_DIGEST).display());
+    let run = |command: &[&str]| {
+        std::process::Command::new("docker")
+            .args(["run", "--rm", "--memory", "32m", "--memory-swap", "32m"])
+            .args(["--network", "none", "-v", &mount])
+            .args(["--entrypoint", "/.tcp-task/measure", EXAMPLES_IMAGE])
+            .args(&entrypoint)
+            .args(command)
+            .output()
+            .unwrap()
+    };
+    let oom = run(&["alloc", "256"]);
+    let report = String::from_utf8_lossy(&oom.stderr);
+    assert_eq!(oom.status.code(), Some(137), "{report}");
+    assert!(
+        report.contains(" oom_kills=1\n"),
+        "no OOM kill counted: {report:?}"
+    );
+    let fine = run(&["alloc", "1"]);
+    let report = String::from_utf8_lossy(&fine.stderr);
+    assert_eq!(fine.status.code(), Some(0), "{report}");
+    assert!(report.contains(" oom_kills=0\n"), "{report:?}");
     h.assert_clean().await;
 }
 

@@ -26,7 +26,7 @@ use super::config::ExecutorConfig;
 use super::container::container_body;
 use super::engine::{create_error, engine_error, init_exec_failure, start_error};
 use super::events::EventSink;
-use super::exit::{container_end, ExitWatch};
+use super::exit::{container_end, ExitWatch, SIGKILL_EXIT};
 use super::kept::{container_name, stop_with_verdict};
 use super::plan::Plan;
 use super::process::{Process, ProcessEnd, StartError, Stdin};
@@ -286,10 +286,11 @@ impl Process for ColdProcess {
     }
 
     async fn end(&mut self) -> Result<ProcessEnd, TaskError> {
-        if let Some(end) = self.early_end.take() {
-            return end;
-        }
-        container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await
+        let end = match self.early_end.take() {
+            Some(end) => end,
+            None => container_end(&self.docker, self.container.id(), Some(&mut self.watch)).await,
+        };
+        Ok(counted_oom(end?, self.usage.oom_kills()))
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -385,6 +386,23 @@ impl ColdProcess {
         } = self;
         drop((frames, stdin, watch));
         (docker, container)
+    }
+}
+
+/// The end, with an OOM kill the engine missed: under load it can lose
+/// the `oom` event of a container whose task then ends as a plain SIGKILL
+/// (137). `measure` read the cgroup's own count of OOM kills after the
+/// task ended; a 137 with kills counted was one.
+fn counted_oom(end: ProcessEnd, oom_kills: Option<u64>) -> ProcessEnd {
+    match end {
+        ProcessEnd::Exited {
+            code: SIGKILL_EXIT,
+            oom_killed: false,
+        } if oom_kills.is_some_and(|kills| kills > 0) => ProcessEnd::Exited {
+            code: SIGKILL_EXIT,
+            oom_killed: true,
+        },
+        end => end,
     }
 }
 
@@ -488,6 +506,26 @@ mod tests {
         }
         let released = ready.into_iter().flat_map(|(_, c)| c.to_vec()).collect();
         (released, report.take_held())
+    }
+
+    #[test]
+    fn a_sigkill_with_an_oom_kill_counted_is_an_oom_kill() {
+        let exited = |code, oom_killed| ProcessEnd::Exited { code, oom_killed };
+        let oom = |end| {
+            matches!(
+                end,
+                ProcessEnd::Exited {
+                    oom_killed: true,
+                    ..
+                }
+            )
+        };
+        assert!(oom(counted_oom(exited(137, false), Some(1))));
+        assert!(!oom(counted_oom(exited(137, false), Some(0))));
+        assert!(!oom(counted_oom(exited(137, false), None)));
+        // A child killed for memory while the task itself ended otherwise.
+        assert!(!oom(counted_oom(exited(1, false), Some(1))));
+        assert!(oom(counted_oom(exited(137, true), None)));
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! happen, so the end is known when the output closes, with no further
 //! request. The wait and inspect requests race with it, in case the event
 //! stream fails.
+//!
+//! The engine can still miss an OOM kill under load (no `oom` event, no
+//! flag: a plain 137). A cold task's `measure` reads the cgroup's own
+//! count of OOM kills before the container ends, which settles it
+//! (`counted_oom` in cold.rs).
 
 use bollard::errors::Error as BollardError;
 use bollard::models::EventMessage;
@@ -24,7 +29,7 @@ use super::process::ProcessEnd;
 use crate::task::{ErrorKind, TaskError};
 
 /// The exit code of a SIGKILLed process, which an OOM kill also gives.
-const SIGKILL_EXIT: i64 = 128 + 9;
+pub(crate) const SIGKILL_EXIT: i64 = 128 + 9;
 /// How often, and how far apart, a SIGKILL exit without the OOM flag is
 /// asked about again.
 const OOM_RECHECKS: u32 = 10;

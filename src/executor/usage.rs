@@ -17,7 +17,7 @@ use crate::task::{OutputStream, TaskError, Usage};
 /// The start of the report line; the same bytes as `measure`'s `TRAILER`.
 pub(crate) const TRAILER: &[u8] = b"\0\x1btcp-task-usage ";
 
-/// The longest report line: three numbers and their names.
+/// The longest report line: four numbers and their names.
 const MAX_LINE: usize = 256;
 
 /// Watches a cold task's stderr for the report.
@@ -26,6 +26,8 @@ pub(crate) struct UsageLine {
     /// A report begun but not ended yet.
     partial: Option<BytesMut>,
     usage: Option<Usage>,
+    /// The cgroup's count of OOM kills, when `measure` could read it.
+    oom_kills: Option<u64>,
 }
 
 impl UsageLine {
@@ -52,7 +54,10 @@ impl UsageLine {
         match data.iter().position(|&b| b == b'\n') {
             Some(end) => {
                 let line = data.split_to(end + 1);
-                self.usage = parse(&line[TRAILER.len()..end]).or(self.usage);
+                if let Some((usage, oom_kills)) = parse(&line[TRAILER.len()..end]) {
+                    self.usage = Some(usage);
+                    self.oom_kills = oom_kills;
+                }
                 // Whatever follows was written after the report: output.
                 join(before, data)
             }
@@ -71,6 +76,11 @@ impl UsageLine {
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// How many processes of the container the kernel OOM-killed.
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.oom_kills
     }
 }
 
@@ -121,10 +131,12 @@ fn join(a: Bytes, b: Bytes) -> Bytes {
     joined.freeze()
 }
 
-/// `user_us=1 system_us=2 peak_memory_bytes=3`.
-fn parse(line: &[u8]) -> Option<Usage> {
+/// `user_us=1 system_us=2 peak_memory_bytes=3 oom_kills=0` (the last only
+/// where the cgroup shows it): the usage and the OOM-kill count.
+fn parse(line: &[u8]) -> Option<(Usage, Option<u64>)> {
     let text = std::str::from_utf8(line).ok()?;
     let mut usage = Usage::default();
+    let mut oom_kills = None;
     for pair in text.split_whitespace() {
         let (key, value) = pair.split_once('=')?;
         let value: u64 = value.parse().ok()?;
@@ -132,10 +144,11 @@ fn parse(line: &[u8]) -> Option<Usage> {
             "user_us" => usage.cpu_user_us = value,
             "system_us" => usage.cpu_system_us = value,
             "peak_memory_bytes" => usage.peak_memory_bytes = value,
+            "oom_kills" => oom_kills = Some(value),
             _ => {}
         }
     }
-    Some(usage)
+    Some((usage, oom_kills))
 }
 
 #[cfg(test)]
@@ -193,6 +206,19 @@ mod tests {
                 (OutputStream::Stderr, Bytes::from_static(b"err\n")),
             ]
         );
+    }
+
+    #[test]
+    fn the_oom_kill_count_is_read_when_the_report_has_it_and_the_last_report_wins() {
+        let mut line = UsageLine::default();
+        let mut stream = TRAILER.to_vec();
+        stream.extend_from_slice(b"user_us=1 system_us=2 peak_memory_bytes=3 oom_kills=1\n");
+        assert!(line.filter(Bytes::from(stream)).is_empty());
+        assert_eq!(line.oom_kills(), Some(1));
+        // A later report without the count (a task forging one first).
+        assert!(line.filter(Bytes::from(report(5))).is_empty());
+        assert_eq!(line.oom_kills(), None);
+        assert_eq!(line.usage().map(|u| u.cpu_user_us), Some(5));
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     };
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let (reaped, usage) = wait_for(pid)?;
-    report(container_usage().unwrap_or(usage));
+    report(container_usage().unwrap_or(usage), oom_kills());
     std::process::exit(match reaped {
         Reaped::Exited(code) => code,
         Reaped::Signaled(signal) => 128 + signal,
@@ -66,16 +66,35 @@ fn wait_for(pid: i32) -> Result<(Reaped, Usage), Fail> {
 }
 
 /// One write, so that the line is never split by other output.
-fn report(usage: Usage) {
-    let mut line = TRAILER.to_vec();
-    line.extend_from_slice(
-        format!(
-            "user_us={} system_us={} peak_memory_bytes={}\n",
-            usage.user_us, usage.system_us, usage.peak_memory_bytes
-        )
-        .as_bytes(),
+fn report(usage: Usage, oom_kills: Option<u64>) {
+    let mut text = format!(
+        "user_us={} system_us={} peak_memory_bytes={}",
+        usage.user_us, usage.system_us, usage.peak_memory_bytes
     );
+    if let Some(kills) = oom_kills {
+        text.push_str(&format!(" oom_kills={kills}"));
+    }
+    text.push('\n');
+    let mut line = TRAILER.to_vec();
+    line.extend_from_slice(text.as_bytes());
     let _ = io::stderr().lock().write_all(&line);
+}
+
+/// How many processes the kernel OOM-killed in the container's cgroup (v1,
+/// else v2). The engine learns of an OOM kill by an event it can miss under
+/// load; the cgroup's own count, read here before the container ends, is
+/// not missed.
+fn oom_kills() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory/memory.oom_control",
+        "/sys/fs/cgroup/memory.events",
+    ]
+    .iter()
+    .find_map(|path| {
+        let text = fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+    })
 }
 
 /// The container's own counts from its cgroup: v1 (`cpuacct`, `memory`),

@@ -26,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use super::config::{current_uid, ExecutorConfig};
 use super::engine::engine_error;
@@ -176,6 +177,9 @@ fn prepare(root: &Path) -> Result<PathBuf, String> {
     let complete = fs::metadata(&agent).is_ok_and(|m| m.len() == TOOLS_BINARY.len() as u64)
         && dir.join(SOCKET_NAME).exists();
     if complete {
+        // Marks them as in use, for other builds' pruning.
+        let _ = fs::File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
+        prune_stale(root, STALE_TOOLS);
         return Ok(dir);
     }
     // Written aside and renamed into place: a server that dies halfway
@@ -185,7 +189,10 @@ fn prepare(root: &Path) -> Result<PathBuf, String> {
     write_tools(&aside)
         .map_err(|e| format!("cannot write the tools into {}: {e}", aside.display()))?;
     match fs::rename(&aside, &dir) {
-        Ok(()) => Ok(dir),
+        Ok(()) => {
+            prune_stale(root, STALE_TOOLS);
+            Ok(dir)
+        }
         // Another server put them there meanwhile.
         Err(_) if agent.exists() => {
             let _ = fs::remove_dir_all(&aside);
@@ -193,6 +200,46 @@ fn prepare(root: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => Err(format!("cannot move the tools into {}: {e}", dir.display())),
     }
+}
+
+/// How long another build's tools stay in the tools directory after a
+/// server of that build last started. Each upgrade would leave its binary
+/// behind for good otherwise. A server of that build still running when
+/// they go falls back to uploads (its next create names the missing path).
+const STALE_TOOLS: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Removes what other builds left in `root` (their tools, or a write cut
+/// short by a crash) once it is older than `older_than`.
+fn prune_stale(root: &Path, older_than: Duration) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == TOOLS_DIGEST || !is_tools_dir_name(name) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age > older_than) {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(dir = ?entry.path(), "removed another build's old tools"),
+                Err(e) => {
+                    tracing::warn!(dir = ?entry.path(), error = %e, "cannot remove old tools")
+                }
+            }
+        }
+    }
+}
+
+/// A digest (16 hex digits), or a digest and the PID that was writing it.
+fn is_tools_dir_name(name: &str) -> bool {
+    let digest = name.split_once('.').map_or(name, |(digest, _)| digest);
+    digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn write_tools(dir: &Path) -> std::io::Result<()> {
@@ -255,4 +302,35 @@ fn build_tar() -> std::io::Result<Bytes> {
         builder.append_link(&mut link, name, "agent")?;
     }
     Ok(Bytes::from(builder.into_inner()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_aged(root: &Path, name: &str, age: Duration) -> PathBuf {
+        let dir = root.join(name);
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("agent"), b"old").unwrap();
+        let when = SystemTime::now() - age;
+        fs::File::open(&dir).unwrap().set_modified(when).unwrap();
+        dir
+    }
+
+    #[test]
+    fn other_builds_old_tools_go_and_the_rest_stays() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path();
+        let day = Duration::from_secs(24 * 60 * 60);
+        let old = dir_aged(root, "0123456789abcdef", 2 * day);
+        let cut_short = dir_aged(root, "0123456789abcdef.4242", 2 * day);
+        let recent = dir_aged(root, "fedcba9876543210", day / 2);
+        let ours = dir_aged(root, TOOLS_DIGEST, 2 * day);
+        let stranger = dir_aged(root, "not-tools", 2 * day);
+        prune_stale(root, day);
+        assert!(!old.exists() && !cut_short.exists(), "old tools left");
+        assert!(recent.exists(), "another build's recent tools removed");
+        assert!(ours.exists(), "this build's tools removed");
+        assert!(stranger.exists(), "something not ours removed");
+    }
 }

@@ -40,13 +40,25 @@
 //!   behind (`kill(-1, SIGKILL)`), as the kernel does when a container's
 //!   init exits. That also closes every copy of the output pipes, so the
 //!   relay always finishes, and a reused container starts each task empty.
+//!   A task whose process left no other behind (no child is left to us)
+//!   is spared that sweep.
 //!
-//! Threads, all blocking std I/O: one reads frames from stdin (or the
-//! socket) for the whole
-//! life of the agent, one waits for children, one feeds the task's stdin,
-//! two pump its stdout and stderr. The main thread owns the state and takes
-//! their news from one channel. Signals reach the task as `K` frames: the
-//! server sends them; the agent forwards them.
+//! Threads, all blocking std I/O, started once for the agent's whole life
+//! (a thread per task would cost each task a clone and a stack): one
+//! reads frames from stdin (or the socket), one reaps children, two pump
+//! each task's stdout and stderr, one relays the signals it catches; only
+//! a task that takes stdin gets a thread of its own to feed it. The main
+//! thread owns the state and takes their news from one channel. Signals
+//! reach the task as `K` frames: the server sends them; the agent
+//! forwards them.
+//!
+//! The task's process is started without `fork` (std's `posix_spawn`,
+//! which needs no `pre_exec`): the signals the agent forwards are caught
+//! with a handler rather than blocked, so the child has nothing to undo.
+//!
+//! A task's last frames (usage, exit) and the next `ready` go out in one
+//! write: every write to stdout is a message for the engine's log driver,
+//! relayed by containerd-shim and dockerd, the main per-frame cost.
 //!
 //! Stdin the task has not read yet is bounded ([`STDIN_QUEUE_BYTES`]): past
 //! it the reader stops reading until the task takes some, so the pipe to
@@ -59,7 +71,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -137,10 +148,9 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     let out = Output::new(socket.as_ref())?;
     out.send(proto::READY, &[proto::VERSION])?;
     let (tx, rx) = mpsc::channel();
-    // Before any thread starts, so that every thread has them blocked.
-    let forwarded = sys::block_signals(&proto::FORWARDED_SIGNALS)
+    let caught = sys::catch_signals(&proto::FORWARDED_SIGNALS)
         .map_err(|e| Fail::Exit(3, format!("cannot take signals for the task: {e}")))?;
-    spawn_signal_relay(forwarded, tx.clone());
+    spawn_signal_relay(caught, tx.clone());
     let input = match &socket {
         Some(socket) => socket
             .try_clone()
@@ -508,7 +518,12 @@ fn run_task(
     let oom_before = workers.oom.count();
     let mut child = match spawn(header) {
         Ok(child) => child,
-        Err(report) => return Ok(Ended { usage: None, report }),
+        Err(report) => {
+            return Ok(Ended {
+                usage: None,
+                report,
+            })
+        }
     };
     let mut started = child.id().to_be_bytes().to_vec();
     started.extend_from_slice(header.tag.as_bytes());
@@ -538,7 +553,8 @@ fn run_task(
         system_us: usage.system_us,
         peak_memory_bytes: usage.peak_memory_bytes,
     };
-    let oom = matches!((oom_before, workers.oom.count()), (Some(before), Some(after)) if after > before);
+    let oom =
+        matches!((oom_before, workers.oom.count()), (Some(before), Some(after)) if after > before);
     let report = match reaped {
         Reaped::Exited(code) => ExitReport::Exited { code, oom },
         Reaped::Signaled(signal) => ExitReport::Signaled { signal, oom },
@@ -591,13 +607,9 @@ fn spawn(header: &TaskHeader) -> Result<Child, ExitReport> {
     } else {
         Stdio::null()
     };
-    // The signals we take for the task (blocked here, for our relay) are
-    // the task's own to receive.
-    // SAFETY: unblock_signals only calls async-signal-safe functions and
-    // allocates nothing, as a child between fork and exec requires.
-    unsafe {
-        command.pre_exec(|| sys::unblock_signals(&proto::FORWARDED_SIGNALS));
-    }
+    // No `pre_exec`: std then starts the child with posix_spawn (vfork),
+    // much cheaper than fork for a process with our threads and memory.
+    // The signals we catch for the task are its own again after exec.
     command
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -658,11 +670,18 @@ fn supervise(
 
 /// Passes the signals sent to the container on as events: a task taken
 /// over by a restarted server is signalled this way.
-fn spawn_signal_relay(set: sys::SigSet, tx: Sender<Event>) {
+fn spawn_signal_relay(mut caught: UnixStream, tx: Sender<Event>) {
     thread::spawn(move || {
-        while let Ok(signal) = sys::wait_signal(&set) {
-            if tx.send(Event::Signal(signal)).is_err() {
-                return;
+        let mut signal = [0u8; 1];
+        loop {
+            match caught.read(&mut signal) {
+                Ok(1) => {
+                    if tx.send(Event::Signal(i32::from(signal[0]))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return,
             }
         }
     });

@@ -31,7 +31,7 @@ use super::warm::{
 };
 use super::{no_such_task, Executor, Replay, TaskIo};
 use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// Runs tasks as containers on a Docker engine.
@@ -48,6 +48,12 @@ pub struct DockerExecutor {
     /// Kept tasks on warm containers, which carry no task labels: the
     /// container, and while the task runs here, its agent's input.
     warm_tasks: Mutex<HashMap<TaskId, WarmTask>>,
+    /// Tasks that ran on a warm container and left nothing behind (the
+    /// container went back to its pool): discarding one asks the engine
+    /// nothing. Without this, every such task's discard listed the
+    /// engine's containers to look for a kept one, which made dockerd the
+    /// busiest process of a warm-reuse run.
+    released: Mutex<HashSet<TaskId>>,
     /// Told how each task waited, started and ended (the server's metrics).
     observer: SharedObserver,
     engine_check: EngineCheck,
@@ -90,6 +96,7 @@ impl DockerExecutor {
             slots,
             finishing: TaskTracker::new(),
             warm_tasks: Mutex::default(),
+            released: Mutex::default(),
             observer: Arc::new(Unobserved),
             engine_check: EngineCheck::default(),
         }
@@ -431,6 +438,7 @@ impl DockerExecutor {
         };
         if !tag.detach && attended {
             self.warm_tasks.lock().unwrap().remove(&tag.id);
+            self.released.lock().unwrap().insert(tag.id.clone());
             return warm.finish().await;
         }
         let Some(container) = warm.keep() else { return };
@@ -578,6 +586,9 @@ impl Executor for DockerExecutor {
     }
 
     fn discard(&self, task: &TaskId) {
+        if self.released.lock().unwrap().remove(task) {
+            return;
+        }
         let docker = self.docker().clone();
         let warm = self.warm_tasks.lock().unwrap().remove(task);
         let task = task.clone();

@@ -40,13 +40,25 @@
 //!   behind (`kill(-1, SIGKILL)`), as the kernel does when a container's
 //!   init exits. That also closes every copy of the output pipes, so the
 //!   relay always finishes, and a reused container starts each task empty.
+//!   A task whose process left no other behind (no child is left to us)
+//!   is spared that sweep.
 //!
-//! Threads, all blocking std I/O: one reads frames from stdin (or the
-//! socket) for the whole
-//! life of the agent, one waits for children, one feeds the task's stdin,
-//! two pump its stdout and stderr. The main thread owns the state and takes
-//! their news from one channel. Signals reach the task as `K` frames: the
-//! server sends them; the agent forwards them.
+//! Threads, all blocking std I/O, started once for the agent's whole life
+//! (a thread per task would cost each task a clone and a stack): one
+//! reads frames from stdin (or the socket), one reaps children, two pump
+//! each task's stdout and stderr, one relays the signals it catches; only
+//! a task that takes stdin gets a thread of its own to feed it. The main
+//! thread owns the state and takes their news from one channel. Signals
+//! reach the task as `K` frames: the server sends them; the agent
+//! forwards them.
+//!
+//! The task's process is started without `fork` (std's `posix_spawn`,
+//! which needs no `pre_exec`): the signals the agent forwards are caught
+//! with a handler rather than blocked, so the child has nothing to undo.
+//!
+//! A task's last frames (usage, exit) and the next `ready` go out in one
+//! write: every write to stdout is a message for the engine's log driver,
+//! relayed by containerd-shim and dockerd, the main per-frame cost.
 //!
 //! Stdin the task has not read yet is bounded ([`STDIN_QUEUE_BYTES`]): past
 //! it the reader stops reading until the task takes some, so the pipe to
@@ -59,11 +71,10 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use crate::agent_proto::{self as proto, ExitReport, ProtoError, TaskHeader, UsageReport};
@@ -91,8 +102,9 @@ enum Event {
     /// Our stdin ended: `Ok` at a frame boundary (the server is gone),
     /// `Err` on a malformed frame or a read error.
     InputEnd(Result<(), String>),
-    /// The task's process terminated, having used this much.
-    Exited(Reaped, sys::Usage),
+    /// The task's process terminated, having used this much; `alone`
+    /// when it left no other process behind.
+    Exited(Reaped, sys::Usage, bool),
     /// A signal sent to us (the container) for the task.
     Signal(i32),
 }
@@ -136,10 +148,9 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
     let out = Output::new(socket.as_ref())?;
     out.send(proto::READY, &[proto::VERSION])?;
     let (tx, rx) = mpsc::channel();
-    // Before any thread starts, so that every thread has them blocked.
-    let forwarded = sys::block_signals(&proto::FORWARDED_SIGNALS)
+    let caught = sys::catch_signals(&proto::FORWARDED_SIGNALS)
         .map_err(|e| Fail::Exit(3, format!("cannot take signals for the task: {e}")))?;
-    spawn_signal_relay(forwarded, tx.clone());
+    spawn_signal_relay(caught, tx.clone());
     let input = match &socket {
         Some(socket) => socket
             .try_clone()
@@ -148,27 +159,60 @@ pub fn run(args: &[String]) -> Result<(), Fail> {
         None => dup_stdin()?,
     };
     spawn_reader(input, tx.clone(), StdinBound::new(STDIN_QUEUE_BYTES));
+    let workers = Workers::spawn(&tx, &out);
     let mut served: u64 = 0;
     while tasks == 0 || served < tasks {
         let Some(header) = next_task(&rx)? else {
             return Ok(());
         };
-        run_task(&header, &rx, &tx, &out)?;
+        let ended = run_task(&header, &rx, &out, &workers)?;
         served += 1;
-        if tasks == 0 || served < tasks {
-            if let Some(baseline) = &baseline {
+        let more = tasks == 0 || served < tasks;
+        match (&baseline, more) {
+            // Ready again at once, in the same write as the task's end:
+            // the server hands out no container before this.
+            (None, true) => ended.send(&out, true)?,
+            (Some(baseline), true) => {
+                ended.send(&out, false)?;
                 baseline.reset().map_err(|e| {
                     Fail::Exit(
                         3,
                         format!("the container could not be reset, so it is not reused: {e}"),
                     )
                 })?;
+                out.send(proto::READY, &[proto::VERSION])?;
             }
-            // Ready again: the server hands out no container before this.
-            out.send(proto::READY, &[proto::VERSION])?;
+            (_, false) => ended.send(&out, false)?,
         }
     }
     Ok(())
+}
+
+/// How a task ended, for the server: what its process used (if it ran)
+/// and its exit report.
+struct Ended {
+    usage: Option<UsageReport>,
+    report: ExitReport,
+}
+
+impl Ended {
+    /// Sends the task's last frames, and `ready` for the next task, as
+    /// one write: the engine's log driver (which every frame passes
+    /// through on its way to the container's log) then handles one
+    /// message for them instead of one per frame.
+    fn send(&self, out: &Output, ready: bool) -> Result<(), Fail> {
+        let usage = self.usage.map(UsageReport::encode);
+        let report = self.report.encode();
+        let mut frames: Vec<(u8, &[u8])> = Vec::with_capacity(3);
+        if let Some(usage) = &usage {
+            frames.push((proto::USAGE, usage));
+        }
+        frames.push((proto::EXIT, &report));
+        if ready {
+            frames.push((proto::READY, &[proto::VERSION]));
+        }
+        out.send_frames(&frames)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -318,8 +362,8 @@ fn dup_stdin() -> Result<File, Fail> {
         .map_err(|e| Fail::Exit(125, format!("cannot use stdin: {e}")))
 }
 
-/// Frames to the server, one whole frame per write so that the threads
-/// that share it never interleave bytes.
+/// Frames to the server, whole frames per write so that the threads that
+/// share it never interleave bytes.
 #[derive(Clone)]
 struct Output(Arc<Mutex<Sinks>>);
 
@@ -329,6 +373,8 @@ struct Sinks {
     log: File,
     /// `None` without `--socket`, and once the socket broke.
     live: Option<UnixStream>,
+    /// The frames being written, kept from one write to the next.
+    buf: Vec<u8>,
 }
 
 impl Output {
@@ -348,26 +394,35 @@ impl Output {
             ),
             None => None,
         };
-        Ok(Output(Arc::new(Mutex::new(Sinks { log, live }))))
+        let buf = Vec::with_capacity(proto::HEADER_LEN + CHUNK);
+        Ok(Output(Arc::new(Mutex::new(Sinks { log, live, buf }))))
     }
 
     fn send(&self, kind: u8, payload: &[u8]) -> Result<(), Fail> {
-        let frame = proto::frame(kind, payload);
+        self.send_frames(&[(kind, payload)])
+    }
+
+    /// Sends `frames` in one write to each sink.
+    fn send_frames(&self, frames: &[(u8, &[u8])]) -> Result<(), Fail> {
         // A pump that panicked cannot leave a half-written frame behind
         // (write_all either finished or failed), so poison is harmless.
         let mut sinks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Sinks { log, live, buf } = &mut *sinks;
+        buf.clear();
+        for (kind, payload) in frames {
+            buf.extend_from_slice(&proto::header(*kind, payload.len()));
+            buf.extend_from_slice(payload);
+        }
         // The log first: a frame the server saw live must be in the log a
         // restarted server reads.
-        sinks
-            .log
-            .write_all(&frame)
+        log.write_all(buf)
             .map_err(|e| Fail::Exit(1, format!("cannot write to the server: {e}")))?;
-        if let Some(live) = sinks.live.as_mut() {
+        if let Some(socket) = live.as_mut() {
             // The server went away: what follows goes to the log only, where
             // the next server finds it (as with attach, whose end leaves
             // the log going).
-            if live.write_all(&frame).is_err() {
-                sinks.live = None;
+            if socket.write_all(buf).is_err() {
+                *live = None;
             }
         }
         Ok(())
@@ -453,46 +508,83 @@ fn next_task(rx: &Receiver<Event>) -> Result<Option<TaskHeader>, Fail> {
     }
 }
 
+/// Runs one task and says how it ended; its frames up to then are sent.
 fn run_task(
     header: &TaskHeader,
     rx: &Receiver<Event>,
-    tx: &Sender<Event>,
     out: &Output,
-) -> Result<(), Fail> {
-    let oom_before = oom_kills();
+    workers: &Workers,
+) -> Result<Ended, Fail> {
+    let oom_before = workers.oom.count();
     let mut child = match spawn(header) {
         Ok(child) => child,
-        Err(report) => return out.send(proto::EXIT, &report.encode()),
+        Err(report) => {
+            return Ok(Ended {
+                usage: None,
+                report,
+            })
+        }
     };
     let mut started = child.id().to_be_bytes().to_vec();
     started.extend_from_slice(header.tag.as_bytes());
     out.send(proto::STARTED, &started)?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    let pumps = [
-        pump(child.stdout.take(), proto::STDOUT, out),
-        pump(child.stderr.take(), proto::STDERR, out),
+    let pumped = [
+        workers.stdout.start(child.stdout.take()),
+        workers.stderr.start(child.stderr.take()),
     ];
     let feeder = child.stdin.take().map(Feeder::spawn);
-    let waiter = spawn_waiter(pid, tx.clone());
+    workers.reaper.watch(pid);
     let ended = supervise(pid, feeder, rx);
-    kill_leftovers();
-    let _ = waiter.join();
-    for pump in pumps.into_iter().flatten() {
-        let _ = pump.join();
+    // A task whose process left none behind has nothing to kill: the
+    // sweep (kill(-1) and a walk of /proc) would only cost it time.
+    if !matches!(ended, Ok((_, _, true))) {
+        kill_leftovers();
     }
-    let (reaped, usage) = ended?;
+    workers.reaper.drained();
+    for (pump, started) in [&workers.stdout, &workers.stderr].into_iter().zip(pumped) {
+        if started {
+            pump.finished();
+        }
+    }
+    let (reaped, usage, _) = ended?;
     let usage = UsageReport {
         user_us: usage.user_us,
         system_us: usage.system_us,
         peak_memory_bytes: usage.peak_memory_bytes,
     };
-    out.send(proto::USAGE, &usage.encode())?;
-    let oom = matches!((oom_before, oom_kills()), (Some(before), Some(after)) if after > before);
+    let oom =
+        matches!((oom_before, workers.oom.count()), (Some(before), Some(after)) if after > before);
     let report = match reaped {
         Reaped::Exited(code) => ExitReport::Exited { code, oom },
         Reaped::Signaled(signal) => ExitReport::Signaled { signal, oom },
     };
-    out.send(proto::EXIT, &report.encode())
+    Ok(Ended {
+        usage: Some(usage),
+        report,
+    })
+}
+
+/// The threads that serve every task, started once: a thread per task
+/// costs a clone, a stack's mapping and unmapping, which for a short task
+/// was a good part of the agent's CPU. And the container's OOM counter,
+/// opened once.
+struct Workers {
+    reaper: Reaper,
+    stdout: Pump,
+    stderr: Pump,
+    oom: OomCounter,
+}
+
+impl Workers {
+    fn spawn(tx: &Sender<Event>, out: &Output) -> Workers {
+        Workers {
+            reaper: Reaper::spawn(tx.clone()),
+            stdout: Pump::spawn(proto::STDOUT, out.clone()),
+            stderr: Pump::spawn(proto::STDERR, out.clone()),
+            oom: OomCounter::open(),
+        }
+    }
 }
 
 /// Starts the task's process, or says why it could not start.
@@ -515,13 +607,9 @@ fn spawn(header: &TaskHeader) -> Result<Child, ExitReport> {
     } else {
         Stdio::null()
     };
-    // The signals we take for the task (blocked here, for our relay) are
-    // the task's own to receive.
-    // SAFETY: unblock_signals only calls async-signal-safe functions and
-    // allocates nothing, as a child between fork and exec requires.
-    unsafe {
-        command.pre_exec(|| sys::unblock_signals(&proto::FORWARDED_SIGNALS));
-    }
+    // No `pre_exec`: std then starts the child with posix_spawn (vfork),
+    // much cheaper than fork for a process with our threads and memory.
+    // The signals we catch for the task are its own again after exec.
     command
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -550,10 +638,10 @@ fn supervise(
     pid: i32,
     mut feeder: Option<Feeder>,
     rx: &Receiver<Event>,
-) -> Result<(Reaped, sys::Usage), Fail> {
+) -> Result<(Reaped, sys::Usage, bool), Fail> {
     loop {
         match rx.recv() {
-            Ok(Event::Exited(reaped, usage)) => return Ok((reaped, usage)),
+            Ok(Event::Exited(reaped, usage, alone)) => return Ok((reaped, usage, alone)),
             Ok(Event::Stdin(data)) => {
                 if let Some(feeder) = &feeder {
                     feeder.send(data);
@@ -582,11 +670,18 @@ fn supervise(
 
 /// Passes the signals sent to the container on as events: a task taken
 /// over by a restarted server is signalled this way.
-fn spawn_signal_relay(set: sys::SigSet, tx: Sender<Event>) {
+fn spawn_signal_relay(mut caught: UnixStream, tx: Sender<Event>) {
     thread::spawn(move || {
-        while let Ok(signal) = sys::wait_signal(&set) {
-            if tx.send(Event::Signal(signal)).is_err() {
-                return;
+        let mut signal = [0u8; 1];
+        loop {
+            match caught.read(&mut signal) {
+                Ok(1) => {
+                    if tx.send(Event::Signal(i32::from(signal[0]))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return,
             }
         }
     });
@@ -610,41 +705,102 @@ fn kill_leftovers() {
     }
 }
 
-/// Reaps children until none is left, reporting `pid`'s end. Orphans the
-/// task leaves are re-parented to PID 1 and reaped here too.
-fn spawn_waiter(pid: i32, tx: Sender<Event>) -> JoinHandle<()> {
-    thread::spawn(move || {
-        while let Ok((reaped, how, usage)) = sys::wait_any_with_usage() {
-            if reaped == pid {
-                let _ = tx.send(Event::Exited(how, usage));
-            }
-        }
-    })
+/// Reaps children, a task at a time: told the pid of a task's process, it
+/// reaps until no child is left, and reports that process's end (and
+/// whether it left any other process) when it comes. Orphans the task
+/// leaves are re-parented to PID 1 and reaped here too.
+struct Reaper {
+    pids: Sender<i32>,
+    done: Receiver<()>,
 }
 
-/// Copies one of the task's output pipes to the server as `kind` frames.
-fn pump(
-    pipe: Option<impl Read + Send + 'static>,
-    kind: u8,
-    out: &Output,
-) -> Option<JoinHandle<()>> {
-    let mut pipe = pipe?;
-    let out = out.clone();
-    Some(thread::spawn(move || {
-        let mut buf = vec![0; CHUNK];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if out.send(kind, &buf[..n]).is_err() {
-                        return;
+impl Reaper {
+    fn spawn(tx: Sender<Event>) -> Reaper {
+        let (pids, watch) = mpsc::channel::<i32>();
+        let (report, done) = mpsc::channel();
+        thread::spawn(move || {
+            for pid in watch {
+                while let Ok((reaped, how, usage)) = sys::wait_any_with_usage() {
+                    if reaped == pid {
+                        // Every process in the container descends from us,
+                        // orphans re-parented to us before their parent
+                        // can be reaped: no child left means no process.
+                        let alone = !sys::has_children();
+                        let _ = tx.send(Event::Exited(how, usage, alone));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+                if report.send(()).is_err() {
+                    return;
+                }
             }
+        });
+        Reaper { pids, done }
+    }
+
+    /// Reaps until `pid` and every other child has ended.
+    fn watch(&self, pid: i32) {
+        let _ = self.pids.send(pid);
+    }
+
+    /// Waits until no child is left (or the reaper is gone).
+    fn drained(&self) {
+        let _ = self.done.recv();
+    }
+}
+
+/// Copies each task's output pipe of one kind to the server as frames of
+/// that kind, to the pipe's end.
+struct Pump {
+    pipes: Sender<File>,
+    done: Receiver<()>,
+}
+
+impl Pump {
+    fn spawn(kind: u8, out: Output) -> Pump {
+        let (pipes, todo) = mpsc::channel::<File>();
+        let (report, done) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = vec![0; CHUNK];
+            for mut pipe in todo {
+                copy_frames(&mut pipe, kind, &out, &mut buf);
+                drop(pipe);
+                if report.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        Pump { pipes, done }
+    }
+
+    /// Starts copying `pipe`; false when there is none.
+    fn start(&self, pipe: Option<impl Into<std::os::fd::OwnedFd>>) -> bool {
+        match pipe {
+            Some(pipe) => self.pipes.send(File::from(pipe.into())).is_ok(),
+            None => false,
         }
-    }))
+    }
+
+    /// Waits until the pipe given to [`Pump::start`] has ended.
+    fn finished(&self) {
+        let _ = self.done.recv();
+    }
+}
+
+/// Copies `pipe` to the server as `kind` frames until it ends, or until
+/// the frames cannot be written (the agent then fails on its next frame).
+fn copy_frames(pipe: &mut File, kind: u8, out: &Output, buf: &mut [u8]) {
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if out.send(kind, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Writes stdin chunks to the task from its own thread, so a task that does
@@ -720,17 +876,29 @@ impl Drop for Queued {
 
 /// The container's count of OOM kills (cgroup v1, then v2), read before
 /// and after each task: the engine only reports OOM once the whole
-/// container has stopped, and the agent outlives its task.
-fn oom_kills() -> Option<u64> {
-    const FILES: [&str; 2] = [
-        "/sys/fs/cgroup/memory/memory.oom_control",
-        "/sys/fs/cgroup/memory.events",
-    ];
-    FILES.iter().find_map(|path| {
-        let text = fs::read_to_string(path).ok()?;
+/// container has stopped, and the agent outlives its task. The file is
+/// opened once and read from its start each time (the kernel makes its
+/// text anew for a read at offset 0).
+struct OomCounter(Option<File>);
+
+impl OomCounter {
+    fn open() -> OomCounter {
+        const FILES: [&str; 2] = [
+            "/sys/fs/cgroup/memory/memory.oom_control",
+            "/sys/fs/cgroup/memory.events",
+        ];
+        OomCounter(FILES.iter().find_map(|path| File::open(path).ok()))
+    }
+
+    fn count(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        // Either file is a few short lines.
+        let mut buf = [0u8; 1024];
+        let n = self.0.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
         text.lines()
             .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
-    })
+    }
 }
 
 #[cfg(test)]

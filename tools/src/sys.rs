@@ -3,19 +3,21 @@
 //! crate. Each is wrapped in a safe function: none of them touches memory.
 
 use std::io;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 extern "C" {
-    fn sigemptyset(set: *mut SigSet) -> i32;
-    fn sigaddset(set: *mut SigSet, sig: i32) -> i32;
-    fn pthread_sigmask(how: i32, set: *const SigSet, old: *mut SigSet) -> i32;
-    fn sigwait(set: *const SigSet, sig: *mut i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
     fn getpid() -> i32;
     fn getppid() -> i32;
     fn getuid() -> u32;
     fn getgid() -> u32;
     fn signal(sig: i32, handler: usize) -> usize;
+    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+    fn __errno_location() -> *mut i32;
     fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut Rusage) -> i32;
+    fn waitid(idtype: u32, id: u32, info: *mut SigInfo, options: i32) -> i32;
     fn getrusage(who: i32, rusage: *mut Rusage) -> i32;
     fn shmctl(id: i32, cmd: i32, buf: *mut u8) -> i32;
     fn semctl(id: i32, num: i32, cmd: i32, ...) -> i32;
@@ -117,62 +119,43 @@ pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     }
 }
 
-/// A `sigset_t` (glibc's: 1024 bits).
-#[repr(C)]
-pub struct SigSet([u64; 16]);
+/// Where [`on_signal`] writes the signals it catches: the non-blocking
+/// write end of the socket pair [`catch_signals`] makes.
+static CAUGHT: AtomicI32 = AtomicI32::new(-1);
 
-const SIG_BLOCK: i32 = 0;
-const SIG_UNBLOCK: i32 = 1;
-
-/// Blocks `signals` in this thread and in the threads it starts from now
-/// on, so that only [`wait_signal`] takes them. A child inherits the mask:
-/// unblock them in it with [`unblock_signals`].
-pub fn block_signals(signals: &[i32]) -> io::Result<SigSet> {
-    let mut set = SigSet([0; 16]);
-    // SAFETY: `set` is a valid, writable sigset_t for these calls.
+/// The handler of the signals [`catch_signals`] takes: one byte, the
+/// signal's number, to the socket. Only async-signal-safe calls, and the
+/// interrupted code's errno is put back. A full socket (a flood of
+/// signals nobody reads) drops the signal rather than block.
+extern "C" fn on_signal(sig: i32) {
+    // SAFETY: __errno_location gives this thread's errno; write(2) only
+    // reads the one byte on our stack.
     unsafe {
-        sigemptyset(&mut set);
-        for &sig in signals {
-            if sigaddset(&mut set, sig) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        let err = pthread_sigmask(SIG_BLOCK, &set, std::ptr::null_mut());
-        if err != 0 {
-            return Err(io::Error::from_raw_os_error(err));
-        }
+        let errno = *__errno_location();
+        let byte = sig as u8;
+        write(CAUGHT.load(Ordering::Relaxed), &byte, 1);
+        *__errno_location() = errno;
     }
-    Ok(set)
 }
 
-/// Unblocks `signals` in this thread. Made for a child between fork and
-/// exec (std keeps the parent's mask there): it only calls functions that
-/// are safe in that state, and allocates nothing.
-pub fn unblock_signals(signals: &[i32]) -> io::Result<()> {
-    let mut set = SigSet([0; 16]);
-    // SAFETY: `set` is a valid, writable sigset_t for these calls.
-    let err = unsafe {
-        sigemptyset(&mut set);
-        for &sig in signals {
-            sigaddset(&mut set, sig);
+/// Catches `signals` for the whole process, from any thread: each one
+/// caught becomes a byte (its number) to read from the returned socket.
+/// A handler, not a blocked mask, so that a child keeps none of it: exec
+/// resets caught signals to their default and the mask stays empty,
+/// which lets std start a child with `posix_spawn` (no `fork`, no copy of
+/// our page tables). `signal()` is glibc's BSD flavour: `SA_RESTART`, so
+/// the other threads' reads and waits are not interrupted.
+pub fn catch_signals(signals: &[i32]) -> io::Result<UnixStream> {
+    let (read, write) = UnixStream::pair()?;
+    write.set_nonblocking(true)?;
+    CAUGHT.store(write.into_raw_fd(), Ordering::Relaxed);
+    for &sig in signals {
+        // SAFETY: on_signal is async-signal-safe (see there).
+        if unsafe { signal(sig, on_signal as extern "C" fn(i32) as usize) } == SIG_ERR {
+            return Err(io::Error::last_os_error());
         }
-        pthread_sigmask(SIG_UNBLOCK, &set, std::ptr::null_mut())
-    };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
     }
-    Ok(())
-}
-
-/// Waits for one of the signals of `set` (blocked with [`block_signals`]).
-pub fn wait_signal(set: &SigSet) -> io::Result<i32> {
-    let mut sig = 0;
-    // SAFETY: `set` is a valid sigset_t and `sig` a writable int.
-    let err = unsafe { sigwait(set, &mut sig) };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    Ok(sig)
+    Ok(read)
 }
 
 /// Restores the default disposition of `sig`: std installs handlers (SIGSEGV,
@@ -241,6 +224,37 @@ pub fn wait_any_with_usage() -> io::Result<(i32, Reaped, Usage)> {
         }
     }
 }
+
+/// `siginfo_t`: 128 bytes on Linux; only written here, never read.
+#[repr(C, align(8))]
+struct SigInfo([u8; 128]);
+
+/// Whether this process has any child, running or ended and not yet
+/// reaped. Reaps none (`WNOWAIT`) and does not wait.
+pub fn has_children() -> bool {
+    const P_ALL: u32 = 0;
+    const WNOHANG: i32 = 1;
+    const WEXITED: i32 = 4;
+    const WNOWAIT: i32 = 0x0100_0000;
+    let mut info = SigInfo([0; 128]);
+    loop {
+        // SAFETY: waitid writes one siginfo_t, a local we own.
+        let r = unsafe { waitid(P_ALL, 0, &mut info, WEXITED | WNOHANG | WNOWAIT) };
+        if r == 0 {
+            return true;
+        }
+        // ECHILD: none. Anything else but EINTR cannot happen with these
+        // arguments; counting it as "some" only costs a needless sweep.
+        match io::Error::last_os_error().raw_os_error() {
+            Some(EINTR) => continue,
+            Some(ECHILD) => return false,
+            _ => return true,
+        }
+    }
+}
+
+/// `ECHILD`: no child to wait for.
+const ECHILD: i32 = 10;
 
 /// Reaps one terminated child without waiting; false when none is ready
 /// (or there are no children).

@@ -263,7 +263,8 @@ impl Stdin for WarmStdin {
     }
 }
 
-/// Writes one frame to the agent; `clean` is false while a frame is
+/// Writes one frame to the agent, header and payload in one write (one
+/// wake-up of the agent, not two); `clean` is false while a frame is
 /// half-written, which makes the container unfit for reuse.
 async fn write_frame(
     input: &AgentInput,
@@ -271,10 +272,10 @@ async fn write_frame(
     payload: &[u8],
     clean: &AtomicBool,
 ) -> io::Result<()> {
+    let frame = proto::frame(kind, payload);
     let mut input = input.lock().await;
     clean.store(false, Ordering::Release);
-    input.write_all(&proto::header(kind, payload.len())).await?;
-    input.write_all(payload).await?;
+    input.write_all(&frame).await?;
     input.flush().await?;
     clean.store(true, Ordering::Release);
     Ok(())

@@ -231,6 +231,9 @@ pub(crate) struct LoggedProcess {
     docker: Docker,
     container: String,
     log: Replay,
+    /// The output handed out so far, per stream (from where the log was
+    /// read): where a reading after an engine outage takes over.
+    relayed: Offsets,
 }
 
 impl LoggedProcess {
@@ -245,7 +248,13 @@ impl LoggedProcess {
             docker,
             container,
             log,
+            relayed: from,
         }
+    }
+
+    /// The output handed out so far, per stream.
+    pub fn relayed(&self) -> Offsets {
+        self.relayed
     }
 }
 
@@ -258,7 +267,10 @@ impl Process for LoggedProcess {
 
     async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
         match self.log.next().await {
-            Some(Ok(chunk)) => Some(chunk),
+            Some(Ok(chunk)) => {
+                self.relayed.advance(chunk.0, chunk.1.len() as u64);
+                Some(chunk)
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "the log of an adopted task broke; waiting for its end");
                 None

@@ -504,3 +504,56 @@ async fn a_server_started_while_the_engine_is_down_takes_over_when_it_returns() 
     // Before the engine goes: its warm pool is removed with it.
     drop(serve);
 }
+
+/// Tasks adopted by a restarted server that end while the engine is down
+/// (live-restore: the containers run on) get what the engine kept: a cold
+/// task its exit code and the output the engine logged (it loses what
+/// was written while it was down); a warm task, whose exit code is in
+/// its agent's frames in that log, an error that says the engine did not
+/// keep its end, never the agent's own exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_that_end_while_the_engine_is_down_get_what_the_engine_kept() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (mut engine, mut serve, client, [cold, warm]) =
+        serve_with_running_tasks("engine-lost-end").await;
+    drop(client);
+    serve.kill();
+    serve.launch(&engine);
+    let client = serve.client().await;
+
+    // Both end (about 20 s after they began) while the engine is down.
+    engine.kill();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    engine.launch();
+    engine.client().await;
+
+    let wait = |id: TaskId| {
+        let client = &client;
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), client.wait(&id))
+                .await
+                .expect("an answer within 120 s")
+        }
+    };
+    let outcome = wait(cold.clone()).await.expect("the cold task's result");
+    assert_eq!(outcome.exit_code, Some(7), "{outcome:?}");
+    let output = client.logs(&cold).await.unwrap().output().await.unwrap();
+    let all = (0..40).map(|i| format!("out {i}\n")).collect::<String>();
+    assert!(
+        all.starts_with(&*String::from_utf8_lossy(&output.stdout)),
+        "the cold task's stdout is a prefix of its own"
+    );
+    let error = wait(warm.clone())
+        .await
+        .expect_err("the warm task's end is not known");
+    assert_eq!(error.kind(), Some(tcp_task::ErrorKind::Engine), "{error}");
+    assert!(error.to_string().contains("did not keep"), "{error}");
+
+    for id in [&cold, &warm] {
+        client.remove(id, true).await.unwrap();
+    }
+    drop(serve);
+}

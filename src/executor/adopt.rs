@@ -184,11 +184,16 @@ impl Found {
         let times = times_of(inspected);
         let now = SystemTime::now();
         let running_for = now.duration_since(self.started).unwrap_or_default();
-        let running = state.running.unwrap_or(false) && end.is_none();
+        let name = inspected.name.as_deref().unwrap_or_default();
+        // A warm task whose log holds no end is judged by its log, read
+        // through (LoggedWarmProcess), not by its container's exit code:
+        // that is the agent's, 0 after any task. Unless the server ended
+        // it: then its verdict stands.
+        let judged_by_log = warm && end.is_none() && verdict_of(name).is_none();
+        let running = (state.running.unwrap_or(false) || judged_by_log) && end.is_none();
         let ended = (!running).then(|| {
             let finished = times.finished.unwrap_or(now);
             let ran = finished.duration_since(self.started).unwrap_or_default();
-            let name = inspected.name.as_deref().unwrap_or_default();
             let (code, oom) = match end {
                 Some(ProcessEnd::Exited { code, oom_killed }) => (code, oom_killed),
                 _ => (

@@ -300,7 +300,34 @@ impl Process for LoggedWarmProcess {
         }
         match self.report.as_ref().and_then(end_of) {
             Some(end) => Ok(end),
-            None => container_end(&self.docker, &self.container, None).await,
+            None => {
+                let end = container_end(&self.docker, &self.container, None).await?;
+                // The agent exits 0 after it has written the task's report,
+                // whatever the task's code: a clean exit with no report in
+                // the log is a report the engine lost (the task ended while
+                // dockerd was down, and what the agent wrote meanwhile went
+                // with it), not the task's exit 0. A killed agent (137) is
+                // the container's end, and the task's.
+                if matches!(
+                    end,
+                    ProcessEnd::Exited {
+                        code: 0,
+                        oom_killed: false
+                    }
+                ) {
+                    return Err(TaskError::new(
+                        ErrorKind::Engine,
+                        format!(
+                            "task {} ended, but the Docker engine did not keep how: its warm \
+                             container's log lacks the task's end (the engine was down when it \
+                             ended, and lost what the container wrote meanwhile); its output is \
+                             what the engine kept",
+                            self.task
+                        ),
+                    ));
+                }
+                Ok(end)
+            }
         }
     }
 

@@ -254,8 +254,10 @@ attached() {
 # check_detached: every submitted detached task (ids.*) is asked for its
 # `wait` (exit code) and `logs` (sha256 of stdout and of stderr), and
 # counted in one of: intact; engine_kept, not intact but exactly what the
-# engine kept of its container (`docker logs`, `docker inspect`), only
-# with ENGINE_KEPT=1, where the engine was restarted; no_such (`wait` says
+# engine kept of its container (`docker logs`, `docker inspect`; a warm
+# container's log is its agent's frames, so a warm task is not compared
+# and counts here only as the error saying the engine did not keep its
+# end), only with ENGINE_KEPT=1, where the engine was restarted; no_such (`wait` says
 # there is no such task: lost, but said so); other_error (another clear
 # error); wrong (a result that is neither, or a hang). Sets submitted and
 # refused too.
@@ -276,6 +278,10 @@ check_detached() {
         if [[ $rc != 0 ]]; then
             if grep -q 'no task' "$FAULT_DIR/wait.err" || grep -qi 'NoSuchTask' "$FAULT_DIR/wait.err"; then
                 no_such=$((no_such + 1))
+            elif [[ ${ENGINE_KEPT:-0} == 1 ]] && grep -q 'the Docker engine did not keep how' "$FAULT_DIR/wait.err"; then
+                # A warm task that ended while the engine was down: its
+                # end (in its agent's frames) is not in the engine's log.
+                engine_kept=$((engine_kept + 1))
             elif [[ $rc != 124 ]] && grep -q 'tcp-task: ' "$FAULT_DIR/wait.err"; then
                 other_error=$((other_error + 1))
             else
@@ -296,6 +302,7 @@ check_detached() {
         if [[ ${ENGINE_KEPT:-0} == 1 ]]; then
             container=$(docker ps -aq --filter "label=tcp-task.id=$id")
             engine_code=none engine_out=none engine_err=none
+            : >"$FAULT_DIR/e.out"
             if [[ -n $container ]]; then
                 docker logs "$container" >"$FAULT_DIR/e.out" 2>"$FAULT_DIR/e.err" || true
                 engine_code=$(docker inspect -f '{{.State.ExitCode}}' "$container" 2>/dev/null || echo none)

@@ -868,6 +868,9 @@ impl TaskHandle {
                     debug!(%task, resumed = self.resumed, "re-attached after a broken connection");
                     return Ok(());
                 }
+                // A server that came back before its engine knows the
+                // task only once the engine answers: try again.
+                Err(Error::Remote(e)) if e.kind == ErrorKind::Engine => e.to_string(),
                 // The server answered: the task is gone or not ours.
                 Err(e @ Error::Remote(_)) => return Err(e),
                 Err(e) => e.to_string(),

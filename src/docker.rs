@@ -19,7 +19,7 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the engine could not be reached. Each message says what to do next.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DockerError {
     /// `DOCKER_HOST` (or the given address) is not something we can dial.
     #[error("cannot use Docker engine address {host:?}: {detail}. Set DOCKER_HOST to unix:///var/run/docker.sock or tcp://HOST:PORT")]
@@ -64,6 +64,40 @@ pub async fn connect_docker_at(host: &str) -> Result<Docker, DockerError> {
         Ok(Err(e)) => Err(unreachable(host, &e)),
         Err(_) => Err(DockerError::Unreachable {
             host: host.to_string(),
+            detail: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            hint: "Check that DOCKER_HOST points at a running engine and that nothing blocks the connection.",
+        }),
+    }
+}
+
+/// For a caller that can wait for the engine (a server started while
+/// dockerd restarts): like [`connect_docker`] when the engine answers;
+/// when it does not, a client all the same, with why it did not answer.
+/// Its API version is not negotiated yet: call [`negotiate`] once the
+/// engine answers (every clone of the client then speaks the version
+/// agreed). Fails only when no client can be made at all (a bad address,
+/// a socket file that does not exist).
+pub async fn connect_docker_or_later() -> Result<(Docker, Option<DockerError>), DockerError> {
+    match connect_docker().await {
+        Ok(docker) => Ok((docker, None)),
+        Err(error @ DockerError::Unreachable { .. }) => {
+            let host = docker_host();
+            let docker = Docker::connect_with_host(&host).map_err(|_| error.clone())?;
+            Ok((docker, Some(error)))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Negotiates the API version of `docker` (made by
+/// [`connect_docker_or_later`]) with the engine, once it answers. The
+/// version is shared by every clone of the client.
+pub async fn negotiate(docker: &Docker) -> Result<(), DockerError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, docker.clone().negotiate_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(&docker_host(), &e)),
+        Err(_) => Err(DockerError::Unreachable {
+            host: docker_host(),
             detail: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
             hint: "Check that DOCKER_HOST points at a running engine and that nothing blocks the connection.",
         }),

@@ -52,6 +52,34 @@ use shared::{all_tokens, Shared};
 #[cfg(feature = "fuzzing")]
 pub(crate) use handshake::{check_hello, read_hello};
 
+/// What a server takes over from the servers before it, at start-up or
+/// later: see [`Server::take_over_later`].
+pub struct TakeOver<E> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E: Executor> TakeOver<E> {
+    /// See [`Server::adopt`].
+    pub async fn adopt(&self) -> Result<usize, TaskError> {
+        let tasks = &self.shared.tasks;
+        let mut count = tasks.adopt().await?;
+        for ticket in tasks.left_behind() {
+            let admitted = self.shared.readmit(&ticket);
+            count += usize::from(tasks.requeue(ticket, admitted));
+        }
+        tasks.release_left_behind();
+        tasks.set_taking_over(false);
+        Ok(count)
+    }
+
+    /// See [`Server::warm_up`].
+    pub fn warm_up(&self) {
+        for (plan, containers) in self.shared.admission.warm_plans() {
+            self.shared.executor.keep_warm(&plan, containers);
+        }
+    }
+}
+
 /// A tcp-task server: an executor behind a listening socket.
 pub struct Server<E> {
     shared: Arc<Shared<E>>,
@@ -147,21 +175,31 @@ impl<E: Executor> Server<E> {
     /// Call once at start-up, inside the runtime, before serving. Returns
     /// how many.
     pub async fn adopt(&self) -> Result<usize, TaskError> {
-        let tasks = &self.shared.tasks;
-        let mut count = tasks.adopt().await?;
-        for ticket in tasks.left_behind() {
-            let admitted = self.shared.readmit(&ticket);
-            count += usize::from(tasks.requeue(ticket, admitted));
-        }
-        tasks.release_left_behind();
-        Ok(count)
+        self.take_over().adopt().await
     }
 
     /// Asks the executor to keep containers ready for the catalog entries
     /// with `warm > 0`. Call once, inside the runtime.
     pub fn warm_up(&self) {
-        for (plan, containers) in self.shared.admission.warm_plans() {
-            self.shared.executor.keep_warm(&plan, containers);
+        self.take_over().warm_up()
+    }
+
+    /// [`Server::adopt`] and [`Server::warm_up`] for a server that serves
+    /// before it can take over (its engine does not answer yet): call them
+    /// on the returned handle, from a task of their own, once the engine
+    /// answers. Until its `adopt` succeeds, a task id the server does not
+    /// know is answered with an engine error, not as unknown: it may be
+    /// one of the tasks still to take over. Call after the last `with_…`.
+    pub fn take_over_later(&self) -> TakeOver<E> {
+        self.shared.tasks.set_taking_over(true);
+        self.take_over()
+    }
+
+    /// [`Server::adopt`] and [`Server::warm_up`] on a handle that
+    /// outlives [`Server::run`]'s start. Call after the last `with_…`.
+    pub fn take_over(&self) -> TakeOver<E> {
+        TakeOver {
+            shared: self.shared.clone(),
         }
     }
 

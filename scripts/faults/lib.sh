@@ -207,6 +207,146 @@ build_image() {
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 open_fds() { ls "/proc/$1/fd" | wc -l; }
 
+# Detached and attached `ticks` tasks whose output is known in advance,
+# submitted through server restarts and checked afterwards (server-kills.sh,
+# kills-and-engine.sh). Detached task i is `ticks N TICK_MS CODE`, N and
+# CODE from i: its stdout is `out 0`…`out N-1`, its stderr `err 0`…, its
+# exit CODE. An attached run is `ticks ATTACHED_TICKS ATTACHED_MS 3`.
+TICKS_BASE=${TICKS_BASE:-4}
+TICKS_SPREAD=${TICKS_SPREAD:-37}
+TICK_MS=${TICK_MS:-60}
+ATTACHED_TICKS=${ATTACHED_TICKS:-30}
+ATTACHED_MS=${ATTACHED_MS:-250}
+ticks_of() { echo $((TICKS_BASE + $1 % TICKS_SPREAD)); }
+code_of() { echo $(($1 % 101)); }
+expected() { # STREAM N: the sha256 of `STREAM 0`…`STREAM N-1`
+    local i
+    for ((i = 0; i < $2; i++)); do echo "$1 $i"; done | sha256sum | cut -c1-64
+}
+
+# submitter K: submits detached tasks K, K+SUBMITTERS, … below DETACHED,
+# SUBMIT_GAP seconds apart; writes "i id" lines to ids.K. A submission
+# refused (the server down) is retried: it was never accepted.
+submitter() {
+    local k=$1 i id tries
+    for ((i = k; i < DETACHED; i += SUBMITTERS)); do
+        for ((tries = 0; tries < 300; tries++)); do
+            if id=$("$BIN" --server "127.0.0.1:$PORT" run -d "$IMAGE" ticks \
+                "$(ticks_of "$i")" "$TICK_MS" "$(code_of "$i")" 2>>"$FAULT_DIR/submit.err"); then
+                echo "$i $id" >>"$FAULT_DIR/ids.$k"
+                sleep "$SUBMIT_GAP"
+                break
+            fi
+            echo "$i refused" >>"$FAULT_DIR/refused"
+            sleep 0.3
+        done
+    done
+}
+
+# attached J: one `run` in the foreground, its outputs and status kept.
+attached() {
+    local j=$1 status=0
+    "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" ticks "$ATTACHED_TICKS" "$ATTACHED_MS" 3 \
+        >"$FAULT_DIR/att.$j.out" 2>"$FAULT_DIR/att.$j.err" || status=$?
+    echo "$status" >"$FAULT_DIR/att.$j.status"
+}
+
+# check_detached: every submitted detached task (ids.*) is asked for its
+# `wait` (exit code) and `logs` (sha256 of stdout and of stderr), and
+# counted in one of: intact; engine_kept, not intact but exactly what the
+# engine kept of its container (`docker logs`, `docker inspect`; a warm
+# container's log is its agent's frames, so a warm task is not compared
+# and counts here only as the error saying the engine did not keep its
+# end), only with ENGINE_KEPT=1, where the engine was restarted; no_such (`wait` says
+# there is no such task: lost, but said so); other_error (another clear
+# error); wrong (a result that is neither, or a hang). Sets submitted and
+# refused too.
+check_detached() {
+    cat "$FAULT_DIR"/ids.* | sort -n >"$FAULT_DIR/ids"
+    submitted=$(wc -l <"$FAULT_DIR/ids")
+    # No file when no submission was refused (pipefail would end the script).
+    refused=0
+    [[ -f $FAULT_DIR/refused ]] && refused=$(wc -l <"$FAULT_DIR/refused")
+    intact=0 engine_kept=0 no_such=0 other_error=0 wrong=0
+    local i id n status rc out err container engine_code engine_out engine_err lines
+    while read -r i id; do
+        n=$(ticks_of "$i")
+        set +e
+        status=$(timeout 300 "$BIN" --server "127.0.0.1:$PORT" wait "$id" 2>"$FAULT_DIR/wait.err")
+        rc=$?
+        set -e
+        if [[ $rc != 0 ]]; then
+            if grep -q 'no task' "$FAULT_DIR/wait.err" || grep -qi 'NoSuchTask' "$FAULT_DIR/wait.err"; then
+                no_such=$((no_such + 1))
+            elif [[ ${ENGINE_KEPT:-0} == 1 ]] && grep -q 'the Docker engine did not keep how' "$FAULT_DIR/wait.err"; then
+                # A warm task that ended while the engine was down: its
+                # end (in its agent's frames) is not in the engine's log.
+                engine_kept=$((engine_kept + 1))
+            elif [[ $rc != 124 ]] && grep -q 'tcp-task: ' "$FAULT_DIR/wait.err"; then
+                other_error=$((other_error + 1))
+            else
+                wrong=$((wrong + 1))
+            fi
+            log "task $i ($id): wait exit $rc: $(cat "$FAULT_DIR/wait.err")"
+            continue
+        fi
+        timeout 60 "$BIN" --server "127.0.0.1:$PORT" logs "$id" \
+            >"$FAULT_DIR/t.out" 2>"$FAULT_DIR/t.err" || true
+        out=$(sha256sum <"$FAULT_DIR/t.out" | cut -c1-64)
+        err=$(sha256sum <"$FAULT_DIR/t.err" | cut -c1-64)
+        lines="$(wc -l <"$FAULT_DIR/t.out")/$n stdout lines, $(wc -l <"$FAULT_DIR/t.err")/$n stderr lines"
+        if [[ $status == "$(code_of "$i")" && $out == "$(expected out "$n")" && $err == "$(expected err "$n")" ]]; then
+            intact=$((intact + 1))
+            continue
+        fi
+        if [[ ${ENGINE_KEPT:-0} == 1 ]]; then
+            container=$(docker ps -aq --filter "label=tcp-task.id=$id")
+            engine_code=none engine_out=none engine_err=none
+            : >"$FAULT_DIR/e.out"
+            if [[ -n $container ]]; then
+                docker logs "$container" >"$FAULT_DIR/e.out" 2>"$FAULT_DIR/e.err" || true
+                engine_code=$(docker inspect -f '{{.State.ExitCode}}' "$container" 2>/dev/null || echo none)
+                engine_out=$(sha256sum <"$FAULT_DIR/e.out" | cut -c1-64)
+                engine_err=$(sha256sum <"$FAULT_DIR/e.err" | cut -c1-64)
+            fi
+            if [[ $status == "$engine_code" && $out == "$engine_out" && $err == "$engine_err" ]]; then
+                engine_kept=$((engine_kept + 1))
+                log "task $i ($id): exit $status (want $(code_of "$i")), $lines: as the engine kept it"
+                continue
+            fi
+            log "task $i ($id): the engine says exit $engine_code, $(wc -l <"$FAULT_DIR/e.out" 2>/dev/null) stdout lines"
+        fi
+        wrong=$((wrong + 1))
+        log "task $i ($id): exit $status (want $(code_of "$i")), $lines"
+    done <"$FAULT_DIR/ids"
+}
+
+# check_attached: every attached run's exit status and output, counted as
+# att_intact (exit 3 and all of its output, resumed across the restarts),
+# att_error (exit 125 with the CLI's message) or att_wrong (anything else,
+# or still running).
+check_attached() {
+    att_intact=0 att_error=0 att_wrong=0
+    local want_out want_err j status out err
+    want_out=$(expected out "$ATTACHED_TICKS")
+    want_err=$(expected err "$ATTACHED_TICKS")
+    for ((j = 0; j < ATTACHED; j++)); do
+        status=$(cat "$FAULT_DIR/att.$j.status" 2>/dev/null || echo hung)
+        out=$(sha256sum <"$FAULT_DIR/att.$j.out" | cut -c1-64)
+        # The CLI writes its own notes (a resume) to stderr: compare the task's lines only.
+        err=$({ grep -E '^err [0-9]+$' "$FAULT_DIR/att.$j.err" || true; } | sha256sum | cut -c1-64)
+        if [[ $status == 3 && $out == "$want_out" && $err == "$want_err" ]]; then
+            att_intact=$((att_intact + 1))
+        elif [[ $status == 125 ]] && grep -q 'tcp-task:' "$FAULT_DIR/att.$j.err"; then
+            att_error=$((att_error + 1))
+            log "attached $j: exit 125: $(grep 'tcp-task:' "$FAULT_DIR/att.$j.err" | tail -1)"
+        else
+            att_wrong=$((att_wrong + 1))
+            log "attached $j: exit $status, $(wc -l <"$FAULT_DIR/att.$j.out")/$ATTACHED_TICKS stdout lines"
+        fi
+    done
+}
+
 cleanup() {
     local status=$?
     set +e

@@ -184,11 +184,16 @@ impl Found {
         let times = times_of(inspected);
         let now = SystemTime::now();
         let running_for = now.duration_since(self.started).unwrap_or_default();
-        let running = state.running.unwrap_or(false) && end.is_none();
+        let name = inspected.name.as_deref().unwrap_or_default();
+        // A warm task whose log holds no end is judged by its log, read
+        // through (LoggedWarmProcess), not by its container's exit code:
+        // that is the agent's, 0 after any task. Unless the server ended
+        // it: then its verdict stands.
+        let judged_by_log = warm && end.is_none() && verdict_of(name).is_none();
+        let running = (state.running.unwrap_or(false) || judged_by_log) && end.is_none();
         let ended = (!running).then(|| {
             let finished = times.finished.unwrap_or(now);
             let ran = finished.duration_since(self.started).unwrap_or_default();
-            let name = inspected.name.as_deref().unwrap_or_default();
             let (code, oom) = match end {
                 Some(ProcessEnd::Exited { code, oom_killed }) => (code, oom_killed),
                 _ => (
@@ -231,6 +236,9 @@ pub(crate) struct LoggedProcess {
     docker: Docker,
     container: String,
     log: Replay,
+    /// The output handed out so far, per stream (from where the log was
+    /// read): where a reading after an engine outage takes over.
+    relayed: Offsets,
 }
 
 impl LoggedProcess {
@@ -245,7 +253,13 @@ impl LoggedProcess {
             docker,
             container,
             log,
+            relayed: from,
         }
+    }
+
+    /// The output handed out so far, per stream.
+    pub fn relayed(&self) -> Offsets {
+        self.relayed
     }
 }
 
@@ -258,7 +272,10 @@ impl Process for LoggedProcess {
 
     async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
         match self.log.next().await {
-            Some(Ok(chunk)) => Some(chunk),
+            Some(Ok(chunk)) => {
+                self.relayed.advance(chunk.0, chunk.1.len() as u64);
+                Some(chunk)
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "the log of an adopted task broke; waiting for its end");
                 None

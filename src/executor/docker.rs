@@ -235,7 +235,8 @@ impl DockerExecutor {
                                 cancel,
                             };
                             let from = (cold.container_id().to_owned(), cold.relayed());
-                            let after = self.follow_after_engine_loss(from, &plan, io, began);
+                            let task = (plan.command.as_slice(), plan.timeout, None);
+                            let after = self.follow_after_engine_loss(from, task, io, began);
                             if let Some(after) = after.await {
                                 result = after;
                             }
@@ -338,15 +339,18 @@ impl DockerExecutor {
         result
     }
 
-    /// A kept task on a cold container whose engine went away while it
-    /// ran (engine_loss.rs): once the engine is back, the container is
+    /// A kept task whose engine went away while it ran (engine_loss.rs):
+    /// one on a cold container, started here or adopted, or an adopted
+    /// one on a warm container (`warm`: its id, to find its part of the
+    /// agent's frames). Once the engine is back, the container is
     /// followed from its log, from the output already relayed
-    /// (`relayed`), under the rest of its timeout and output limit. `None` when the engine did
-    /// not come back in time, or the task was cancelled meanwhile.
+    /// (`relayed`), under the rest of its timeout (the task began at
+    /// `began`) and output limit. `None` when the engine did not come
+    /// back in time, or the task was cancelled meanwhile.
     async fn follow_after_engine_loss(
         &self,
         (container, relayed): (String, Offsets),
-        plan: &Plan,
+        (command, timeout, warm): (&[String], Duration, Option<&TaskId>),
         io: TaskIo,
         began: Instant,
     ) -> Option<Result<Outcome, TaskError>> {
@@ -363,9 +367,20 @@ impl DockerExecutor {
             .config()
             .output_limit_bytes
             .saturating_sub(relayed.stdout + relayed.stderr);
-        let mut process = LoggedProcess::from(self.docker().clone(), container, relayed);
-        let clock = (plan.timeout, began.elapsed());
-        Some(supervise(&mut process, &plan.command, clock, io, limit).await)
+        let docker = self.docker().clone();
+        let clock = (timeout, began.elapsed());
+        let result = match warm {
+            // On a warm container, its part of the agent's frames.
+            Some(task) => {
+                let mut process = LoggedWarmProcess::from(docker, container, task, relayed);
+                supervise(&mut process, command, clock, io, limit).await
+            }
+            None => {
+                let mut process = LoggedProcess::from(docker, container, relayed);
+                supervise(&mut process, command, clock, io, limit).await
+            }
+        };
+        Some(result)
     }
 
     /// An HTTP task: on a warm container whose server already listens, or
@@ -650,13 +665,32 @@ impl Executor for DockerExecutor {
         let limit = self.config().output_limit_bytes;
         let clock = (timeout, running_for);
         let docker = self.docker().clone();
-        let result = if warm {
+        let began = Instant::now().checked_sub(running_for);
+        let began = began.unwrap_or_else(Instant::now);
+        let (events, cancel) = (io.events.clone(), io.cancel.clone());
+        let (mut result, relayed) = if warm {
             let mut process = LoggedWarmProcess::new(docker, container.clone(), &tag.id);
-            supervise(&mut process, &command, clock, io, limit).await
+            let result = supervise(&mut process, &command, clock, io, limit).await;
+            (result, process.relayed())
         } else {
             let mut process = LoggedProcess::new(docker, container.clone());
-            supervise(&mut process, &command, clock, io, limit).await
+            let result = supervise(&mut process, &command, clock, io, limit).await;
+            (result, process.relayed())
         };
+        // Its engine went away under it: as for a task started here, its
+        // result is the engine's to tell once it is back.
+        if engine_lost(self.docker(), &result).await {
+            let io = TaskIo {
+                events,
+                stdin: mpsc::channel(1).1,
+                cancel,
+            };
+            let from = (container.clone(), relayed);
+            let task = (command.as_slice(), timeout, warm.then_some(&tag.id));
+            if let Some(after) = self.follow_after_engine_loss(from, task, io, began).await {
+                result = after;
+            }
+        }
         if let Some(ending) = verdict(&result) {
             kept::stop_with_verdict(self.docker(), &container, &tag.id, ending).await;
         }

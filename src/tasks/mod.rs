@@ -20,7 +20,7 @@ pub(crate) use journal::{Journal, Ticket};
 pub(crate) use record::{Forward, Record, TaskResult, Unwatched};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,10 @@ pub(crate) struct Tasks<E> {
     /// Fired when the server gives up on its attached tasks (the end of
     /// the shutdown grace); detached tasks run on for the next server.
     abort: CancellationToken,
+    /// Set while the tasks that earlier servers left are not taken over
+    /// yet (the engine did not answer when this server started): a task
+    /// id this server does not know may be one of them.
+    taking_over: AtomicBool,
     /// Tasks that ran and ended since the server started (any ending).
     pub finished: AtomicU64,
     /// Tasks that could not run since the server started.
@@ -93,6 +97,7 @@ impl<E: Executor> Tasks<E> {
             runs: TaskTracker::new(),
             journal: OnceLock::new(),
             abort,
+            taking_over: AtomicBool::new(false),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
@@ -312,17 +317,38 @@ impl<E: Executor> Tasks<E> {
     }
 
     /// The task `id`, if `client` may see it. Another client's task is
-    /// answered as an unknown one.
+    /// answered as an unknown one; so is a task nobody knows, except while
+    /// the tasks earlier servers left are not taken over yet: then it may
+    /// be one of those, and the answer is an engine error (try again), not
+    /// that it does not exist.
     pub fn find(&self, id: &TaskId, client: Option<&str>) -> Result<Arc<Record>, TaskError> {
         // What a client sent: any string, of any length the frame allows.
         TaskId::parse(id.as_str())?;
-        self.records
+        let found = self
+            .records
             .lock()
             .unwrap()
             .get(id)
             .filter(|r| r.visible_to(client))
-            .cloned()
-            .ok_or_else(|| no_such_task(id))
+            .cloned();
+        match found {
+            Some(record) => Ok(record),
+            None if self.taking_over.load(Ordering::SeqCst) => Err(TaskError::new(
+                ErrorKind::Engine,
+                format!(
+                    "task {id} is not known here yet: this server started while the Docker engine \
+                     did not answer, and takes over the tasks an earlier server left once it \
+                     does; try again then"
+                ),
+            )),
+            None => Err(no_such_task(id)),
+        }
+    }
+
+    /// Marks the tasks earlier servers left as not taken over yet (see
+    /// [`Tasks::find`]), or, with `false`, as taken over.
+    pub fn set_taking_over(&self, pending: bool) {
+        self.taking_over.store(pending, Ordering::SeqCst);
     }
 
     /// A watcher is done with `record`; see [`Record::unwatch`].

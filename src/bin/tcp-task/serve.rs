@@ -3,10 +3,12 @@
 use anyhow::Result;
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::Duration;
 use tcp_task::config::{Config, DEFAULT_LISTEN};
-use tcp_task::docker::connect_docker;
+use tcp_task::docker::{connect_docker_or_later, negotiate, DockerError};
 use tcp_task::executor::{Backend, DockerExecutor};
 use tcp_task::metrics::Metrics;
+use tcp_task::server::TakeOver;
 use tcp_task::{Server, TlsConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -67,11 +69,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     // One registry: the connections and the executor report to it.
     let metrics = Arc::new(Metrics::new());
-    let executor = Arc::new(
-        start_executor(&config)
-            .await?
-            .with_observer(metrics.clone()),
-    );
+    let (executor, engine_down) = start_executor(&config).await?;
+    let executor = Arc::new(executor.with_observer(metrics.clone()));
     let open_to_all = server_config.tokens.is_empty() && server_config.clients.is_empty();
     let state_dir = server_config.state_dir_or_default();
     let mut server = Server::new(server_config, executor.clone())
@@ -92,29 +91,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => warn!("no state directory (set [server] state_dir, or HOME): tasks still queued when this server is killed will be lost"),
     }
-    // Tasks an earlier server left running (or ended while none watched)
-    // are taken over before any client can ask for them, and before the
-    // rest of what it left is swept away.
-    match server.adopt().await {
-        Ok(0) => {}
-        Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
-        Err(e) => warn!(error = %e, "could not look for tasks an earlier server left"),
-    }
-    match executor.reap_orphans().await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            removed = n,
-            "removed containers left behind by an earlier server"
-        ),
-        Err(e) => {
-            warn!(error = %e, "could not look for containers left behind by an earlier server")
-        }
-    }
-    // After the executor's sweep of what an earlier server left, so that
-    // the new warm containers are not mistaken for it.
-    server.warm_up();
     if let Some(tls) = &tls {
         server = server.with_tls(tls)?;
+    }
+    // Tasks an earlier server left running (or ended while none watched)
+    // are taken over before any client can ask for them, and before the
+    // rest of what it left is swept away. When the engine does not answer
+    // (it is restarting, say), the server serves all the same, and takes
+    // them over once it does.
+    if engine_down.is_some() || !inherit(&server.take_over(), &executor).await {
+        let later = server.take_over_later();
+        let executor = executor.clone();
+        tokio::spawn(async move { inherit_when_back(later, executor).await });
     }
     info!(
         address = %listener.local_addr()?,
@@ -138,15 +126,75 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn start_executor(config: &Config) -> Result<DockerExecutor> {
-    let docker = connect_docker().await?;
+/// The executor, and whether the engine was down: then its API version is
+/// negotiated later ([`inherit_when_back`]).
+async fn start_executor(config: &Config) -> Result<(DockerExecutor, Option<DockerError>)> {
+    let (docker, engine_down) = connect_docker_or_later().await?;
     let runtime = &config.executor.runtime;
-    if runtime.backend == Backend::Swarm {
-        check_swarm_manager(&docker).await?;
+    match &engine_down {
+        // A swarm manager is checked at start-up, so it must answer then.
+        Some(e) if runtime.backend == Backend::Swarm => return Err(e.clone().into()),
+        Some(e) => {
+            warn!(error = %e, "the engine does not answer; serving all the same: /readyz says not ready, new tasks wait or fail as [executor] engine_outage says, and the tasks an earlier server left are taken over once it answers")
+        }
+        None if runtime.backend == Backend::Swarm => check_swarm_manager(&docker).await?,
+        None => {}
     }
     let executor = DockerExecutor::new(docker, runtime.clone());
-    info!(instance = executor.instance_id(), backend = ?runtime.backend, "engine ready");
-    Ok(executor)
+    info!(
+        instance = executor.instance_id(),
+        backend = ?runtime.backend,
+        engine_up = engine_down.is_none(),
+        "executor ready"
+    );
+    Ok((executor, engine_down))
+}
+
+type Executor = Arc<DockerExecutor>;
+
+/// Takes over what earlier servers left: their tasks (adopted), then
+/// their other containers (removed), then fills the warm pools. False
+/// when the engine failed it: nothing was taken over, try again.
+async fn inherit(takeover: &TakeOver<Executor>, executor: &DockerExecutor) -> bool {
+    match takeover.adopt().await {
+        Ok(0) => {}
+        Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
+        Err(e) => {
+            warn!(error = %e, "could not look for tasks an earlier server left");
+            return false;
+        }
+    }
+    match executor.reap_orphans().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed containers left behind by an earlier server"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not look for containers left behind by an earlier server")
+        }
+    }
+    // After the executor's sweep of what an earlier server left, so that
+    // the new warm containers are not mistaken for it.
+    takeover.warm_up();
+    true
+}
+
+/// How often a server whose engine was away at start-up asks for it.
+const ENGINE_POLL: Duration = Duration::from_secs(1);
+
+/// [`inherit`] once the engine answers (its API version negotiated
+/// first), asking every [`ENGINE_POLL`] until then.
+async fn inherit_when_back(takeover: TakeOver<Executor>, executor: Executor) {
+    loop {
+        if negotiate(executor.docker()).await.is_ok() {
+            info!("the engine answers; taking over what earlier servers left");
+            if inherit(&takeover, &executor).await {
+                return;
+            }
+        }
+        tokio::time::sleep(ENGINE_POLL).await;
+    }
 }
 
 /// The Swarm backend needs an engine that manages a swarm: say so at

@@ -217,10 +217,25 @@ pub(crate) struct LoggedWarmProcess {
     task: TaskId,
     log: BoxStream<'static, Result<Logged, TaskError>>,
     report: Option<ExitReport>,
+    /// Where the output starts (what went out already), what the log has
+    /// given of it so far, and what was handed out from `from` on.
+    from: Offsets,
+    seen: Offsets,
+    relayed: Offsets,
 }
 
 impl LoggedWarmProcess {
     pub fn new(docker: Docker, container: String, task: &TaskId) -> LoggedWarmProcess {
+        LoggedWarmProcess::from(docker, container, task, Offsets::default())
+    }
+
+    /// The same, for a task whose output up to `from` went out already.
+    pub fn from(
+        docker: Docker,
+        container: String,
+        task: &TaskId,
+        from: Offsets,
+    ) -> LoggedWarmProcess {
         let log = task_log(&docker, &container, task, true);
         LoggedWarmProcess {
             docker,
@@ -228,7 +243,15 @@ impl LoggedWarmProcess {
             task: task.clone(),
             log,
             report: None,
+            from,
+            seen: Offsets::default(),
+            relayed: from,
         }
+    }
+
+    /// The output handed out so far, per stream.
+    pub fn relayed(&self) -> Offsets {
+        self.relayed
     }
 }
 
@@ -240,15 +263,26 @@ impl Process for LoggedWarmProcess {
     }
 
     async fn output(&mut self) -> Option<(OutputStream, Bytes)> {
-        match self.log.next().await? {
-            Ok(Logged::Output(stream, chunk)) => Some((stream, chunk)),
-            Ok(Logged::Exit(report)) => {
-                self.report = Some(report);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the log of an adopted warm task broke; waiting for its end");
-                None
+        loop {
+            match self.log.next().await? {
+                Ok(Logged::Output(stream, chunk)) => {
+                    // Past what went out already: the limit is the relay's.
+                    let Some((stream, rest)) =
+                        cut(&mut self.seen, self.from, u64::MAX, stream, chunk)
+                    else {
+                        continue;
+                    };
+                    self.relayed.advance(stream, rest.len() as u64);
+                    return Some((stream, rest));
+                }
+                Ok(Logged::Exit(report)) => {
+                    self.report = Some(report);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the log of an adopted warm task broke; waiting for its end");
+                    return None;
+                }
             }
         }
     }
@@ -266,7 +300,34 @@ impl Process for LoggedWarmProcess {
         }
         match self.report.as_ref().and_then(end_of) {
             Some(end) => Ok(end),
-            None => container_end(&self.docker, &self.container, None).await,
+            None => {
+                let end = container_end(&self.docker, &self.container, None).await?;
+                // The agent exits 0 after it has written the task's report,
+                // whatever the task's code: a clean exit with no report in
+                // the log is a report the engine lost (the task ended while
+                // dockerd was down, and what the agent wrote meanwhile went
+                // with it), not the task's exit 0. A killed agent (137) is
+                // the container's end, and the task's.
+                if matches!(
+                    end,
+                    ProcessEnd::Exited {
+                        code: 0,
+                        oom_killed: false
+                    }
+                ) {
+                    return Err(TaskError::new(
+                        ErrorKind::Engine,
+                        format!(
+                            "task {} ended, but the Docker engine did not keep how: its warm \
+                             container's log lacks the task's end (the engine was down when it \
+                             ended, and lost what the container wrote meanwhile); its output is \
+                             what the engine kept",
+                            self.task
+                        ),
+                    ));
+                }
+                Ok(end)
+            }
         }
     }
 

@@ -33,6 +33,15 @@ pub enum DockerError {
     },
 }
 
+impl DockerError {
+    /// Whether the engine's socket refused this user (a setting to change,
+    /// not an engine that is away).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, DockerError::Unreachable { detail, .. }
+            if detail.to_ascii_lowercase().contains("permission denied"))
+    }
+}
+
 /// The engine address in effect: `DOCKER_HOST`, or the local socket.
 pub fn docker_host() -> String {
     std::env::var("DOCKER_HOST")
@@ -75,12 +84,13 @@ pub async fn connect_docker_at(host: &str) -> Result<Docker, DockerError> {
 /// when it does not, a client all the same, with why it did not answer.
 /// Its API version is not negotiated yet: call [`negotiate`] once the
 /// engine answers (every clone of the client then speaks the version
-/// agreed). Fails only when no client can be made at all (a bad address,
-/// a socket file that does not exist).
+/// agreed). Fails when no client can be made at all (a bad address, a
+/// socket file that does not exist) and when the socket refuses this user.
 pub async fn connect_docker_or_later() -> Result<(Docker, Option<DockerError>), DockerError> {
     match connect_docker().await {
         Ok(docker) => Ok((docker, None)),
-        Err(error @ DockerError::Unreachable { .. }) => {
+        // Waiting does not let in a user who may not use the socket.
+        Err(error @ DockerError::Unreachable { .. }) if !error.is_permission_denied() => {
             let host = docker_host();
             let docker = Docker::connect_with_host(&host).map_err(|_| error.clone())?;
             Ok((docker, Some(error)))

@@ -85,12 +85,7 @@ curl -s "http://127.0.0.1:$HTTP_PORT/readyz" >"$FAULT_DIR/readyz-down.json"
 check "/readyz names the engine as the reason" grep -q 'engine' "$FAULT_DIR/readyz-down.json"
 if [[ ${ENGINE_OUTAGE:-fail} == hold ]]; then
     # Held: it waits for the engine, and runs once it is back.
-    "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
-        >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err" &
-    held_pid=$!
-    JOBS+=("$held_pid")
-    sleep 2
-    check "a new task waits while the engine is down (held)" kill -0 "$held_pid"
+    start_held_task
 else
     set +e
     timeout 60 "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
@@ -110,10 +105,7 @@ back_at=$(date +%s.%N)
 check "/readyz is ready again within 30 s of the engine's return" wait_for 30 '[ "$(readyz)" = 200 ]'
 ready_at=$(date +%s.%N)
 if [[ ${ENGINE_OUTAGE:-fail} == hold ]]; then
-    held_status=0
-    wait "$held_pid" || held_status=$?
-    check "the held task ran once the engine was back" [ "$held_status" = 0 ]
-    check "and printed its line" grep -qx 'while-down' "$FAULT_DIR/down.out"
+    check_held_task
 fi
 check "a new task runs after the engine's return" \
     timeout 120 "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo after

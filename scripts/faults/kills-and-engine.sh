@@ -102,12 +102,7 @@ if kill -0 "$SERVER_PID" 2>/dev/null; then
     check "/readyz says not ready while the engine is down" [ "$(readyz)" = 503 ]
     check "status answers while the engine is down" timeout 30 "$BIN" --server "127.0.0.1:$PORT" status >/dev/null
     # Held: it waits for the engine, and runs once it is back.
-    "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
-        >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err" &
-    held_pid=$!
-    JOBS+=("$held_pid")
-    sleep 2
-    check "a new task waits while the engine is down (held)" kill -0 "$held_pid"
+    start_held_task
 fi
 
 sleep $((ENGINE_DOWN - (SECONDS - killed_at) > 0 ? ENGINE_DOWN - (SECONDS - killed_at) : 0))
@@ -124,20 +119,13 @@ check "/readyz is ready again within 60 s of the engine's return" wait_for 60 '[
 check "the server started during the outage took over the earlier tasks once the engine answered" \
     wait_for 60 'tail -n +"$((log_from + 1))" "$FAULT_DIR/server.log" | grep -q "took over the tasks"'
 if [[ -n ${held_pid:-} ]]; then
-    held_status=0
-    wait "$held_pid" || held_status=$?
-    check "the held task ran once the engine was back" [ "$held_status" = 0 ]
-    check "and printed its line" grep -qx 'while-down' "$FAULT_DIR/down.out"
+    check_held_task
 fi
 
 sleep 4
 kill_server 3 "engine up, $(running) containers running"
 
-for pid in "${submitters[@]}"; do wait "$pid"; done
-log "all submissions done"
-for ((j = 0; j < ATTACHED; j++)); do
-    wait_for 300 '[ -f "$FAULT_DIR/att.$j.status" ]' || true
-done
+await_tasks
 
 check_detached
 log "detached: $submitted accepted ($refused submissions refused while the server was down, retried); $intact intact, $engine_kept as the engine kept them, $no_such NoSuchTask, $other_error other errors, $wrong wrong"

@@ -251,6 +251,34 @@ attached() {
     echo "$status" >"$FAULT_DIR/att.$j.status"
 }
 
+# await_tasks: waits for the submitters (their PIDs in `submitters`) and
+# for every attached run's status (up to 300 s each).
+await_tasks() {
+    local pid j
+    for pid in "${submitters[@]}"; do wait "$pid"; done
+    log "all submissions done"
+    for ((j = 0; j < ATTACHED; j++)); do
+        wait_for 300 '[ -f "$FAULT_DIR/att.$j.status" ]' || true
+    done
+}
+
+# start_held_task: while the engine is down, with engine_outage = "hold",
+# a new `run` must wait for it; check_held_task: it ran once it was back.
+start_held_task() {
+    "$BIN" --server "127.0.0.1:$PORT" run "$IMAGE" echo while-down \
+        >"$FAULT_DIR/down.out" 2>"$FAULT_DIR/down.err" &
+    held_pid=$!
+    JOBS+=("$held_pid")
+    sleep 2
+    check "a new task waits while the engine is down (held)" kill -0 "$held_pid"
+}
+check_held_task() {
+    local held_status=0
+    wait "$held_pid" || held_status=$?
+    check "the held task ran once the engine was back" [ "$held_status" = 0 ]
+    check "and printed its line" grep -qx 'while-down' "$FAULT_DIR/down.out"
+}
+
 # check_detached: every submitted detached task (ids.*) is asked for its
 # `wait` (exit code) and `logs` (sha256 of stdout and of stderr), and
 # counted in one of: intact; engine_kept, not intact but exactly what the

@@ -64,11 +64,7 @@ for ((kill = 1; kill <= KILLS; kill++)); do
     log "server back as $SERVER_PID"
 done
 
-for pid in "${submitters[@]}"; do wait "$pid"; done
-log "all submissions done"
-for ((j = 0; j < ATTACHED; j++)); do
-    wait_for 300 '[ -f "$FAULT_DIR/att.$j.status" ]' || true
-done
+await_tasks
 
 check_detached
 log "detached: $submitted accepted ($refused submissions refused while the server was down, retried); $intact intact, $no_such NoSuchTask, $other_error other errors, $wrong wrong"

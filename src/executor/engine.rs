@@ -1,9 +1,16 @@
 //! Turning the engine's errors into [`TaskError`]s a user can act on.
 
 use bollard::errors::Error as BollardError;
+use std::path::Path;
 
 use super::process::{CommandFailure, StartError};
 use crate::task::{ErrorKind, TaskError};
+
+/// Whether the engine's error is about `path` (a mount it cannot make:
+/// the engine names the path it misses).
+pub(crate) fn names_path(e: &BollardError, path: &Path) -> bool {
+    e.to_string().contains(&*path.to_string_lossy())
+}
 
 /// A failure of the engine itself (or of reaching it).
 pub(crate) fn engine_error(context: &str, e: &BollardError) -> TaskError {

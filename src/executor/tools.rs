@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::config::{current_uid, ExecutorConfig};
-use super::engine::engine_error;
+use super::engine::{engine_error, names_path};
 use crate::images::{TOOLS_BINARY, TOOLS_DIGEST};
 use crate::task::{ErrorKind, TaskError};
 
@@ -41,7 +41,7 @@ pub const AGENT_PATH: &str = "/.tcp-task/agent";
 pub const RELAY_PATH: &str = "/.tcp-task/relay";
 /// A cold task's measurer (tools/src/measure.rs).
 pub const MEASURE_PATH: &str = "/.tcp-task/measure";
-/// The warm agent's socket, beside the binary (`warm::channel`).
+/// The warm agent's socket, beside the binary (`warm::socket`).
 pub const SOCKET_NAME: &str = "agent.sock";
 
 /// How the tools reach the containers of one executor. Cheap to clone.
@@ -128,12 +128,8 @@ impl Tools {
     pub fn cannot_mount(&self, how: ToolsMount, e: &BollardError) -> bool {
         // The engine names the path it misses: another bind (an agent's
         // socket, say) may be the one missing.
-        let dir = self
-            .host_dir
-            .as_ref()
-            .map(|d| d.to_string_lossy().into_owned());
-        let missing = matches!((e, dir), (BollardError::DockerResponseServerError { status_code: 400, message }, Some(dir))
-            if message.contains("bind source path does not exist") && message.contains(&dir));
+        let missing = matches!((e, self.host_dir.as_deref()), (BollardError::DockerResponseServerError { status_code: 400, message }, Some(dir))
+            if message.contains("bind source path does not exist") && names_path(e, dir));
         if how == ToolsMount::Bound && missing && !self.unmountable.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 dir = ?self.host_dir,
@@ -252,7 +248,7 @@ fn write_tools(dir: &Path) -> std::io::Result<()> {
     for name in ["relay", "measure"] {
         std::os::unix::fs::symlink("agent", dir.join(name))?;
     }
-    // Where a warm agent's socket is mounted (`warm::channel`): in a
+    // Where a warm agent's socket is mounted (`warm::socket`): in a
     // read-only bind the engine cannot create a mount point, so it is here.
     fs::File::create(dir.join(SOCKET_NAME))?;
     Ok(())

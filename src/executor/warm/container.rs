@@ -13,15 +13,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::channel::{
-    self, names, short, AgentInput, AgentSocket, Channels, Diagnostics, Failed, Plane, Record,
-    SOCKET_IN_CONTAINER,
-};
+use super::channel::{self, short, AgentInput, Channels, Diagnostics, Failed, Plane, Record};
 use super::key::PoolKey;
+use super::socket::{AgentSocket, SOCKET_IN_CONTAINER};
 use crate::executor::cleanup::{ContainerGuard, Owner};
 use crate::executor::config::ExecutorConfig;
 use crate::executor::container::container_body;
-use crate::executor::engine::{create_error, engine_error};
+use crate::executor::engine::{create_error, engine_error, names_path};
 use crate::task::{ErrorKind, TaskError};
 
 use crate::executor::tools::{Tools, ToolsMount};
@@ -129,7 +127,7 @@ impl Launcher {
             }
         };
         let created = created.map_err(|e| match &socket {
-            Some(socket) if names(&e, socket.host_path()) => Failed::Socket(format!(
+            Some(socket) if names_path(&e, socket.host_path()) => Failed::Socket(format!(
                 "the engine cannot mount {} ({e}); is it on another host, or in another \
                  container, than this server?",
                 socket.host_path().display()

@@ -6,6 +6,8 @@
 //!   its channel opened);
 //! - [`channel`]: the agent's channel, its own socket or the attach
 //!   stream, which data plane is in use, and the reader of its frames;
+//! - [`socket`]: the agent's socket on the host, its directory and the
+//!   listener that takes the agent's connection;
 //! - [`process`]: one task on a warm container, as a
 //!   [`crate::executor::process::Process`];
 //! - [`key`]: what a task must match to use a pool;
@@ -23,15 +25,16 @@ mod process;
 #[path = "../../../tools/src/agent_proto.rs"]
 #[allow(dead_code)]
 mod proto;
+mod socket;
 
 pub(crate) use channel::AgentInput;
 pub(crate) use channel::Channels;
-pub use channel::{check_socket_dir, MAX_SOCKET_DIR_LEN, SOCKET_IN_CONTAINER, SUN_PATH_MAX};
 pub(crate) use container::Launcher;
 pub use container::{AGENT_PATH, LABEL_WARM, RELAY_PATH};
 pub(crate) use log::{end_of, last_task, replay as replay_task, LoggedWarmProcess};
 pub(crate) use process::{signal_task, WarmProcess, WarmStdin};
 pub(crate) use proto::FORWARDED_SIGNALS;
+pub use socket::{check_socket_dir, MAX_SOCKET_DIR_LEN, SOCKET_IN_CONTAINER, SUN_PATH_MAX};
 
 use bollard::Docker;
 use std::sync::Arc;

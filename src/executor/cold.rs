@@ -122,14 +122,20 @@ impl Cold {
         plan: &Plan,
         default_command: Vec<String>,
     ) -> Result<(ContainerGuard, ToolsMount), TaskError> {
-        loop {
-            let (body, tools) = self.body(plan, &default_command);
-            match self.create_with(plan, body).await {
-                Ok(container) => return Ok((container, tools)),
-                Err(e) if self.tools.cannot_mount(tools, &e) => continue,
-                Err(e) => return Err(create_error(&plan.image, &e)),
-            }
+        // A kept task's container is named after it, for `docker logs`.
+        let options = plan.task.as_ref().map(|tag| CreateContainerOptions {
+            name: Some(container_name(&tag.id)),
+            ..CreateContainerOptions::default()
+        });
+        let (created, tools) = self
+            .tools
+            .create(&self.docker, options, || self.body(plan, &default_command))
+            .await
+            .map_err(|e| create_error(&plan.image, &e))?;
+        for warning in &created.warnings {
+            tracing::warn!(container = %created.id, %warning, "engine warning on create");
         }
+        Ok((ContainerGuard::new(self.docker.clone(), created.id), tools))
     }
 
     /// The container's settings, and how the tools get into it.
@@ -148,23 +154,6 @@ impl Cold {
         body.cmd = Some(argv);
         let tools = self.tools.mount(&mut body);
         (body, tools)
-    }
-
-    async fn create_with(
-        &self,
-        plan: &Plan,
-        body: ContainerCreateBody,
-    ) -> Result<ContainerGuard, BollardError> {
-        // A kept task's container is named after it, for `docker logs`.
-        let options = plan.task.as_ref().map(|tag| CreateContainerOptions {
-            name: Some(container_name(&tag.id)),
-            ..CreateContainerOptions::default()
-        });
-        let created = self.docker.create_container(options, body).await?;
-        for warning in &created.warnings {
-            tracing::warn!(container = %created.id, %warning, "engine warning on create");
-        }
-        Ok(ContainerGuard::new(self.docker.clone(), created.id))
     }
 
     /// Attaches before starting, so not a byte of output is missed; the

@@ -16,8 +16,8 @@
 //! volume; it is removed with the container).
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::UploadToContainerOptions;
+use bollard::models::{ContainerCreateBody, ContainerCreateResponse, HostConfig, Mount, MountType};
+use bollard::query_parameters::{CreateContainerOptions, UploadToContainerOptions};
 use bollard::Docker;
 use bytes::Bytes;
 use std::fs;
@@ -122,10 +122,30 @@ impl Tools {
         }
     }
 
+    /// Creates a container from `body` (its settings, and how they get
+    /// the tools: [`Tools::mount`]). When the engine cannot mount the
+    /// tools directory, the container is created again from a new `body`,
+    /// which has them uploaded.
+    pub async fn create(
+        &self,
+        docker: &Docker,
+        options: Option<CreateContainerOptions>,
+        mut body: impl FnMut() -> (ContainerCreateBody, ToolsMount),
+    ) -> Result<(ContainerCreateResponse, ToolsMount), BollardError> {
+        loop {
+            let (settings, how) = body();
+            match docker.create_container(options.clone(), settings).await {
+                Ok(created) => return Ok((created, how)),
+                Err(e) if self.cannot_mount(how, &e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Whether a create failed because the engine cannot see the tools
     /// directory (it is on another host). Then every later container gets
-    /// them uploaded, and the caller creates this one again.
-    pub fn cannot_mount(&self, how: ToolsMount, e: &BollardError) -> bool {
+    /// them uploaded.
+    fn cannot_mount(&self, how: ToolsMount, e: &BollardError) -> bool {
         // The engine names the path it misses: another bind (an agent's
         // socket, say) may be the one missing.
         let missing = matches!((e, self.host_dir.as_deref()), (BollardError::DockerResponseServerError { status_code: 400, message }, Some(dir))

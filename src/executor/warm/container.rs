@@ -119,21 +119,19 @@ impl Launcher {
                 })?),
                 Plane::Attach => None,
             };
-        let (created, tools) = loop {
-            let (body, tools) = self.body(key, serial, prefetch, server.clone(), socket.as_ref());
-            match self.docker.create_container(None, body).await {
-                Err(e) if self.tools.cannot_mount(tools, &e) => continue,
-                created => break (created, tools),
-            }
-        };
-        let created = created.map_err(|e| match &socket {
-            Some(socket) if names_path(&e, socket.host_path()) => Failed::Socket(format!(
-                "the engine cannot mount {} ({e}); is it on another host, or in another \
-                 container, than this server?",
-                socket.host_path().display()
-            )),
-            _ => Failed::Launch(create_error(&key.image, &e)),
-        })?;
+        let body = || self.body(key, serial, prefetch, server.clone(), socket.as_ref());
+        let (created, tools) = self
+            .tools
+            .create(&self.docker, None, body)
+            .await
+            .map_err(|e| match &socket {
+                Some(socket) if names_path(&e, socket.host_path()) => Failed::Socket(format!(
+                    "the engine cannot mount {} ({e}); is it on another host, or in another \
+                     container, than this server?",
+                    socket.host_path().display()
+                )),
+                _ => Failed::Launch(create_error(&key.image, &e)),
+            })?;
         let guard = ContainerGuard::new(self.docker.clone(), created.id);
         self.tools.provide(&self.docker, guard.id(), tools).await?;
         let link = match socket {

@@ -19,6 +19,11 @@ use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 
 const LENGTH_PREFIX: usize = 4;
 
+/// Room a decoder keeps for the next read once it needs more bytes: many
+/// small frames per read call, and still little for an idle connection
+/// that once had traffic to hold.
+const READ_AHEAD: usize = 2048;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -150,7 +155,17 @@ impl<D: DeserializeOwned> Decoder for FrameCodec<D> {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<D>, CodecError> {
         match take_frame(src, self.max_frame_len)? {
             Some(body) => decode_body(&body).map(Some),
-            None => Ok(None),
+            None => {
+                // The reader reads into the spare capacity only. A buffer
+                // that starts small would otherwise settle at one frame's
+                // size (take_frame reserves just the missing bytes, and an
+                // emptied buffer reuses its allocation): one read call per
+                // frame when a client pipelines.
+                if src.capacity() - src.len() < READ_AHEAD {
+                    src.reserve(READ_AHEAD);
+                }
+                Ok(None)
+            }
         }
     }
 }
@@ -238,6 +253,29 @@ mod tests {
         }
     }
     use crate::protocol::{ClientMessage, ServerMessage};
+
+    /// A buffer that held exactly one frame keeps room for many before the
+    /// next read: with exactly one frame's room, a pipelining client's
+    /// frames would cost one read call each.
+    #[test]
+    fn an_emptied_buffer_keeps_room_for_the_next_read() {
+        let mut codec = FrameCodec::<ServerMessage>::default();
+        let mut frame = BytesMut::new();
+        let pong = ServerMessage::Pong {
+            id: 1,
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        codec.encode(pong.clone(), &mut frame).unwrap();
+        let mut buf = BytesMut::with_capacity(frame.len());
+        buf.extend_from_slice(&frame);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(pong));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() - buf.len() >= READ_AHEAD,
+            "{}",
+            buf.capacity()
+        );
+    }
 
     #[test]
     fn oversized_length_is_refused_before_reserving() {

@@ -731,3 +731,33 @@ async fn attach_gets_every_tick(executor: ScriptExecutor) {
     assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
     assert_eq!(output.outcome.exit_code, Some(0));
 }
+
+/// The protocol lets a client send its first requests right behind the
+/// hello, in the same write, without waiting for the welcome: they are
+/// answered once the hello is accepted, with nothing more sent after them.
+#[tokio::test]
+async fn requests_in_the_same_write_as_the_hello_are_answered() {
+    let (server, _) = start(ServerConfig::default()).await;
+    let mut peer = RawPeer::connect(server.local_addr()).await;
+    let mut bytes = frame(&Hello::new("raw", None));
+    bytes.extend(frame(&ClientMessage::Ping {
+        id: 1,
+        payload: Bytes::from_static(b"behind the hello"),
+    }));
+    bytes.extend(frame(&ClientMessage::Ping {
+        id: 2,
+        payload: Bytes::new(),
+    }));
+    peer.send_raw(&bytes).await;
+    assert!(matches!(peer.read().await, Some(ServerMessage::Welcome(_))));
+    match peer.read().await {
+        Some(ServerMessage::Pong { id: 1, payload }) => {
+            assert_eq!(&payload[..], b"behind the hello")
+        }
+        other => panic!("expected the first pong, got {other:?}"),
+    }
+    assert!(matches!(
+        peer.read().await,
+        Some(ServerMessage::Pong { id: 2, .. })
+    ));
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
@@ -159,9 +159,17 @@ pub(crate) async fn serve<S, E>(
     // instead of at FramedWrite's 8 KiB and grows to what the connection
     // sends (ServerMessage is kept small for the outgoing queue likewise).
     *writer.write_buffer_mut() = BytesMut::new();
-    let mut frames = FramedRead::new(reader, FrameCodec::<ClientMessage>::new(max_frame_len));
-    // Bytes that came after the hello belong to the next frames.
-    *frames.read_buffer_mut() = buffer;
+    // Bytes that came after the hello are the start of the next frames.
+    // They go in front of the socket rather than into the FramedRead's
+    // buffer: it decodes only after a read of its own, so requests sent in
+    // the same write as the hello would wait for the client's next write.
+    let after_hello = std::io::Cursor::new(Bytes::copy_from_slice(&buffer));
+    drop(buffer);
+    let frames = FramedRead::with_capacity(
+        after_hello.chain(reader),
+        FrameCodec::<ClientMessage>::new(max_frame_len),
+        0,
+    );
     Connection::new(peer, shared, login.client)
         .run(frames, writer)
         .await;

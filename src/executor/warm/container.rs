@@ -178,7 +178,7 @@ impl Launcher {
             return Err(TaskError::new(
                 ErrorKind::BadRequest,
                 format!(
-                    "image `{image}` has no default command (ENTRYPOINT or CMD) to run its HTTP                      server; give the task a command"
+                    "image `{image}` has no default command (ENTRYPOINT or CMD) to run its HTTP server; give the task a command"
                 ),
             ));
         }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -172,6 +173,38 @@ enum Pending {
     Reply(oneshot::Sender<Result<ServerMessage, Error>>),
 }
 
+/// Who waits for which request, and why the connection closed once it
+/// has: under one lock, so that a request registered as the reader closes
+/// either is drained with the rest or sees the reason.
+#[derive(Default)]
+struct Waiters {
+    pending: HashMap<RequestId, Pending, BuildHasherDefault<RequestIdHasher>>,
+    closed: Option<String>,
+}
+
+/// Hashes request ids, which the client numbers itself (so no peer can
+/// choose them to collide): one multiplication spreads consecutive ids over
+/// the table, where the default hasher costs more than the rest of a
+/// lookup.
+#[derive(Default)]
+struct RequestIdHasher(u64);
+
+impl Hasher for RequestIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// How to open the connection again, for task handles that resume.
 struct Dialer {
     addr: String,
@@ -180,15 +213,13 @@ struct Dialer {
 
 struct Inner {
     outgoing: mpsc::Sender<ClientMessage>,
-    pending: Mutex<HashMap<RequestId, Pending>>,
+    waiters: Mutex<Waiters>,
     /// The stdin window of each running task that has stdin: permits are
     /// bytes the server will take; `StdinCredit` frames add them back.
     stdin_credit: Mutex<HashMap<RequestId, Arc<Semaphore>>>,
     next_id: AtomicU64,
     limits: Limits,
     server: String,
-    /// Set once the connection is gone, with the reason.
-    closed: Mutex<Option<String>>,
     /// `None` for a connection made from a given stream.
     dialer: Option<Arc<Dialer>>,
 }
@@ -323,12 +354,11 @@ impl Client {
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let inner = Arc::new(Inner {
             outgoing,
-            pending: Mutex::default(),
+            waiters: Mutex::default(),
             stdin_credit: Mutex::default(),
             next_id: AtomicU64::new(1),
             limits: welcome.limits,
             server: welcome.server,
-            closed: Mutex::default(),
             dialer,
         });
         let alive = CancellationToken::new();
@@ -380,7 +410,13 @@ impl Client {
         };
         // The task runs on: dropping the handle must not cancel it.
         handle.end = Some(Err(Error::Disconnected("detached".into())));
-        handle.inner.pending.lock().unwrap().remove(&handle.id);
+        handle
+            .inner
+            .waiters
+            .lock()
+            .unwrap()
+            .pending
+            .remove(&handle.id);
         Ok(task)
     }
 
@@ -590,13 +626,11 @@ impl Inner {
 
     /// Registers before sending, so the answer always finds its waiter.
     fn register(&self, id: RequestId, pending: Pending) -> Result<(), Error> {
-        // Holding `closed` while inserting: the reader drains `pending` after
-        // setting `closed`, so no waiter can slip in after the drain.
-        let closed = self.closed.lock().unwrap();
-        if let Some(reason) = closed.as_ref() {
+        let mut waiters = self.waiters.lock().unwrap();
+        if let Some(reason) = waiters.closed.as_ref() {
             return Err(Error::Disconnected(reason.clone()));
         }
-        self.pending.lock().unwrap().insert(id, pending);
+        waiters.pending.insert(id, pending);
         Ok(())
     }
 
@@ -608,25 +642,19 @@ impl Inner {
     }
 
     fn disconnected(&self) -> Error {
-        let reason = self.closed.lock().unwrap().clone();
+        let reason = self.waiters.lock().unwrap().closed.clone();
         Error::Disconnected(reason.unwrap_or_else(|| "the connection closed".into()))
     }
 
     /// Ends every pending request with `reason`; later requests fail at once.
     fn close(&self, reason: String) {
-        let mut closed = self.closed.lock().unwrap();
-        closed.get_or_insert(reason.clone());
-        let pending: Vec<Pending> = self
-            .pending
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
+        let mut waiters = self.waiters.lock().unwrap();
+        waiters.closed.get_or_insert(reason.clone());
+        let pending: Vec<Pending> = waiters.pending.drain().map(|(_, p)| p).collect();
         for (_, credit) in self.stdin_credit.lock().unwrap().drain() {
             credit.close();
         }
-        drop(closed);
+        drop(waiters);
         for waiter in pending {
             match waiter {
                 Pending::Task(events) => {
@@ -721,7 +749,8 @@ async fn deliver(inner: &Inner, message: ServerMessage) {
         inner.close_stdin(id);
     }
     let waiter = {
-        let mut pending = inner.pending.lock().unwrap();
+        let mut waiters = inner.waiters.lock().unwrap();
+        let pending = &mut waiters.pending;
         if ends {
             pending.remove(&id)
         } else {
@@ -739,7 +768,7 @@ async fn deliver(inner: &Inner, message: ServerMessage) {
 }
 
 fn answer(inner: &Inner, id: RequestId, result: Result<ServerMessage, Error>) {
-    let waiter = inner.pending.lock().unwrap().remove(&id);
+    let waiter = inner.waiters.lock().unwrap().pending.remove(&id);
     if let Some(Pending::Reply(reply)) = waiter {
         let _ = reply.send(result);
     }
@@ -749,7 +778,7 @@ fn answer(inner: &Inner, id: RequestId, result: Result<ServerMessage, Error>) {
 /// informative for a task (e.g. stdin that arrived after the task ended).
 fn answer_error(inner: &Inner, id: RequestId, error: TaskError) {
     let is_reply = matches!(
-        inner.pending.lock().unwrap().get(&id),
+        inner.waiters.lock().unwrap().pending.get(&id),
         Some(Pending::Reply(_))
     );
     if is_reply {
@@ -969,7 +998,7 @@ impl Drop for TaskHandle {
             return;
         }
         self.inner.close_stdin(self.id);
-        let removed = self.inner.pending.lock().unwrap().remove(&self.id);
+        let removed = self.inner.waiters.lock().unwrap().pending.remove(&self.id);
         if removed.is_none() {
             return; // already ended, only not read yet
         }
@@ -1038,7 +1067,7 @@ impl StdinWriter {
     }
 
     fn ended(&self) -> Error {
-        match self.inner.closed.lock().unwrap().clone() {
+        match self.inner.waiters.lock().unwrap().closed.clone() {
             Some(reason) => Error::Disconnected(reason),
             None => Error::Remote(TaskError::new(
                 ErrorKind::UnknownRequest,

@@ -264,7 +264,13 @@ impl<E: Executor> Connection<E> {
                 .await;
                 break;
             }
+            // Biased, frames first: under a stream of frames the others are
+            // not polled for each one (a fair select polls them in random
+            // order first). They are when the reader waits, which it does
+            // at the latest when its task's budget runs out.
             let frame = tokio::select! {
+                biased;
+                _ = &mut gone => break,
                 frame = frames.next() => frame,
                 _ = &mut idle => {
                     let now = Instant::now();
@@ -290,7 +296,6 @@ impl<E: Executor> Connection<E> {
                     active_at = Instant::now();
                     continue;
                 }
-                _ = &mut gone => break,
             };
             active_at = Instant::now();
             let next = match frame {

@@ -695,10 +695,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
     alive: CancellationToken,
 ) {
     let mut last_error: Option<TaskError> = None;
+    // Made once: a fresh `cancelled()` per frame would register a waiter
+    // with the token and take it back again for every frame.
+    let closing = alive.cancelled();
+    tokio::pin!(closing);
     let reason = loop {
         let frame = tokio::select! {
+            biased;
             frame = reader.next() => frame,
-            _ = alive.cancelled() => break "the client closed the connection".to_string(),
+            _ = &mut closing => break "the client closed the connection".to_string(),
         };
         match frame {
             Some(Ok(ServerMessage::Error { id: None, error })) => last_error = Some(error),

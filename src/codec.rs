@@ -130,6 +130,16 @@ pub fn take_frame(
     src: &mut BytesMut,
     max_frame_len: usize,
 ) -> Result<Option<BytesMut>, CodecError> {
+    let Some(len) = frame_len(src, max_frame_len)? else {
+        return Ok(None);
+    };
+    src.advance(LENGTH_PREFIX);
+    Ok(Some(src.split_to(len)))
+}
+
+/// The body length of the whole frame at the front of `src`, or `None`
+/// (with room reserved for the rest of the frame) while it is not all there.
+fn frame_len(src: &mut BytesMut, max_frame_len: usize) -> Result<Option<usize>, CodecError> {
     if src.len() < LENGTH_PREFIX {
         return Ok(None);
     }
@@ -144,8 +154,15 @@ pub fn take_frame(
         src.reserve(LENGTH_PREFIX + len - src.len());
         return Ok(None);
     }
-    src.advance(LENGTH_PREFIX);
-    Ok(Some(src.split_to(len)))
+    Ok(Some(len))
+}
+
+/// Whether `src` holds a whole frame at its front (a length prefix and the
+/// body it announces).
+pub fn holds_frame(src: &[u8]) -> bool {
+    src.len() >= LENGTH_PREFIX
+        && src.len() - LENGTH_PREFIX
+            >= u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
 }
 
 impl<D: DeserializeOwned> Decoder for FrameCodec<D> {
@@ -153,8 +170,14 @@ impl<D: DeserializeOwned> Decoder for FrameCodec<D> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<D>, CodecError> {
-        match take_frame(src, self.max_frame_len)? {
-            Some(body) => decode_body(&body).map(Some),
+        match frame_len(src, self.max_frame_len)? {
+            Some(len) => {
+                // Decoded in place: splitting the body off would cost a
+                // reference count on the buffer for every frame.
+                let message = decode_body(&src[LENGTH_PREFIX..LENGTH_PREFIX + len]);
+                src.advance(LENGTH_PREFIX + len);
+                message.map(Some)
+            }
             None => {
                 // The reader reads into the spare capacity only. A buffer
                 // that starts small would otherwise settle at one frame's

@@ -367,6 +367,48 @@ async fn an_idle_connection_is_closed_but_one_with_a_running_task_is_not() {
     assert!(task.wait().await.unwrap().success());
 }
 
+/// Frames keep a connection open past the idle timeout, however many of
+/// them arrive together; the timeout counts from the last one.
+#[tokio::test]
+async fn frames_keep_a_connection_open_and_the_idle_timeout_counts_from_the_last() {
+    let idle_timeout = Duration::from_millis(300);
+    let config = ServerConfig {
+        idle_timeout,
+        ..ServerConfig::default()
+    };
+    let (server, _) = start(config).await;
+    let mut peer = RawPeer::handshaken(server.local_addr()).await;
+    let started = Instant::now();
+    let mut id = 0;
+    let mut last_sent = started;
+    while started.elapsed() < 3 * idle_timeout {
+        // Several pings in one write: one batch for the reader.
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            id += 1;
+            bytes.extend(frame(&ClientMessage::Ping {
+                id,
+                payload: Bytes::new(),
+            }));
+        }
+        peer.send_raw(&bytes).await;
+        last_sent = Instant::now();
+        for _ in 0..3 {
+            assert!(matches!(
+                peer.read().await,
+                Some(ServerMessage::Pong { .. })
+            ));
+        }
+        tokio::time::sleep(idle_timeout / 4).await;
+    }
+    assert_eq!(peer.errors_until_closed().await, vec![ErrorKind::Timeout]);
+    let quiet = last_sent.elapsed();
+    assert!(
+        quiet >= idle_timeout - Duration::from_millis(50) && quiet < 3 * idle_timeout,
+        "closed {quiet:?} after the last frame, with an idle timeout of {idle_timeout:?}"
+    );
+}
+
 /// Each kind of bad input gets an error frame (or a close) and never
 /// disturbs the server's other connections.
 #[tokio::test]

@@ -675,6 +675,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     alive: CancellationToken,
 ) {
     tokio::select! {
+        biased;
         result = codec::write_batched(&mut writer, &mut queue) => {
             if let Err(e) = result {
                 debug!(error = %e, "write to the server failed");

@@ -221,6 +221,9 @@ impl<D, E: Serialize> Encoder<E> for FrameCodec<D> {
     }
 }
 
+/// Frames the writer takes off its queue at a time.
+const BATCH: usize = 32;
+
 /// Writes what arrives on `queue` to `sink` until the queue closes: many
 /// frames per flush when they arrive together, one flush when the queue is
 /// momentarily empty, so a burst costs one write call instead of one each.
@@ -244,15 +247,23 @@ pub async fn write_batched_counting<S, I>(
 where
     S: Sink<I, Error = CodecError> + Unpin,
 {
-    while let Some(item) = queue.recv().await {
-        sink.feed(item).await?;
-        let mut frames = 1;
-        while let Ok(item) = queue.try_recv() {
+    // Frames are taken off the queue many at a time: the queue gives their
+    // room back to the senders in one step, not one locked step per frame.
+    let mut batch = Vec::new();
+    let mut frames = 0;
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        frames += batch.len() as u64;
+        for item in batch.drain(..) {
             sink.feed(item).await?;
-            frames += 1;
+        }
+        if !queue.is_empty() {
+            continue;
         }
         sink.flush().await?;
         flushed(frames);
+        frames = 0;
+        // An idle connection keeps no room for frames it is not sending.
+        batch.shrink_to_fit();
     }
     Ok(())
 }

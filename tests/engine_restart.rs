@@ -293,6 +293,12 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, engine: &Engine) -> Serve {
+        Serve::start_with(dir, engine, "auto", 1)
+    }
+
+    /// The same with `warm` containers for `ticker`, on data plane
+    /// `plane` (`auto`, `socket` or `attach`).
+    fn start_with(dir: &Path, engine: &Engine, plane: &str, warm: u32) -> Serve {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -300,7 +306,8 @@ impl Serve {
             .port();
         let config = format!(
             "[executor]\nengine_outage = \"hold\"\n\n\
-             [catalog.ticker]\nimage = \"{IMAGE}\"\ncommand = [\"ticks\"]\nwarm = 1\n"
+             [executor.warm]\ndata_plane = \"{plane}\"\n\n\
+             [catalog.ticker]\nimage = \"{IMAGE}\"\ncommand = [\"ticks\"]\nwarm = {warm}\n"
         );
         std::fs::write(dir.join("server.toml"), config).unwrap();
         let mut serve = Serve {
@@ -378,15 +385,8 @@ async fn serve_with_running_tasks(name: &str) -> (Engine, Serve, Client, [TaskId
     build_examples_image(&docker).await.unwrap();
     let mut serve = Serve::start(&dir, &engine);
     let client = serve.client().await;
+    wait_for_warm(&client, 1).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client.status().await.unwrap();
-        if status.pools.iter().any(|p| p.warm >= 1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no warm container in 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let args = ["40", "500", "7"];
     let warm = client
         .run_detached(TaskSpec::named("ticker", args))
@@ -406,6 +406,22 @@ async fn serve_with_running_tasks(name: &str) -> (Engine, Serve, Client, [TaskId
         }
     }
     (engine, serve, client, [cold, warm])
+}
+
+/// Waits (up to 60 s) until `count` warm containers are ready.
+async fn wait_for_warm(client: &Client, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client.status().await.unwrap();
+        if status.pools.iter().any(|p| p.warm >= count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {count} warm containers in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Its whole result: exit 7, and 40 lines on each stream.
@@ -447,6 +463,83 @@ async fn an_adopted_task_outlives_a_kill_of_its_engine() {
     }
     // Before the engine goes: its warm pool is removed with it.
     drop(serve);
+}
+
+/// Warm tasks this server started itself (not adopted ones), one attached
+/// and one detached, whose engine is killed under them and started again
+/// (live-restore: their containers run on): each gets its own result,
+/// exit 7 and every line once and in order, not an engine error. With
+/// the socket data plane the agent's frames never pass through dockerd;
+/// with attach, they did, and the stream is lost with the engine.
+async fn warm_tasks_outlive_a_kill_of_their_engine(plane: &str) {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = PathBuf::from(format!("/tmp/tcp-task-warm-{plane}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut engine = Engine::start(&dir);
+    let docker = engine.client().await;
+    build_examples_image(&docker).await.unwrap();
+    let mut serve = Serve::start_with(&dir, &engine, plane, 2);
+    let client = serve.client().await;
+    wait_for_warm(&client, 2).await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status
+            .server
+            .ends_with(&format!("warm data plane: {plane}")),
+        "{}",
+        status.server
+    );
+
+    // `ticks 40 500 7`: about 20 s.
+    let spec = || TaskSpec::named("ticker", ["40", "500", "7"]);
+    let attached = client.run(spec()).await.unwrap();
+    let attached = tokio::spawn(attached.output());
+    let detached = client.run_detached(spec()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_output(&client, &detached).await {
+        assert!(Instant::now() < deadline, "it printed nothing in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = client.status().await.unwrap();
+    let hits: u64 = status.pools.iter().map(|p| p.hits).sum();
+    assert_eq!(hits, 2, "both run on warm containers: {:?}", status.pools);
+
+    engine.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.launch();
+    engine.client().await;
+
+    let output = tokio::time::timeout(Duration::from_secs(120), attached)
+        .await
+        .expect("the attached task's result within 120 s")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the attached task: an error, not its result: {e}"));
+    assert_eq!(output.outcome.exit_code, Some(7), "{:?}", output.outcome);
+    let lines = |tag: &str| (0..40).map(|i| format!("{tag} {i}\n")).collect::<String>();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), lines("out"));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), lines("err"));
+
+    let outcome = tokio::time::timeout(Duration::from_secs(120), client.wait(&detached))
+        .await
+        .expect("the detached task's result within 120 s")
+        .unwrap_or_else(|e| panic!("the detached task: an error, not its result: {e}"));
+    assert_intact(&client, &detached, outcome).await;
+    client.remove(&detached, true).await.unwrap();
+    // Before the engine goes: its warm pool is removed with it.
+    drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_tasks_on_the_socket_outlive_a_kill_of_their_engine() {
+    warm_tasks_outlive_a_kill_of_their_engine("socket").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_tasks_on_attach_outlive_a_kill_of_their_engine() {
+    warm_tasks_outlive_a_kill_of_their_engine("attach").await
 }
 
 /// A server killed while its engine is down too, and started again before

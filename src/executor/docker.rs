@@ -199,7 +199,8 @@ impl DockerExecutor {
         let started = match self.warm.start(&plan, &io.events, &io.cancel).await {
             Ok(Some(mut warm)) => {
                 self.started(RunPath::Warm, received, path);
-                let events = io.events.clone();
+                let began = Instant::now();
+                let (events, cancel) = (io.events.clone(), io.cancel.clone());
                 if let (Some(tag), Some((container, agent))) = (&plan.task, warm.agent()) {
                     let task = WarmTask {
                         container,
@@ -207,7 +208,25 @@ impl DockerExecutor {
                     };
                     self.warm_tasks.lock().unwrap().insert(tag.id.clone(), task);
                 }
-                let result = supervise(&mut warm, &plan.command, clock, io, limit).await;
+                let mut result = supervise(&mut warm, &plan.command, clock, io, limit).await;
+                if let Some(tag) = &plan.task {
+                    // Its channel went with the engine (the attach stream
+                    // does; the socket does not): as for a cold task
+                    // below, the engine tells the rest once it is back.
+                    if engine_lost(self.docker(), &result).await {
+                        drop(slot);
+                        let io = TaskIo {
+                            events: events.clone(),
+                            stdin: mpsc::channel(1).1,
+                            cancel,
+                        };
+                        let task = (tag, plan.command.as_slice(), plan.timeout);
+                        let after = self.follow_warm_after_engine_loss(&mut warm, task, io, began);
+                        if let Some(after) = after.await {
+                            result = after;
+                        }
+                    }
+                }
                 self.end_warm(warm, plan.task.as_ref(), &result, events.attended())
                     .await;
                 return result;
@@ -339,13 +358,33 @@ impl DockerExecutor {
         result
     }
 
+    /// A warm task started here whose engine went away while it ran, and
+    /// its agent's channel with it: followed from its container's log as
+    /// [`DockerExecutor::follow_after_engine_loss`] says. Its signals go
+    /// through the engine from now on (the agent, the container's PID 1,
+    /// passes them on), as an adopted warm task's do.
+    async fn follow_warm_after_engine_loss(
+        &self,
+        warm: &mut WarmProcess,
+        (tag, command, timeout): (&TaskTag, &[String], Duration),
+        io: TaskIo,
+        began: Instant,
+    ) -> Option<Result<Outcome, TaskError>> {
+        let container = warm.container_id()?;
+        if let Some(task) = self.warm_tasks.lock().unwrap().get_mut(&tag.id) {
+            task.agent = None;
+        }
+        let from = (container, warm.relayed());
+        let task = (command, timeout, Some(&tag.id));
+        self.follow_after_engine_loss(from, task, io, began).await
+    }
+
     /// A kept task whose engine went away while it ran (engine_loss.rs):
-    /// one on a cold container, started here or adopted, or an adopted
-    /// one on a warm container (`warm`: its id, to find its part of the
-    /// agent's frames). Once the engine is back, the container is
-    /// followed from its log, from the output already relayed
-    /// (`relayed`), under the rest of its timeout (the task began at
-    /// `began`) and output limit. `None` when the engine did not come
+    /// one on a cold or a warm container, started here or adopted
+    /// (`warm`: the task's id, to find its part of the agent's frames).
+    /// Once the engine is back, the container is followed from its log,
+    /// from the output already relayed (`relayed`), under the rest of its
+    /// timeout (the task began at `began`) and output limit. `None` when the engine did not come
     /// back in time, or the task was cancelled meanwhile.
     async fn follow_after_engine_loss(
         &self,

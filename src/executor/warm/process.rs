@@ -21,7 +21,7 @@ use crate::executor::exit::container_end;
 use crate::executor::kept::WarmTag;
 use crate::executor::plan::Plan;
 use crate::executor::process::{CommandFailure, Process, ProcessEnd, StartError, Stdin};
-use crate::task::{ErrorKind, OutputStream, ProgressEvent, TaskError, Usage};
+use crate::task::{ErrorKind, Offsets, OutputStream, ProgressEvent, TaskError, Usage};
 
 /// What handing a task to a warm container gave.
 pub(crate) enum Handed {
@@ -95,6 +95,7 @@ pub(crate) async fn hand(
         workdir: plan.workdir.clone(),
         report: None,
         usage: None,
+        relayed: Offsets::default(),
     }))
 }
 
@@ -139,6 +140,9 @@ pub(crate) struct WarmProcess {
     report: Option<ExitReport>,
     /// What the task's process used, as the agent reported it.
     usage: Option<UsageReport>,
+    /// The output handed out so far, per stream: where a reading of the
+    /// container's log takes over if the channel goes with the engine.
+    relayed: Offsets,
 }
 
 impl WarmProcess {
@@ -163,8 +167,8 @@ impl Process for WarmProcess {
         let container = self.lease.container()?;
         while let Some(record) = container.records.recv().await {
             match record {
-                Record::Stdout(chunk) => return Some((OutputStream::Stdout, chunk)),
-                Record::Stderr(chunk) => return Some((OutputStream::Stderr, chunk)),
+                Record::Stdout(chunk) => return Some(self.relay(OutputStream::Stdout, chunk)),
+                Record::Stderr(chunk) => return Some(self.relay(OutputStream::Stderr, chunk)),
                 Record::Exit(report) => {
                     self.report = Some(report);
                     return None;
@@ -225,6 +229,21 @@ impl Process for WarmProcess {
 }
 
 impl WarmProcess {
+    fn relay(&mut self, stream: OutputStream, chunk: Bytes) -> (OutputStream, Bytes) {
+        self.relayed.advance(stream, chunk.len() as u64);
+        (stream, chunk)
+    }
+
+    /// The output handed out so far, per stream.
+    pub fn relayed(&self) -> Offsets {
+        self.relayed
+    }
+
+    /// Its container's id.
+    pub fn container_id(&mut self) -> Option<String> {
+        Some(self.lease.container()?.id.clone())
+    }
+
     /// The container and the agent's input, for signals while it runs.
     pub fn agent(&mut self) -> Option<(String, AgentInput)> {
         let container = self.lease.container()?;

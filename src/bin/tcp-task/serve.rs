@@ -150,12 +150,13 @@ async fn start_executor(config: &Config) -> Result<(DockerExecutor, Option<Docke
     Ok((executor, engine_down))
 }
 
-type Executor = Arc<DockerExecutor>;
+/// The executor as the server and the take-over share it.
+type SharedExecutor = Arc<DockerExecutor>;
 
 /// Takes over what earlier servers left: their tasks (adopted), then
 /// their other containers (removed), then fills the warm pools. False
 /// when the engine failed it: nothing was taken over, try again.
-async fn inherit(takeover: &TakeOver<Executor>, executor: &DockerExecutor) -> bool {
+async fn inherit(takeover: &TakeOver<SharedExecutor>, executor: &DockerExecutor) -> bool {
     match takeover.adopt().await {
         Ok(0) => {}
         Ok(n) => info!(tasks = n, "took over the tasks an earlier server left"),
@@ -185,7 +186,7 @@ const ENGINE_POLL: Duration = Duration::from_secs(1);
 
 /// [`inherit`] once the engine answers (its API version negotiated
 /// first), asking every [`ENGINE_POLL`] until then.
-async fn inherit_when_back(takeover: TakeOver<Executor>, executor: Executor) {
+async fn inherit_when_back(takeover: TakeOver<SharedExecutor>, executor: SharedExecutor) {
     loop {
         if negotiate(executor.docker()).await.is_ok() {
             info!("the engine answers; taking over what earlier servers left");

@@ -320,9 +320,9 @@ impl Process for LoggedWarmProcess {
                         format!(
                             "task {} ended, but the Docker engine did not keep how: its warm \
                              container's log lacks the task's end (the engine was down when it \
-                             ended, and lost what the container wrote meanwhile); its output is \
-                             what the engine kept",
-                            self.task
+                             ended, and lost what the container wrote meanwhile); \
+                             `tcp-task logs {}` shows the output the engine kept",
+                            self.task, self.task
                         ),
                     ));
                 }

@@ -44,6 +44,17 @@ pub const MEASURE_PATH: &str = "/.tcp-task/measure";
 /// The warm agent's socket, beside the binary (`warm::socket`).
 pub const SOCKET_NAME: &str = "agent.sock";
 
+/// Host path `source` at `target` in a container, read-only.
+pub(crate) fn read_only_bind(source: &Path, target: &str) -> Mount {
+    Mount {
+        target: Some(target.to_owned()),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Mount::default()
+    }
+}
+
 /// How the tools reach the containers of one executor. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Tools {
@@ -90,13 +101,7 @@ impl Tools {
     pub fn mount(&self, body: &mut ContainerCreateBody) -> ToolsMount {
         match self.host_dir.as_ref().filter(|_| !self.unmountable()) {
             Some(dir) => {
-                let mount = Mount {
-                    target: Some(TOOLS_DIR.to_owned()),
-                    source: Some(dir.to_string_lossy().into_owned()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(true),
-                    ..Mount::default()
-                };
+                let mount = read_only_bind(dir, TOOLS_DIR);
                 let host = body.host_config.get_or_insert_with(HostConfig::default);
                 host.mounts.get_or_insert_with(Vec::new).push(mount);
                 ToolsMount::Bound

@@ -4,7 +4,7 @@
 //! connection (docs/WARM.md, "The data plane"). What goes over that
 //! connection is `warm/channel.rs`'s.
 
-use bollard::models::{Mount, MountType};
+use bollard::models::Mount;
 use bollard::Docker;
 use std::fs;
 use std::io;
@@ -16,19 +16,18 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::executor::config::{current_uid, DataPlane, WarmConfig};
 use crate::executor::exit::wait_exit;
+use crate::executor::tools::{read_only_bind, SOCKET_NAME};
 
 /// Bytes in `sockaddr_un.sun_path` on Linux, the terminating NUL
 /// included: a Unix socket's path must be shorter than this.
 pub const SUN_PATH_MAX: usize = 108;
-/// The socket's name in its container's directory.
-const SOCKET_FILE: &str = "agent.sock";
 /// The longest name of a container's directory: `{pid:x}-{n:x}`, n
 /// counting this process's sockets.
 const CONTAINER_DIR_MAX: usize = 8 + 1 + 16;
 /// The longest `socket_dir`: a container's socket,
 /// `SOCKET_DIR/PID-SERIAL/agent.sock`, must fit in `sun_path`.
 pub const MAX_SOCKET_DIR_LEN: usize =
-    SUN_PATH_MAX - 1 - (1 + CONTAINER_DIR_MAX + 1 + SOCKET_FILE.len());
+    SUN_PATH_MAX - 1 - (1 + CONTAINER_DIR_MAX + 1 + SOCKET_NAME.len());
 /// Where the agent finds the socket in its container: beside the agent
 /// (over the empty `tools::SOCKET_NAME` file of the read-only tools
 /// directory, or in the tools volume), so that nothing is added to the
@@ -127,7 +126,7 @@ impl AgentSocket {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("{:x}-{n:x}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let path = dir.join(SOCKET_FILE);
+        let path = dir.join(SOCKET_NAME);
         let socket = UnixListener::bind(&path)
             .and_then(|listener| {
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
@@ -154,13 +153,7 @@ impl AgentSocket {
     /// [`SOCKET_IN_CONTAINER`]. Connecting needs no write access to the
     /// mount (`EROFS` concerns regular files, directories and links).
     pub fn mount(&self) -> Mount {
-        Mount {
-            target: Some(SOCKET_IN_CONTAINER.to_owned()),
-            source: Some(self.path.to_string_lossy().into_owned()),
-            typ: Some(MountType::BIND),
-            read_only: Some(true),
-            ..Mount::default()
-        }
+        read_only_bind(&self.path, SOCKET_IN_CONTAINER)
     }
 
     /// Takes the agent's connection, the only one: the listener is closed
@@ -206,6 +199,14 @@ pub(crate) enum NotConnected {
 mod tests {
     use super::*;
 
+    /// The agent's socket sits over the placeholder file of the tools
+    /// directory.
+    #[test]
+    fn the_socket_in_the_container_is_the_tools_placeholder() {
+        let placeholder = format!("{}/{SOCKET_NAME}", crate::executor::tools::TOOLS_DIR);
+        assert_eq!(SOCKET_IN_CONTAINER, placeholder);
+    }
+
     fn with_dir(dir: &str) -> WarmConfig {
         WarmConfig {
             socket_dir: Some(PathBuf::from(dir)),
@@ -244,10 +245,10 @@ mod tests {
         prepare(&longest).expect("the longest socket dir is usable");
         let container_dir = longest.join("f".repeat(CONTAINER_DIR_MAX));
         fs::create_dir(&container_dir).expect("the longest container directory");
-        let path = container_dir.join(SOCKET_FILE);
+        let path = container_dir.join(SOCKET_NAME);
         assert_eq!(path.as_os_str().len(), SUN_PATH_MAX - 1);
         std::os::unix::net::UnixListener::bind(&path).expect("binds at the longest path");
-        let over = container_dir.join(format!("{SOCKET_FILE}x"));
+        let over = container_dir.join(format!("{SOCKET_NAME}x"));
         assert!(
             std::os::unix::net::UnixListener::bind(&over).is_err(),
             "the kernel refuses a socket path past sun_path"

@@ -36,7 +36,10 @@ fn ensure_prometheus() {
         return;
     }
     let apt = |args: &[&str]| {
+        // Two tests of this file may install at once: the second waits
+        // for the package lock instead of failing on it.
         let status = Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=300"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()

@@ -410,13 +410,7 @@ impl Client {
         };
         // The task runs on: dropping the handle must not cancel it.
         handle.end = Some(Err(Error::Disconnected("detached".into())));
-        handle
-            .inner
-            .waiters
-            .lock()
-            .unwrap()
-            .pending
-            .remove(&handle.id);
+        handle.inner.forget(handle.id);
         Ok(task)
     }
 
@@ -641,6 +635,11 @@ impl Inner {
             .map_err(|_| self.disconnected())
     }
 
+    /// Takes request `id`'s waiter off the table.
+    fn forget(&self, id: RequestId) -> Option<Pending> {
+        self.waiters.lock().unwrap().pending.remove(&id)
+    }
+
     fn disconnected(&self) -> Error {
         let reason = self.waiters.lock().unwrap().closed.clone();
         Error::Disconnected(reason.unwrap_or_else(|| "the connection closed".into()))
@@ -774,7 +773,7 @@ async fn deliver(inner: &Inner, message: ServerMessage) {
 }
 
 fn answer(inner: &Inner, id: RequestId, result: Result<ServerMessage, Error>) {
-    let waiter = inner.waiters.lock().unwrap().pending.remove(&id);
+    let waiter = inner.forget(id);
     if let Some(Pending::Reply(reply)) = waiter {
         let _ = reply.send(result);
     }
@@ -1004,7 +1003,7 @@ impl Drop for TaskHandle {
             return;
         }
         self.inner.close_stdin(self.id);
-        let removed = self.inner.waiters.lock().unwrap().pending.remove(&self.id);
+        let removed = self.inner.forget(self.id);
         if removed.is_none() {
             return; // already ended, only not read yet
         }

@@ -264,10 +264,11 @@ impl<E: Executor> Connection<E> {
                 .await;
                 break;
             }
-            // Biased, frames first: under a stream of frames the others are
-            // not polled for each one (a fair select polls them in random
-            // order first). They are when the reader waits, which it does
-            // at the latest when its task's budget runs out.
+            // Biased: a broken writer first (a cheap check), then frames;
+            // under a stream of frames the timers and notifications are not
+            // polled for each one (a fair select polls its branches in
+            // random order). They are whenever the reader waits, which it
+            // does at the latest when its task's budget runs out.
             let frame = tokio::select! {
                 biased;
                 _ = &mut gone => break,

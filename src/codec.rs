@@ -8,12 +8,13 @@
 //! for it, so a peer cannot make us allocate by announcing a huge frame.
 
 use bytes::{Buf, BufMut, BytesMut};
-use futures::{Sink, SinkExt};
+use futures::SinkExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::{Decoder, Encoder, FramedWrite};
 
 use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 
@@ -224,28 +225,49 @@ impl<D, E: Serialize> Encoder<E> for FrameCodec<D> {
 /// Frames the writer takes off its queue at a time.
 const BATCH: usize = 32;
 
+/// A connection's buffer grown past this by a big frame gives its room back
+/// once it is empty: an idle connection should not hold what its largest
+/// frame once needed.
+const KEPT_ROOM: usize = 4 * READ_AHEAD;
+
+/// Lets go of `buffer`'s allocation if it is empty and grew past
+/// [`KEPT_ROOM`]; it grows again on demand.
+pub fn release_room(buffer: &mut BytesMut) {
+    // An emptied buffer's `capacity` counts only what lies past the bytes
+    // already consumed; `try_reclaim` looks at the whole allocation, and
+    // allocates nothing.
+    if buffer.is_empty() && buffer.try_reclaim(KEPT_ROOM + 1) {
+        *buffer = BytesMut::new();
+    }
+}
+
+/// A connection's frame writer.
+pub type FrameWriter<W> = FramedWrite<W, FrameCodec<()>>;
+
 /// Writes what arrives on `queue` to `sink` until the queue closes: many
 /// frames per flush when they arrive together, one flush when the queue is
 /// momentarily empty, so a burst costs one write call instead of one each.
-pub async fn write_batched<S, I>(
-    sink: &mut S,
+pub async fn write_batched<W, I>(
+    sink: &mut FrameWriter<W>,
     queue: &mut mpsc::Receiver<I>,
 ) -> Result<(), CodecError>
 where
-    S: Sink<I, Error = CodecError> + Unpin,
+    W: AsyncWrite + Unpin,
+    I: Serialize,
 {
     write_batched_counting(sink, queue, |_| {}).await
 }
 
 /// [`write_batched`], telling `flushed` how many frames each flush carried
 /// (the server counts them in its metrics).
-pub async fn write_batched_counting<S, I>(
-    sink: &mut S,
+pub async fn write_batched_counting<W, I>(
+    sink: &mut FrameWriter<W>,
     queue: &mut mpsc::Receiver<I>,
     mut flushed: impl FnMut(u64),
 ) -> Result<(), CodecError>
 where
-    S: Sink<I, Error = CodecError> + Unpin,
+    W: AsyncWrite + Unpin,
+    I: Serialize,
 {
     // Frames are taken off the queue many at a time: the queue gives their
     // room back to the senders in one step, not one locked step per frame.
@@ -259,11 +281,12 @@ where
         if !queue.is_empty() {
             continue;
         }
-        sink.flush().await?;
+        SinkExt::<I>::flush(sink).await?;
         flushed(frames);
         frames = 0;
         // An idle connection keeps no room for frames it is not sending.
         batch.shrink_to_fit();
+        release_room(sink.write_buffer_mut());
     }
     Ok(())
 }
@@ -309,6 +332,47 @@ mod tests {
             "{}",
             buf.capacity()
         );
+    }
+
+    /// A read buffer emptied after a big frame gives its room back; one
+    /// that held small frames keeps it.
+    #[test]
+    fn an_emptied_read_buffer_lets_go_of_what_a_big_frame_needed() {
+        let mut codec = FrameCodec::<ServerMessage>::default();
+        for (len, kept) in [(64 * 1024, false), (100, true)] {
+            let pong = ServerMessage::Pong {
+                id: 1,
+                payload: bytes::Bytes::from(vec![7; len]),
+            };
+            let mut buf = BytesMut::new();
+            codec.encode(pong.clone(), &mut buf).unwrap();
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(pong));
+            release_room(&mut buf);
+            assert!(!buf.try_reclaim(KEPT_ROOM + 1), "{len}-byte frame");
+            assert_eq!(buf.try_reclaim(len), kept, "{len}-byte frame");
+        }
+    }
+
+    /// After a big frame the writer's buffer gives its room back once the
+    /// frame is written; small frames keep theirs.
+    #[tokio::test]
+    async fn the_writer_lets_go_of_what_a_big_frame_grew_its_buffer_to() {
+        let mut writer = FramedWrite::new(tokio::io::sink(), FrameCodec::<()>::default());
+        for (len, kept) in [(64 * 1024, false), (100, true)] {
+            let (tx, mut rx) = mpsc::channel(1);
+            tx.send(ServerMessage::Pong {
+                id: 1,
+                payload: bytes::Bytes::from(vec![7; len]),
+            })
+            .await
+            .unwrap();
+            drop(tx);
+            write_batched(&mut writer, &mut rx).await.unwrap();
+            let buffer = writer.write_buffer_mut();
+            assert!(buffer.is_empty());
+            assert!(!buffer.try_reclaim(KEPT_ROOM + 1), "{len}-byte frame");
+            assert_eq!(buffer.try_reclaim(len), kept, "{len}-byte frame");
+        }
     }
 
     #[test]

@@ -303,6 +303,7 @@ impl<E: Executor> Connection<E> {
             // share of a small request's cost.
             if !codec::holds_frame(frames.read_buffer()) {
                 active_at = Instant::now();
+                codec::release_room(frames.read_buffer_mut());
             }
             let next = match frame {
                 None => Next::Close,

@@ -707,7 +707,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
         };
         match frame {
             Some(Ok(ServerMessage::Error { id: None, error })) => last_error = Some(error),
-            Some(Ok(message)) => deliver(&inner, message).await,
+            Some(Ok(message)) => {
+                deliver(&inner, message).await;
+                if !codec::holds_frame(reader.read_buffer()) {
+                    codec::release_room(reader.read_buffer_mut());
+                }
+            }
             Some(Err(e)) => break format!("bad frame from the server: {e}"),
             None => break "the server closed the connection".to_string(),
         }

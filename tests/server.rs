@@ -758,6 +758,31 @@ async fn an_attach_whose_log_is_not_there_yet_still_gets_all_the_output() {
     attach_gets_every_tick(executor).await;
 }
 
+/// The server relays a task's output as it comes, and the engine writes
+/// its log a moment later: `logs` of a task that has just ended waits for
+/// the log to catch up and gets every byte (tests/durable.rs once got a
+/// warm task's log without its last line, and a "short log" error).
+#[tokio::test]
+async fn logs_of_a_task_that_just_ended_wait_for_the_log_to_catch_up() {
+    let executor = ScriptExecutor::default();
+    let lags = executor.replay_lags.clone();
+    let server = Server::new(ServerConfig::default(), executor)
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = Client::connect(server.local_addr()).await.unwrap();
+    let task = client
+        .run_detached(script(["ticks", "5", "10"]))
+        .await
+        .unwrap();
+    assert_eq!(client.wait(&task).await.unwrap().exit_code, Some(0));
+    lags.store(3, std::sync::atomic::Ordering::SeqCst);
+    let output = client.logs(&task).await.unwrap().output().await.unwrap();
+    let expected: String = (0..5).map(|i| format!("t{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+    assert_eq!(lags.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 async fn attach_gets_every_tick(executor: ScriptExecutor) {
     let server = Server::new(ServerConfig::default(), executor)
         .spawn("127.0.0.1:0")

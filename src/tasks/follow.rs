@@ -13,6 +13,7 @@
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use super::{Record, Tasks};
 use crate::executor::{Executor, Replay};
@@ -21,6 +22,12 @@ use crate::task::{ErrorKind, Offsets, OutputStream, TaskError};
 /// How long a reading whose replay ended while its task runs waits before
 /// it reads again (at once when the task ends).
 const READ_AGAIN: Duration = Duration::from_millis(100);
+
+/// How long a reading of an ended task waits for the engine's log to hold
+/// all the task wrote. The server relays output as it comes (a warm task's
+/// through the agent's socket), and the engine writes its log a moment
+/// later; past this, the replay ends short (and says so).
+const LOG_CATCH_UP: Duration = Duration::from_secs(5);
 
 type Item = Result<(OutputStream, bytes::Bytes), TaskError>;
 
@@ -34,6 +41,7 @@ impl<E: Executor> Tasks<E> {
             at: from,
             follow,
             current: None,
+            catch_up: None,
             done: false,
         };
         futures::stream::unfold(reading, Reading::next).boxed()
@@ -49,6 +57,8 @@ struct Reading<E> {
     /// The executor's replay being read, and whether the task ran when it
     /// was opened.
     current: Option<(Replay, bool)>,
+    /// Until when an ended task's log may still catch up.
+    catch_up: Option<Instant>,
     done: bool,
 }
 
@@ -75,6 +85,11 @@ impl<E: Executor> Reading<E> {
                 }
                 Some(Err(error)) if !self.passing(&error) => return self.fail(error),
                 Some(Err(_)) => {}
+                None if self.log_lags() => {
+                    self.current = None;
+                    tokio::time::sleep(READ_AGAIN).await;
+                    continue;
+                }
                 None if !self.follow || !was_running => self.done = true,
                 None => {}
             }
@@ -87,6 +102,20 @@ impl<E: Executor> Reading<E> {
             }
         }
         None
+    }
+
+    /// Whether the task has ended with more output than its replay gave
+    /// so far, and the engine's log may still catch up.
+    fn log_lags(&mut self) -> bool {
+        if self.record.result().is_none()
+            || self.at.stdout + self.at.stderr >= self.record.output_bytes()
+        {
+            return false;
+        }
+        let until = *self
+            .catch_up
+            .get_or_insert_with(|| Instant::now() + LOG_CATCH_UP);
+        Instant::now() < until
     }
 
     /// Whether `error` is the runtime not having the running task's output

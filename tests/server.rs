@@ -766,15 +766,7 @@ async fn an_attach_whose_log_is_not_there_yet_still_gets_all_the_output() {
 async fn logs_of_a_task_that_just_ended_wait_for_the_log_to_catch_up() {
     let executor = ScriptExecutor::default();
     let lags = executor.replay_lags.clone();
-    let server = Server::new(ServerConfig::default(), executor)
-        .spawn("127.0.0.1:0")
-        .await
-        .unwrap();
-    let client = Client::connect(server.local_addr()).await.unwrap();
-    let task = client
-        .run_detached(script(["ticks", "5", "10"]))
-        .await
-        .unwrap();
+    let (_server, client, task) = detached_ticks(executor, "5", "10").await;
     assert_eq!(client.wait(&task).await.unwrap().exit_code, Some(0));
     lags.store(3, std::sync::atomic::Ordering::SeqCst);
     let output = client.logs(&task).await.unwrap().output().await.unwrap();
@@ -783,16 +775,54 @@ async fn logs_of_a_task_that_just_ended_wait_for_the_log_to_catch_up() {
     assert_eq!(lags.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-async fn attach_gets_every_tick(executor: ScriptExecutor) {
+/// A log that never catches up is waited for a bounded time, and the
+/// replay then ends with the error that says it is short.
+#[tokio::test]
+async fn logs_of_a_log_that_never_catches_up_say_it_is_short() {
+    let executor = ScriptExecutor::default();
+    let lags = executor.replay_lags.clone();
+    let (_server, client, task) = detached_ticks(executor, "5", "10").await;
+    assert_eq!(client.wait(&task).await.unwrap().exit_code, Some(0));
+    lags.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let error = client
+        .logs(&task)
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), Some(ErrorKind::Engine), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("holds 12 of the 15 output bytes"),
+        "{error}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "gave up after {waited:?}"
+    );
+}
+
+/// A server on `executor`, a client, and a detached `ticks N MS` task.
+async fn detached_ticks(
+    executor: ScriptExecutor,
+    n: &str,
+    ms: &str,
+) -> (RunningServer, Client, tcp_task::TaskId) {
     let server = Server::new(ServerConfig::default(), executor)
         .spawn("127.0.0.1:0")
         .await
         .unwrap();
     let client = Client::connect(server.local_addr()).await.unwrap();
-    let task = client
-        .run_detached(script(["ticks", "10", "30"]))
-        .await
-        .unwrap();
+    let task = client.run_detached(script(["ticks", n, ms])).await.unwrap();
+    (server, client, task)
+}
+
+async fn attach_gets_every_tick(executor: ScriptExecutor) {
+    let (_server, client, task) = detached_ticks(executor, "10", "30").await;
     let output = client.attach(&task).await.unwrap().output().await.unwrap();
     let expected: String = (0..10).map(|i| format!("t{i}\n")).collect();
     assert_eq!(String::from_utf8_lossy(&output.stdout), expected);

@@ -74,16 +74,7 @@ kill_server() {
     log "server back as $SERVER_PID"
 }
 
-for ((k = 0; k < SUBMITTERS; k++)); do
-    submitter "$k" &
-    JOBS+=($!)
-done
-submitters=("${JOBS[@]}")
-for ((j = 0; j < ATTACHED; j++)); do
-    attached "$j" &
-    JOBS+=($!)
-    sleep 1
-done
+start_load 1
 
 sleep 4
 kill_server 1 "engine up, $(running) containers running"

@@ -251,6 +251,22 @@ attached() {
     echo "$status" >"$FAULT_DIR/att.$j.status"
 }
 
+# start_load GAP: starts the SUBMITTERS submitters (their PIDs in
+# `submitters`), then the ATTACHED runs, GAP seconds apart.
+start_load() {
+    local gap=$1 k j
+    for ((k = 0; k < SUBMITTERS; k++)); do
+        submitter "$k" &
+        JOBS+=($!)
+    done
+    submitters=("${JOBS[@]}")
+    for ((j = 0; j < ATTACHED; j++)); do
+        attached "$j" &
+        JOBS+=($!)
+        sleep "$gap"
+    done
+}
+
 # await_tasks: waits for the submitters (their PIDs in `submitters`) and
 # for every attached run's status (up to 300 s each).
 await_tasks() {

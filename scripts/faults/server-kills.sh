@@ -43,16 +43,7 @@ SUBMIT_GAP=${SUBMIT_GAP:-0}
 start_all
 log "server $SERVER_PID on 127.0.0.1:$PORT, engine $ENGINE_PID"
 
-for ((k = 0; k < SUBMITTERS; k++)); do
-    submitter "$k" &
-    JOBS+=($!)
-done
-submitters=("${JOBS[@]}")
-for ((j = 0; j < ATTACHED; j++)); do
-    attached "$j" &
-    JOBS+=($!)
-    sleep 0.5
-done
+start_load 0.5
 
 for ((kill = 1; kill <= KILLS; kill++)); do
     sleep "$KILL_EVERY"

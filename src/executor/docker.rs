@@ -6,6 +6,7 @@ use bollard::Docker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::adopt::{self, Adopted, LoggedProcess};
@@ -29,7 +30,7 @@ use super::warm::{
     replay_task, signal_task, AgentInput, Channels, Launcher, LoggedWarmProcess, Warm, WarmProcess,
     FORWARDED_SIGNALS,
 };
-use super::{no_such_task, Executor, Replay, TaskIo};
+use super::{no_such_task, EventSink, Executor, Replay, TaskIo};
 use crate::task::{Ending, ErrorKind, Offsets, Outcome, ProgressEvent, TaskError, TaskId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -215,11 +216,7 @@ impl DockerExecutor {
                     // below, the engine tells the rest once it is back.
                     if engine_lost(self.docker(), &result).await {
                         drop(slot);
-                        let io = TaskIo {
-                            events: events.clone(),
-                            stdin: mpsc::channel(1).1,
-                            cancel,
-                        };
+                        let io = (events.clone(), cancel);
                         let task = (tag, plan.command.as_slice(), plan.timeout);
                         let after = self.follow_warm_after_engine_loss(&mut warm, task, io, began);
                         if let Some(after) = after.await {
@@ -248,11 +245,7 @@ impl DockerExecutor {
                             // once with the engine error instead of
                             // queueing behind this wait.
                             drop(slot);
-                            let io = TaskIo {
-                                events,
-                                stdin: mpsc::channel(1).1,
-                                cancel,
-                            };
+                            let io = (events, cancel);
                             let from = (cold.container_id().to_owned(), cold.relayed());
                             let task = (plan.command.as_slice(), plan.timeout, None);
                             let after = self.follow_after_engine_loss(from, task, io, began);
@@ -367,7 +360,7 @@ impl DockerExecutor {
         &self,
         warm: &mut WarmProcess,
         (tag, command, timeout): (&TaskTag, &[String], Duration),
-        io: TaskIo,
+        io: (EventSink, CancellationToken),
         began: Instant,
     ) -> Option<Result<Outcome, TaskError>> {
         let container = warm.container_id()?;
@@ -390,7 +383,7 @@ impl DockerExecutor {
         &self,
         (container, relayed): (String, Offsets),
         (command, timeout, warm): (&[String], Duration, Option<&TaskId>),
-        io: TaskIo,
+        (events, cancel): (EventSink, CancellationToken),
         began: Instant,
     ) -> Option<Result<Outcome, TaskError>> {
         tracing::warn!(
@@ -398,9 +391,15 @@ impl DockerExecutor {
             wait_s = ENGINE_RETURN_WAIT.as_secs(),
             "the engine stopped answering under a running task; waiting for it to come back"
         );
-        if !engine_back(self.docker(), &io.cancel, ENGINE_RETURN_WAIT).await {
+        if !engine_back(self.docker(), &cancel, ENGINE_RETURN_WAIT).await {
             return None;
         }
+        // No stdin from here: it went with the stream the engine dropped.
+        let io = TaskIo {
+            events,
+            stdin: mpsc::channel(1).1,
+            cancel,
+        };
         tracing::info!(%container, "the engine is back; following the task from its log");
         let limit = self
             .config()
@@ -719,11 +718,7 @@ impl Executor for DockerExecutor {
         // Its engine went away under it: as for a task started here, its
         // result is the engine's to tell once it is back.
         if engine_lost(self.docker(), &result).await {
-            let io = TaskIo {
-                events,
-                stdin: mpsc::channel(1).1,
-                cancel,
-            };
+            let io = (events, cancel);
             let from = (container.clone(), relayed);
             let task = (command.as_slice(), timeout, warm.then_some(&tag.id));
             if let Some(after) = self.follow_after_engine_loss(from, task, io, began).await {
